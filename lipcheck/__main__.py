@@ -1,0 +1,5 @@
+"""`python -m lipcheck` runs the command line."""
+
+from lipcheck.cli import main
+
+main()

@@ -1,0 +1,490 @@
+"""Per-sample spectral norms of a model's Jacobian, from Jacobian-vector products only.
+
+For a batch x of shape (B, ...) and a model f that treats samples independently, the Jacobian of the
+batch is block diagonal with blocks J_i = df(x_i)/dx_i. This module estimates
+sigma_i = ||J_i||_2 for every i at once: every product below acts on the whole batch, and every norm,
+dot product and stopping decision is taken per sample.
+
+The model is evaluated once. `JacobianOperator` keeps that evaluation's autograd graph and gives
+J^T v (one backward pass) and J u (the double-backward trick: g(w) = J^T w is linear in w, so
+differentiating <g(w), u> with respect to w gives J u). Both solvers iterate on the Gram operator
+J^T J, whose largest eigenvalue is sigma^2.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from lipcheck.errors import BatchCouplingError, InputError, ModelOutputError
+
+Method = Literal["lanczos", "power"]
+METHODS: tuple[str, ...] = ("lanczos", "power")
+
+# Called once per iteration with (iteration, sigma (B,), active (B,) bool); for progress and logs.
+IterationCallback = Callable[[int, Tensor, Tensor], None]
+
+DEFAULT_SEED = 0
+DEFAULT_KRYLOV_DIM = 12
+_KEPT_RITZ_VECTORS = 2
+
+
+@dataclass(frozen=True)
+class SpectralNormResult:
+    """Per-sample spectral norms and how they were reached.
+
+    Attributes:
+        sigma: (B,) estimated ||J_i||_2, in the model's dtype.
+        iterations: (B,) int64, products with J^T J spent on each sample until it stopped.
+        converged: (B,) bool, whether the sample met the tolerance before max_iter.
+        residual: (B,) ||J^T J u - sigma^2 u|| / sigma^2 for the returned unit vector u (0 when
+            sigma is 0). A small residual means u is close to an invariant direction of J^T J.
+        vector: (B, ...) like x, the most amplified input direction found, unit norm per sample.
+    """
+
+    sigma: Tensor
+    iterations: Tensor
+    converged: Tensor
+    residual: Tensor
+    vector: Tensor
+
+
+class JacobianOperator:
+    """The Jacobian of one batched evaluation y = f(x), applied without ever forming it.
+
+    Built from an autograd graph linking y (B, ...) to x (B, ...). The graph is evaluated once and
+    reused by every product, so a stateful or random model is measured at exactly that call.
+    `samples` restricts the operator to the first that many samples of the batch.
+    """
+
+    def __init__(self, y: Tensor, x: Tensor, *, samples: int | None = None) -> None:
+        if y.dim() == 0 or y.shape[0] != x.shape[0]:
+            found = "a scalar" if y.dim() == 0 else f"batch dimension {y.shape[0]}"
+            raise ModelOutputError(
+                f"the model's output has {found}, expected batch dimension {x.shape[0]} like its input"
+            )
+        self.y = y
+        self.x = x
+        self.samples = x.shape[0] if samples is None else min(samples, x.shape[0])
+        self._dual: Tensor | None = None
+        self._transpose: Tensor | None = None
+
+    @classmethod
+    def from_function(
+        cls,
+        f: Callable[..., Any],
+        x: Tensor,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+    ) -> JacobianOperator:
+        """Evaluate f once at x (B, ...) and keep the graph. f(x, *args, **kwargs) must return (B, ...)."""
+        x = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            y = f(x, *args, **(kwargs or {}))
+        if not isinstance(y, Tensor):
+            raise ModelOutputError(
+                f"the model returned {type(y).__name__}, expected a tensor of shape (B, ...); "
+                "pick one output of a model that returns several (a dict or a tuple)"
+            )
+        if not torch.is_floating_point(y):
+            raise ModelOutputError(f"the model returned a {y.dtype} tensor, expected a floating tensor")
+        if not bool(torch.isfinite(y).all()):
+            raise ModelOutputError("the model's output contains NaN or Inf at this input")
+        return cls(y, x)
+
+    @property
+    def input_shape(self) -> torch.Size:
+        return torch.Size((self.samples, *self.x.shape[1:]))
+
+    @property
+    def output_shape(self) -> torch.Size:
+        return torch.Size((self.samples, *self.y.shape[1:]))
+
+    def _pad(self, v: Tensor, like: Tensor) -> Tensor:
+        if self.samples == like.shape[0]:
+            return v
+        full = torch.zeros_like(like)
+        full[: self.samples] = v
+        return full
+
+    def vjp(self, v: Tensor, *, create_graph: bool = False) -> Tensor:
+        """J^T v for v of the output's shape; one backward pass through the kept graph."""
+        if not self.y.requires_grad:
+            return torch.zeros(self.input_shape, dtype=self.x.dtype, device=self.x.device)
+        (g,) = torch.autograd.grad(
+            self.y,
+            self.x,
+            self._pad(v, self.y),
+            retain_graph=True,
+            create_graph=create_graph,
+            allow_unused=True,
+        )
+        if g is None:
+            return torch.zeros(self.input_shape, dtype=self.x.dtype, device=self.x.device)
+        return g[: self.samples]
+
+    def jvp(self, u: Tensor, *, create_graph: bool = False) -> Tensor:
+        """J u for u of the input's shape, by differentiating w -> J^T w, which is linear in w."""
+        if self._transpose is None and self.y.requires_grad:
+            dual = torch.zeros_like(self.y, requires_grad=True)
+            (transpose,) = torch.autograd.grad(self.y, self.x, dual, create_graph=True, allow_unused=True)
+            self._dual, self._transpose = dual, transpose
+        if self._transpose is None or not self._transpose.requires_grad:
+            return torch.zeros(self.output_shape, dtype=self.y.dtype, device=self.y.device)
+        (ju,) = torch.autograd.grad(
+            self._transpose,
+            self._dual,
+            self._pad(u, self.x),
+            retain_graph=True,
+            create_graph=create_graph,
+            allow_unused=True,
+        )
+        if ju is None:
+            return torch.zeros(self.output_shape, dtype=self.y.dtype, device=self.y.device)
+        return ju[: self.samples]
+
+    def gram(self, u: Tensor) -> Tensor:
+        """J^T J u for u of the input's shape: one product of the solvers."""
+        return self.vjp(self.jvp(u))
+
+
+def check_batch_coupling(operator: JacobianOperator, seed: int | None = None) -> None:
+    """Raise BatchCouplingError when the outputs of some samples depend on the inputs of others.
+
+    One backward pass with a random probe on the outputs of the even-indexed samples: for a model
+    that treats samples independently, the inputs of the odd-indexed samples receive exact zeros.
+    This catches BatchNorm in training mode, attention or pooling across the batch, and running
+    sums over it (for batches of three or more).
+    """
+    batch = operator.samples
+    if batch < 2:
+        return
+    generator = torch.Generator().manual_seed(DEFAULT_SEED if seed is None else seed)
+    probe = torch.randn(operator.output_shape, generator=generator, dtype=torch.float64)
+    probe[1::2] = 0
+    probe = probe.to(dtype=operator.y.dtype, device=operator.y.device)
+    pulled = operator.vjp(probe).flatten(1)
+    kept = pulled[0::2].norm()
+    leaked = pulled[1::2].norm()
+    threshold = 64 * torch.finfo(pulled.dtype).eps * (kept + leaked)
+    if leaked > threshold or (kept == 0 and leaked > 0):
+        raise BatchCouplingError(
+            "the model mixes samples of the batch (a perturbation of one sample's input changes "
+            "another sample's output), so per-sample spectral norms are not defined: put the model "
+            "in eval mode (model.eval()) so BatchNorm uses its running statistics, or measure with "
+            "batch size 1"
+        )
+
+
+def _check_settings(method: str, max_iter: int, tol: float) -> None:
+    if method not in METHODS:
+        raise InputError(f"method {method!r} is not known, expected one of {', '.join(METHODS)}")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        raise InputError(f"max_iter must be a positive integer, got {max_iter!r}")
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 < tol < 1:
+        raise InputError(f"tol must be a number in (0, 1), got {tol!r}")
+
+
+def _check_input(x: Any) -> None:
+    if not isinstance(x, Tensor):
+        raise InputError(f"x must be a torch.Tensor of shape (B, ...), got {type(x).__name__}")
+    if not torch.is_floating_point(x):
+        raise InputError(f"x must be a floating tensor (float32 or float64), got {x.dtype}")
+    if x.dim() < 1 or x.shape[0] == 0:
+        raise InputError(
+            f"x must have a batch dimension with at least one sample, got shape {tuple(x.shape)}"
+        )
+    if not bool(torch.isfinite(x).all()):
+        bad = (~torch.isfinite(x)).flatten(1).any(1).nonzero()[0, 0].item()
+        raise InputError(f"x contains NaN or Inf (first at sample {bad}); the input must be finite")
+
+
+def start_vector(shape: torch.Size, seed: int | None, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A seeded unit start vector (B, n), the same for every sample.
+
+    Sharing it makes each sample's result independent of which other samples share its batch, so
+    shards and resumed runs reproduce an uninterrupted run.
+    """
+    generator = torch.Generator().manual_seed(DEFAULT_SEED if seed is None else seed)
+    n = math.prod(shape[1:])
+    u = torch.randn(n, generator=generator, dtype=torch.float64)
+    u = (u / u.norm()).to(dtype=dtype, device=device)
+    return u.expand(shape[0], n).clone()
+
+
+def _row_norm(v: Tensor) -> Tensor:
+    return torch.linalg.vector_norm(v, dim=1)
+
+
+def _safe_divide(v: Tensor, norms: Tensor) -> Tensor:
+    """v / norms row-wise, with zero rows where the norm is zero."""
+    scale = torch.where(norms > 0, 1 / torch.where(norms > 0, norms, 1), 0)
+    return v * scale.unsqueeze(1)
+
+
+def power_method(
+    gram: Callable[[Tensor], Tensor],
+    u0: Tensor,
+    *,
+    max_iter: int,
+    tol: float,
+    callback: IterationCallback | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Power iteration on A = J^T J with a Rayleigh quotient, per sample (the seed paper's method).
+
+    u_{k+1} = A u_k / ||A u_k||; sigma_k = sqrt(<u_k, A u_k>) increases towards sigma_max at the rate
+    (sigma_2 / sigma_1)^(2k). A sample stops when |sigma_k - sigma_{k-1}| <= tol * sigma_k, which can
+    stop early when the gap is small; the returned residual shows how far u is from a singular vector.
+
+    u0: (B, n) unit rows. Returns sigma, iterations, converged, residual (all (B,)) and vectors (B, n).
+    """
+    batch = u0.shape[0]
+    u = u0
+    sigma = torch.zeros(batch, dtype=torch.float64, device=u0.device)
+    residual = torch.full_like(sigma, math.inf)
+    iterations = torch.zeros(batch, dtype=torch.int64, device=u0.device)
+    converged = torch.zeros(batch, dtype=torch.bool, device=u0.device)
+    vector = u0.clone()
+    for iteration in range(1, max_iter + 1):
+        active = ~converged
+        v = gram(u)
+        theta = (u * v).sum(1).double().clamp_min(0)
+        new_sigma = theta.sqrt()
+        new_residual = _row_norm(v - theta.to(v.dtype).unsqueeze(1) * u).double()
+        new_residual = torch.where(theta > 0, new_residual / torch.where(theta > 0, theta, 1), 0)
+        change = (new_sigma - sigma).abs()
+        stopped = active & ((change <= tol * new_sigma) if iteration > 1 else (theta == 0))
+        sigma = torch.where(active, new_sigma, sigma)
+        residual = torch.where(active, new_residual, residual)
+        iterations = torch.where(active, iteration, iterations)
+        vector = torch.where(active.unsqueeze(1), u, vector)
+        converged |= stopped
+        if callback is not None:
+            callback(iteration, sigma, ~converged)
+        if bool(converged.all()):
+            break
+        u = torch.where((~converged).unsqueeze(1), _safe_divide(v, _row_norm(v)), u)
+    return sigma, iterations, converged, residual, vector
+
+
+def lanczos(
+    gram: Callable[[Tensor], Tensor],
+    u0: Tensor,
+    *,
+    max_iter: int,
+    tol: float,
+    krylov_dim: int = DEFAULT_KRYLOV_DIM,
+    callback: IterationCallback | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Thick-restart Lanczos on A = J^T J, per sample, with a bounded basis.
+
+    The Krylov basis Q = [q_0, ..., q_j] of each sample is kept explicitly orthonormal (classical
+    Gram-Schmidt applied twice against the whole basis), which removes the loss of orthogonality of
+    the plain three-term recurrence and its spurious copies of converged eigenvalues. The projected
+    matrix H = Q^T A Q (symmetric, tridiagonal but for the restart's arrow) gives Ritz pairs
+    (theta, s); the Ritz vector y = Q s has the exact residual ||A y - theta y|| = beta_j |s_j| where
+    beta_j is the norm of the next basis direction. When the basis holds `krylov_dim` vectors it is
+    compressed to the two leading Ritz vectors and the next direction (thick restart, as in Wu and
+    Simon 2000), so memory is (krylov_dim + 1) vectors of the input's size per sample, whatever
+    max_iter is, and little of the Krylov space's information is lost.
+
+    Stopping, per sample: with r = beta_j |s_j| and the gap g to the second Ritz value, the error of
+    theta is at most r and about r^2 / g (Kato-Temple); the sample stops when min(r, r^2/g) / (2
+    theta), the relative error of sigma = sqrt(theta), is at most tol, or when the Krylov space is
+    exhausted (beta_j = 0 to rounding, the Ritz value is then exact).
+
+    u0: (B, n) unit rows. Returns sigma, iterations, converged, residual (all (B,)) and vectors (B, n).
+    """
+    batch, n = u0.shape
+    dim = max(1, min(krylov_dim, n))
+    kept = min(_KEPT_RITZ_VECTORS, dim - 1)
+    device, dtype = u0.device, u0.dtype
+    rounding = torch.finfo(dtype).eps
+    basis = torch.zeros(batch, dim + 1, n, dtype=dtype, device=device)
+    projected = torch.zeros(batch, dim + 1, dim + 1, dtype=torch.float64, device=device)
+    basis[:, 0] = u0
+    column = 0
+
+    sigma = torch.zeros(batch, dtype=torch.float64, device=device)
+    residual = torch.full_like(sigma, math.inf)
+    iterations = torch.zeros(batch, dtype=torch.int64, device=device)
+    converged = torch.zeros(batch, dtype=torch.bool, device=device)
+    vector = u0.clone()
+    ritz: Tensor = torch.zeros(batch, 1, dtype=torch.float64, device=device)
+
+    for iteration in range(1, max_iter + 1):
+        active = ~converged
+        span = basis[:, : column + 1]
+        w = gram(basis[:, column])
+        coefficients = torch.einsum("bkn,bn->bk", span, w)
+        w = w - torch.einsum("bkn,bk->bn", span, coefficients)
+        correction = torch.einsum("bkn,bn->bk", span, w)
+        w = w - torch.einsum("bkn,bk->bn", span, correction)
+        projected[:, : column + 1, column] = (coefficients + correction).double()
+        beta = _row_norm(w).double()
+
+        block = projected[:, : column + 1, : column + 1]
+        values, vectors = torch.linalg.eigh((block + block.transpose(1, 2)) / 2)
+        theta = values[:, -1].clamp_min(0)
+        ritz = vectors[:, :, -1]
+        estimate = beta * ritz[:, -1].abs()
+        error = estimate
+        if column > 0:
+            gap = (theta - values[:, -2]).clamp_min(0)
+            error = torch.minimum(
+                estimate, torch.where(gap > 0, estimate**2 / torch.where(gap > 0, gap, 1), estimate)
+            )
+        scale = torch.where(theta > 0, theta, 1)
+        exhausted = beta <= 16 * rounding * values.abs().amax(1).clamp_min(rounding)
+        stopped = active & ((error <= 2 * tol * theta) | exhausted | (theta == 0) & (beta == 0))
+
+        new_residual = torch.where(theta > 0, estimate / scale, 0)
+        sigma = torch.where(active, theta.sqrt(), sigma)
+        residual = torch.where(active, new_residual, residual)
+        iterations = torch.where(active, iteration, iterations)
+        if bool(stopped.any()):
+            ritz_vector = torch.einsum("bkn,bk->bn", span, ritz.to(dtype))
+            vector = torch.where(
+                stopped.unsqueeze(1), _safe_divide(ritz_vector, _row_norm(ritz_vector)), vector
+            )
+        converged |= stopped
+        if callback is not None:
+            callback(iteration, sigma, ~converged)
+        if bool(converged.all()) or iteration == max_iter:
+            break
+
+        following = _safe_divide(w, beta.to(dtype))
+        if column + 1 < dim:
+            column += 1
+            basis[:, column] = following
+            projected[:, column, column - 1] = beta
+            continue
+        # Thick restart: keep the `kept` leading Ritz pairs and the next direction.
+        leading = vectors[:, :, -kept:] if kept else vectors[:, :, :0]
+        compressed = torch.einsum("bkn,bkp->bpn", span, leading.to(dtype))
+        coupling = beta.unsqueeze(1) * leading[:, -1, :]
+        projected.zero_()
+        index = torch.arange(kept, device=device)
+        projected[:, index, index] = values[:, -kept:] if kept else values[:, :0]
+        projected[:, kept, :kept] = coupling
+        projected[:, :kept, kept] = coupling
+        basis.zero_()
+        basis[:, :kept] = compressed
+        basis[:, kept] = following
+        column = kept
+
+    active = ~converged
+    if bool(active.any()):
+        ritz_vector = torch.einsum("bkn,bk->bn", basis[:, : ritz.shape[1]], ritz.to(dtype))
+        vector = torch.where(active.unsqueeze(1), _safe_divide(ritz_vector, _row_norm(ritz_vector)), vector)
+    return sigma, iterations, converged, residual, vector
+
+
+def solve(
+    operator: JacobianOperator,
+    *,
+    method: Method = "lanczos",
+    max_iter: int = 200,
+    tol: float = 1e-4,
+    seed: int | None = None,
+    krylov_dim: int = DEFAULT_KRYLOV_DIM,
+    check_coupling: bool = True,
+    callback: IterationCallback | None = None,
+) -> SpectralNormResult:
+    """Spectral norms of an existing `JacobianOperator`; see `spectral_norm` for the arguments."""
+    _check_settings(method, max_iter, tol)
+    if check_coupling:
+        check_batch_coupling(operator, seed)
+    shape = operator.input_shape
+    u0 = start_vector(shape, seed, operator.x.dtype, operator.x.device)
+
+    def gram(u: Tensor) -> Tensor:
+        return operator.gram(u.view(shape)).flatten(1).detach()
+
+    with torch.enable_grad():
+        if method == "power":
+            outcome = power_method(gram, u0, max_iter=max_iter, tol=tol, callback=callback)
+        else:
+            outcome = lanczos(gram, u0, max_iter=max_iter, tol=tol, krylov_dim=krylov_dim, callback=callback)
+    sigma, iterations, converged, residual, vector = outcome
+    dtype = operator.x.dtype
+    return SpectralNormResult(
+        sigma=sigma.to(dtype),
+        iterations=iterations,
+        converged=converged,
+        residual=residual.to(dtype),
+        vector=vector.view(shape),
+    )
+
+
+def spectral_norm(
+    f: Callable[..., Any],
+    x: Tensor,
+    *,
+    method: Method = "lanczos",
+    max_iter: int = 200,
+    tol: float = 1e-4,
+    seed: int | None = None,
+    args: Sequence[Any] = (),
+    kwargs: Mapping[str, Any] | None = None,
+    krylov_dim: int = DEFAULT_KRYLOV_DIM,
+    check_coupling: bool = True,
+    callback: IterationCallback | None = None,
+) -> SpectralNormResult:
+    """Estimate sigma_i = ||df/dx (x_i)||_2 for every sample of the batch x.
+
+    Args:
+        f: a callable mapping a batch (B, ...) to a batch (B, ...) of any trailing shape: an
+            nn.Module (put it in eval mode), a TorchScript module, a torch.export program's module,
+            or a plain function. It is called exactly once, as f(x, *args, **kwargs).
+        x: (B, ...) floating tensor; the dtype and device of the computation.
+        method: "lanczos" (thick-restart Lanczos, the default) or "power" (the power method of
+            arXiv 2012.13247).
+        max_iter: the most products with J^T J spent on a sample.
+        tol: target relative accuracy of each sigma (Lanczos: estimated error; power: relative
+            change between iterations).
+        seed: seed of the start vector; the same seed gives bit-identical results on the same
+            machine and settings. None means a fixed default seed.
+        krylov_dim: Lanczos basis size per sample (memory is krylov_dim + 1 copies of x).
+        check_coupling: spend one backward pass checking that samples do not interact.
+        callback: called after each iteration with (iteration, sigma (B,), active (B,)).
+
+    Returns:
+        SpectralNormResult with sigma, iterations, converged, residual (B,) and vector (B, ...).
+
+    Raises:
+        InputError: x is not a finite floating tensor with a batch dimension, or a setting is out
+            of range.
+        ModelOutputError: f returned a non-tensor, NaN or Inf, or a batch of another size.
+        BatchCouplingError: f mixes samples (BatchNorm in training mode, attention over the batch).
+    """
+    _check_input(x)
+    _check_settings(method, max_iter, tol)
+    operator = JacobianOperator.from_function(f, x, args, kwargs)
+    return solve(
+        operator,
+        method=method,
+        max_iter=max_iter,
+        tol=tol,
+        seed=seed,
+        krylov_dim=krylov_dim,
+        check_coupling=check_coupling,
+        callback=callback,
+    )
+
+
+def differentiable_sigma(operator: JacobianOperator, vector: Tensor) -> Tensor:
+    """||J u|| per sample with the autograd graph kept, for u the returned unit `vector` (B, ...).
+
+    At a top singular vector u, d||J u||/d theta = u^T d(J^T J)/d theta u / (2 sigma), the
+    derivative of sigma itself (the first-order change of u does not change the value), so
+    back-propagating this tensor trains against the spectral norm without differentiating
+    through the iterations.
+    """
+    product = operator.jvp(vector.detach(), create_graph=True)
+    return torch.linalg.vector_norm(product.flatten(1), dim=1)
