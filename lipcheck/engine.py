@@ -181,13 +181,15 @@ def check_batch_coupling(operator: JacobianOperator, seed: int | None = None) ->
         )
 
 
-def _check_settings(method: str, max_iter: int, tol: float) -> None:
+def _check_settings(method: str, max_iter: int, tol: float, krylov_dim: int = DEFAULT_KRYLOV_DIM) -> None:
     if method not in METHODS:
         raise InputError(f"method {method!r} is not known, expected one of {', '.join(METHODS)}")
     if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
         raise InputError(f"max_iter must be a positive integer, got {max_iter!r}")
     if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 < tol < 1:
         raise InputError(f"tol must be a number in (0, 1), got {tol!r}")
+    if isinstance(krylov_dim, bool) or not isinstance(krylov_dim, int) or krylov_dim < 1:
+        raise InputError(f"krylov_dim must be a positive integer, got {krylov_dim!r}")
 
 
 def _check_input(x: Any) -> None:
@@ -302,7 +304,7 @@ def lanczos(
     """
     batch, n = u0.shape
     dim = max(1, min(krylov_dim, n))
-    kept = min(_KEPT_RITZ_VECTORS, dim - 1)
+    kept = min(_KEPT_RITZ_VECTORS, dim)
     device, dtype = u0.device, u0.dtype
     rounding = torch.finfo(dtype).eps
     basis = torch.zeros(batch, dim + 1, n, dtype=dtype, device=device)
@@ -397,7 +399,7 @@ def solve(
     callback: IterationCallback | None = None,
 ) -> SpectralNormResult:
     """Spectral norms of an existing `JacobianOperator`; see `spectral_norm` for the arguments."""
-    _check_settings(method, max_iter, tol)
+    _check_settings(method, max_iter, tol, krylov_dim)
     if check_coupling:
         check_batch_coupling(operator, seed)
     shape = operator.input_shape
@@ -464,7 +466,7 @@ def spectral_norm(
         BatchCouplingError: f mixes samples (BatchNorm in training mode, attention over the batch).
     """
     _check_input(x)
-    _check_settings(method, max_iter, tol)
+    _check_settings(method, max_iter, tol, krylov_dim)
     operator = JacobianOperator.from_function(f, x, args, kwargs)
     return solve(
         operator,
