@@ -52,7 +52,9 @@ def test_result_fields_describe_the_returned_vector(method: str) -> None:
     assert result.vector.shape == x.shape
     assert result.iterations.dtype == torch.int64 and result.converged.dtype == torch.bool
     for i, sample in enumerate(x):
-        jacobian = torch.func.jacrev(lambda z: model(z.unsqueeze(0)).squeeze(0))(sample).reshape(64, 64)
+        jacobian = (
+            torch.func.jacrev(lambda z: model(z.unsqueeze(0)).squeeze(0))(sample).reshape(64, 64).detach()
+        )
         u = result.vector[i].flatten()
         assert float(u.norm()) == pytest.approx(1.0, abs=1e-12)
         gram_u = jacobian.T @ (jacobian @ u)
