@@ -302,3 +302,11 @@ def test_a_sample_does_not_depend_on_the_rest_of_its_batch(order: list[int], kee
     subset = order[:keep]
     part = spectral_norm(model, x[subset], tol=1e-9).sigma
     torch.testing.assert_close(part, full[subset], rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("tol", [1e-3, 1e-5])
+def test_lanczos_stops_with_an_error_below_tol(zoo_name: str, tol: float) -> None:
+    model, x = make_model(zoo_name)
+    result = spectral_norm(model, x, tol=tol)
+    assert bool(result.converged.all())
+    assert relative_error(result.sigma, exact_sigma(model, x)) <= tol
