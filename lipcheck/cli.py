@@ -1,19 +1,75 @@
-"""The `lipcheck` command line: parse, call, render, exit code."""
+"""The `lipcheck` command line: parse, call, render, exit code.
+
+Exit codes: 0 success (gate passed or no gate), 1 the gate failed, 2 a usage or input error (one line
+on stderr, no traceback unless --debug), 3 the audit itself failed (NaN output, no sample converged).
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+import json
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
 
 from lipcheck import __version__
+from lipcheck.errors import AuditFailedError, InputError, LipcheckError
 
 app = typer.Typer(
     name="lipcheck",
     help="Audit how much a PyTorch model can amplify a perturbation of its input.",
     no_args_is_help=True,
     add_completion=False,
+    rich_markup_mode="markdown",
+    pretty_exceptions_enable=False,
 )
+
+
+class Method(str, Enum):
+    lanczos = "lanczos"
+    power = "power"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Dtype(str, Enum):
+    float32 = "float32"
+    float64 = "float64"
+
+
+class Reduction(str, Enum):
+    max = "max"
+    mean = "mean"
+    sum = "sum"
+    median = "median"
+    p95 = "p95"
+
+
+class Format(str, Enum):
+    table = "table"
+    json = "json"
+    markdown = "markdown"
 
 
 def _print_version(value: bool) -> None:
@@ -38,6 +94,371 @@ def version() -> None:
     import torch
 
     typer.echo(f"lipcheck {__version__} (torch {torch.__version__})")
+
+
+@contextmanager
+def _errors_to_exit_codes(debug: bool) -> Iterator[None]:
+    """LipcheckError -> one line on stderr and exit 2 (3 for AuditFailedError); --debug adds the traceback."""
+    try:
+        yield
+    except LipcheckError as error:
+        if debug:
+            traceback.print_exc(file=sys.stderr)
+        message = " ".join(str(error).split())
+        typer.echo(f"lipcheck: error: {message}", err=True)
+        raise typer.Exit(3 if isinstance(error, AuditFailedError) else 2) from None
+
+
+def _parse_json_object(text: str | None, flag: str) -> dict[str, Any]:
+    if text is None:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise InputError(
+            f"{flag} {text!r} is not JSON ({error.msg}): give an object like '{{\"channels\": 4}}'"
+        ) from None
+    if not isinstance(value, dict):
+        raise InputError(f"{flag} {text!r} is not a JSON object: give an object like '{{\"channels\": 4}}'")
+    return value
+
+
+def parse_model_args(pairs: list[str] | None) -> dict[str, Any]:
+    """['sr=16000', 'mode=fast'] -> {'sr': 16000, 'mode': 'fast'}: JSON when the value parses."""
+    kwargs: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, equals, value = pair.partition("=")
+        if not equals or not key.strip().isidentifier():
+            raise InputError(
+                f"--arg {pair!r} must look like KEY=VALUE with KEY a Python name, e.g. --arg sr=16000"
+            )
+        try:
+            kwargs[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            kwargs[key.strip()] = value
+    return kwargs
+
+
+class _RateColumn(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:,.1f} samples/s" if speed else "- samples/s", style="progress.data.speed")
+
+
+@contextmanager
+def _progress(enabled: bool, total: int) -> Iterator[Callable[[int], None] | None]:
+    if not enabled:
+        yield None
+        return
+    bar = Progress(
+        TextColumn("auditing"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        _RateColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
+    task = bar.add_task("audit", total=total)
+    with bar:
+        yield lambda done: bar.advance(task, done)
+
+
+AUDIT_EPILOG = """\
+**Examples**
+
+```
+lipcheck audit model.pt2 --data inputs.npy
+lipcheck audit model.pt2 --data inputs.npz --data-key images --limit 1000 --format json | jq .summary
+lipcheck audit weights.safetensors --arch nets.py:make_denoiser --arch-kwargs '{"channels": 4}' --data x.pt
+lipcheck audit model.pt2 --random 3x32x32 --num-samples 256 --seed 1 --dtype float64
+lipcheck audit model.pt2 --data images/ --fail-above 2.5 --output report.json
+```
+
+Exit codes: 0 done (gate passed), 1 gate failed (--fail-above), 2 bad input or usage,
+3 the audit failed (NaN output, no sample converged).
+"""
+
+
+@app.command(epilog=AUDIT_EPILOG)
+def audit(
+    model: Annotated[
+        Path,
+        typer.Argument(
+            metavar="MODEL",
+            help="Model file: .pt2 (torch.export), TorchScript, .safetensors or a state dict with --arch, "
+            "or a pickled module with --trust-pickle. Detected from the file's content.",
+            show_default=False,
+        ),
+    ],
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data",
+            "-d",
+            help="Data: .npy (memory-mapped), .npz, .pt (a tensor or dict of tensors), .safetensors, "
+            "or a folder of PNG/JPEG images. The first dimension indexes the samples.",
+            show_default=False,
+        ),
+    ] = None,
+    random: Annotated[
+        str | None,
+        typer.Option(
+            "--random",
+            help="Audit standard normal samples of this shape (without the batch), e.g. 20 or 3x32x32, "
+            "instead of --data; needs --num-samples; seeded by --seed.",
+            metavar="SHAPE",
+            show_default=False,
+        ),
+    ] = None,
+    num_samples: Annotated[
+        int | None,
+        typer.Option("--num-samples", min=1, help="Number of --random samples.", show_default=False),
+    ] = None,
+    data_key: Annotated[
+        str | None,
+        typer.Option(
+            "--data-key", help="The array to audit in a data file that holds several.", show_default=False
+        ),
+    ] = None,
+    limit: Annotated[
+        int | None,
+        typer.Option(
+            "--limit", min=1, help="Audit only the first N samples.", metavar="N", show_default=False
+        ),
+    ] = None,
+    arch: Annotated[
+        str | None,
+        typer.Option(
+            "--arch",
+            help="Architecture for weight-only files: path/to/file.py:factory or package.module:factory, "
+            "a function returning the nn.Module (runs that code).",
+            show_default=False,
+        ),
+    ] = None,
+    arch_kwargs: Annotated[
+        str | None,
+        typer.Option(
+            "--arch-kwargs",
+            help="Keyword arguments of the --arch factory as a JSON object.",
+            show_default=False,
+        ),
+    ] = None,
+    trust_pickle: Annotated[
+        bool,
+        typer.Option(
+            "--trust-pickle",
+            help="Load a whole pickled module. This EXECUTES CODE from the model file: only for files "
+            "from a source you trust.",
+        ),
+    ] = False,
+    model_arg: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--arg",
+            help="Extra keyword argument of the model's forward, KEY=VALUE (repeatable); VALUE is parsed "
+            "as JSON when it parses (sr=16000 is the int 16000), else passed as a string.",
+            metavar="KEY=VALUE",
+            show_default=False,
+        ),
+    ] = None,
+    output_key: Annotated[
+        str | None,
+        typer.Option(
+            "--output-key",
+            help="The output to audit when the model returns a dict (a key) or a tuple (an index).",
+            show_default=False,
+        ),
+    ] = None,
+    method: Annotated[Method, typer.Option("--method", help="Solver: Lanczos or power iteration.")] = (
+        Method.lanczos
+    ),
+    tol: Annotated[float, typer.Option("--tol", help="Target relative accuracy of each sigma.")] = 1e-4,
+    max_iter: Annotated[
+        int, typer.Option("--max-iter", min=1, help="Most products with J^T J per sample.")
+    ] = 200,
+    seed: Annotated[
+        int, typer.Option("--seed", min=0, help="Seed of the start vector and of --random data.")
+    ] = 0,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", "-b", min=1, help="Samples per model call; bounds the memory.")
+    ] = 64,
+    device: Annotated[
+        Device, typer.Option("--device", help="auto: CUDA when available, else the CPU.")
+    ] = Device.auto,
+    dtype: Annotated[Dtype, typer.Option("--dtype", help="Precision of the model and the data.")] = (
+        Dtype.float32
+    ),
+    reduction: Annotated[
+        Reduction, typer.Option("--reduction", help="How sigma over the samples reduces to one value.")
+    ] = Reduction.max,
+    output_format: Annotated[
+        Format | None,
+        typer.Option(
+            "--format",
+            "-f",
+            help="Report format. Default: table on a terminal, json when stdout is a pipe or with --output.",
+            show_default=False,
+        ),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Write the report to this file (atomically) instead of stdout.",
+            show_default=False,
+        ),
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or notes on stderr.")] = False,
+    fail_above: Annotated[
+        float | None,
+        typer.Option(
+            "--fail-above",
+            help="Exit 1 when the reduced sigma exceeds this value (recorded in the report's gate).",
+            metavar="X",
+            show_default=False,
+        ),
+    ] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an error.")] = False,
+) -> None:
+    """Audit MODEL on a data set: the spectral norm of its Jacobian at every sample.
+
+    Prints the worst samples and a summary (table), or the full report (json, markdown).
+    """
+    from lipcheck.audit import check_converged, run_audit
+    from lipcheck.datasets import open_dataset, parse_shape, random_dataset
+    from lipcheck.gate import FailAbove
+    from lipcheck.models import load_model
+    from lipcheck.render import render_table, render_text
+    from lipcheck.report import Settings, write_atomic
+
+    with _errors_to_exit_codes(debug):
+        if (data is None) == (random is None):
+            raise InputError(
+                "give the data with --data PATH, or --random SHAPE --num-samples N (one of them)"
+            )
+        if random is not None and num_samples is None:
+            raise InputError("--random needs --num-samples N, the number of samples to draw")
+        if random is None and num_samples is not None:
+            raise InputError("--num-samples goes with --random; with --data use --limit N")
+        kwargs = _parse_json_object(arch_kwargs, "--arch-kwargs")
+        model_kwargs = parse_model_args(model_arg)
+        fmt = (
+            output_format.value
+            if output_format
+            else ("table" if output is None and _is_terminal() else "json")
+        )
+
+        begin = time.perf_counter()
+        loaded = load_model(model, arch=arch, arch_kwargs=kwargs, trust_pickle=trust_pickle)
+        if random is not None:
+            dataset = random_dataset(parse_shape(random), num_samples or 0, seed=seed)
+            if limit is not None:
+                raise InputError("--limit goes with --data; with --random use --num-samples N")
+        else:
+            dataset = open_dataset(data or Path(), key=data_key, limit=limit)
+        load_seconds = time.perf_counter() - begin
+        settings = Settings(
+            method=method.value,
+            tol=tol,
+            max_iter=max_iter,
+            seed=seed,
+            batch_size=batch_size,
+            device=device.value,
+            dtype=dtype.value,
+            reduction=reduction.value,
+            output_key=output_key,
+            model_kwargs=model_kwargs,
+        )
+        rules = [FailAbove(fail_above)] if fail_above is not None else []
+        show_progress = not quiet and sys.stderr.isatty() and (fmt == "table" or output is not None)
+        with _progress(show_progress, len(dataset)) as progress:
+            report = run_audit(
+                loaded, dataset, settings, rules=rules, progress=progress, load_seconds=load_seconds
+            )
+
+        if output is not None:
+            write_atomic(output, render_text(report, fmt))
+            if not quiet:
+                typer.echo(f"lipcheck: report written to {output}", err=True)
+        elif fmt == "table":
+            render_table(report, Console())
+        else:
+            sys.stdout.write(render_text(report, fmt))
+        check_converged(report)
+    if report.gate.passed is False:
+        failed = "; ".join(v.message for v in report.gate.rules if not v.passed)
+        typer.echo(f"lipcheck: gate failed: {failed}", err=True)
+        raise typer.Exit(1)
+
+
+def _is_terminal() -> bool:
+    return sys.stdout.isatty()
+
+
+INSPECT_EPILOG = """\
+**Examples**
+
+```
+lipcheck inspect model.pt2
+lipcheck inspect weights.safetensors --arch nets.py:make_denoiser --json | jq .parameters
+```
+"""
+
+
+@app.command(epilog=INSPECT_EPILOG)
+def inspect(
+    model: Annotated[Path, typer.Argument(help="Model file, as for `lipcheck audit`.", show_default=False)],
+    arch: Annotated[
+        str | None,
+        typer.Option(
+            "--arch", help="Architecture factory for weight-only files (runs that code).", show_default=False
+        ),
+    ] = None,
+    arch_kwargs: Annotated[
+        str | None,
+        typer.Option(
+            "--arch-kwargs",
+            help="Keyword arguments of the --arch factory as a JSON object.",
+            show_default=False,
+        ),
+    ] = None,
+    trust_pickle: Annotated[
+        bool,
+        typer.Option("--trust-pickle", help="Load a whole pickled module (EXECUTES CODE from the file)."),
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object instead of text.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an error.")] = False,
+) -> None:
+    """Load MODEL and print what was loaded (format, sha256, size, parameters, input spec); no audit."""
+    from lipcheck.audit import model_section
+    from lipcheck.models import load_model
+
+    with _errors_to_exit_codes(debug):
+        loaded = load_model(
+            model,
+            arch=arch,
+            arch_kwargs=_parse_json_object(arch_kwargs, "--arch-kwargs"),
+            trust_pickle=trust_pickle,
+        )
+    section = model_section(loaded).__dict__
+    if as_json:
+        typer.echo(json.dumps(section, indent=2, default=list))
+        return
+    for name, value in section.items():
+        if name == "input_spec":
+            value = (
+                ", ".join(f"{s['name']} ({', '.join(map(str, s['shape']))}) {s['dtype']}" for s in value)
+                or "-"
+            )
+        elif name == "arch_kwargs":
+            value = json.dumps(value) if value else "-"
+        elif name == "trusted":
+            value = (
+                "yes (loading executed code from the file)" if value else "no (nothing from the file was run)"
+            )
+        typer.echo(f"{name + ':':<13} {'-' if value is None else value}")
 
 
 def main() -> None:

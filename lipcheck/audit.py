@@ -1,0 +1,280 @@
+"""Run an audit: feed a data set's batches through the engine and collect one row per sample.
+
+`audit_rows` is the loop: it takes an index range and a sink for rows, so a shard of a data set (one
+torchrun worker) or the rest of an interrupted run are the same call with another range and a sink
+that appends to a file. Because the engine starts every sample from the same seeded vector, a
+sample's row does not depend on which batch it was in. `run_audit` wraps the loop with provenance,
+summary and gate into a `Report`.
+
+The model is called exactly once per batch (the engine's single evaluation); this module only wraps
+that call to pass `--arg` keyword arguments, to pick `--output-key`, and to turn the model's failures
+into messages that name the samples and the shapes involved.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict
+from datetime import datetime, timezone
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lipcheck import __version__
+from lipcheck.datasets import Dataset
+from lipcheck.engine import spectral_norm
+from lipcheck.errors import AuditFailedError, InputError, LipcheckError, ModelOutputError
+from lipcheck.gate import Rule, judge
+from lipcheck.models import LoadedModel
+from lipcheck.report import (
+    REDUCTIONS,
+    DataSection,
+    Environment,
+    ModelSection,
+    Report,
+    SampleResult,
+    Settings,
+    Timing,
+    finite_or_none,
+    summarise,
+)
+
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
+DEVICES = ("auto", "cpu", "cuda")
+
+RowSink = Callable[[Sequence[SampleResult]], None]
+Progress = Callable[[int], None]
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' is CUDA when available, else the CPU; 'cuda' without a GPU is an InputError."""
+    if name not in DEVICES:
+        raise InputError(f"--device {name!r} is not one of {', '.join(DEVICES)}")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda: no CUDA device is available here; use --device cpu or auto")
+    return torch.device(name)
+
+
+def select_output(output: Any, key: str | None) -> Any:
+    """The entry `key` of a dict or tuple output (`--output-key`), or the output itself."""
+    if isinstance(output, Mapping):
+        keys = ", ".join(repr(k) for k in output)
+        if key is None:
+            raise ModelOutputError(
+                f"the model returned a dict with keys {keys}: choose one with --output-key"
+            )
+        if key not in output:
+            raise ModelOutputError(f"--output-key {key!r} is not among the model's outputs {keys}")
+        return output[key]
+    if isinstance(output, (tuple, list)):
+        last = len(output) - 1
+        if key is None:
+            raise ModelOutputError(
+                f"the model returned a {type(output).__name__} of {len(output)} outputs: "
+                f"choose one with --output-key 0..{last}"
+            )
+        if key.isdigit() and int(key) <= last:
+            return output[int(key)]
+        named = getattr(output, "_fields", ())
+        if key in named:
+            return getattr(output, key)
+        raise ModelOutputError(
+            f"--output-key {key!r} does not pick one of the model's {len(output)} outputs: use 0..{last}"
+        )
+    if key is not None and isinstance(output, Tensor):
+        raise ModelOutputError(
+            f"the model returns one tensor, so --output-key {key!r} does not apply: drop it"
+        )
+    return output
+
+
+def _expected_shape(model: LoadedModel) -> str:
+    if not model.input_spec:
+        return ""
+    shape = model.input_spec[0].shape
+    shown = ", ".join(
+        str(d) if isinstance(d, int) else ("B" if i == 0 else str(d)) for i, d in enumerate(shape)
+    )
+    hint = ""
+    if shape and isinstance(shape[0], int):
+        hint = (
+            f"; it was exported with a fixed batch of {shape[0]}: export it with a dynamic batch "
+            f"dimension (dynamic_shapes) or pass --batch-size {shape[0]}"
+        )
+    return f"; the model file records input shape ({shown}){hint}"
+
+
+def audit_rows(
+    model: LoadedModel,
+    data: Dataset,
+    settings: Settings,
+    *,
+    indices: range,
+    sink: RowSink,
+    progress: Progress | None = None,
+) -> None:
+    """Audit the samples `indices` of `data` batch by batch, passing each batch's rows to `sink`.
+
+    The model must already be on the settings' device and dtype (`run_audit` does that). Raises
+    InputError or ModelOutputError for bad input (the message names the data and the samples), and
+    AuditFailedError when the model's output is NaN or Inf or the Jacobian products fail.
+    """
+    device = resolve_device(settings.device)
+    dtype = DTYPES[settings.dtype]
+    module = model.module
+    kwargs = dict(settings.model_kwargs)
+    for batch, x in data.batches(indices, settings.batch_size, dtype):
+        where = f"{data.name} samples {batch.start}-{batch.stop - 1}"
+        shape = tuple(x.shape)
+
+        def call(inputs: Tensor, shape: tuple[int, ...] = shape, first: int = batch.start) -> Any:
+            try:
+                output = module(inputs, **kwargs)
+            except Exception as error:
+                raise InputError(
+                    f"rejected input of shape {shape} ({type(error).__name__}: {_first_line(error)})"
+                    f"{_expected_shape(model)}"
+                ) from error
+            output = select_output(output, settings.output_key)
+            if isinstance(output, Tensor) and output.is_floating_point() and output.dim() > 0:
+                finite = torch.isfinite(output.reshape(output.shape[0], -1)).all(1)
+                if not bool(finite.all()):
+                    bad = first + int((~finite).nonzero()[0, 0])
+                    raise AuditFailedError(
+                        f"returned NaN or Inf at sample {bad}, so it cannot be measured there; "
+                        "check the model at that input"
+                    )
+            return output
+
+        try:
+            result = spectral_norm(
+                call,
+                x.to(device),
+                method=settings.method,  # type: ignore[arg-type]
+                max_iter=settings.max_iter,
+                tol=settings.tol,
+                seed=settings.seed,
+                krylov_dim=settings.krylov_dim,
+            )
+        except LipcheckError as error:
+            raise type(error)(f"model '{model.path}' on {where}: {error}") from error
+        except Exception as error:
+            raise AuditFailedError(
+                f"model '{model.path}' on {where}: the Jacobian products failed "
+                f"({type(error).__name__}: {_first_line(error)})"
+            ) from error
+        sigma = result.sigma.double().cpu().tolist()
+        iterations = result.iterations.cpu().tolist()
+        converged = result.converged.cpu().tolist()
+        residual = result.residual.double().cpu().tolist()
+        sink(
+            [
+                SampleResult(i, sigma[k], iterations[k], bool(converged[k]), finite_or_none(residual[k]))
+                for k, i in enumerate(batch)
+            ]
+        )
+        if progress is not None:
+            progress(len(batch))
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def environment(device: torch.device) -> Environment:
+    name = str(device)
+    if device.type == "cuda":
+        name = f"{name} ({torch.cuda.get_device_name(device)})"
+    return Environment(
+        python=platform.python_version(),
+        platform=platform.platform(),
+        torch=torch.__version__,
+        device=name,
+        threads=torch.get_num_threads(),
+    )
+
+
+def model_section(model: LoadedModel) -> ModelSection:
+    return ModelSection(
+        path=model.path,
+        format=model.format,
+        sha256=model.sha256,
+        size_bytes=model.size_bytes,
+        parameters=model.parameters,
+        trusted=model.trusted,
+        arch=model.arch,
+        arch_kwargs=dict(model.arch_kwargs),
+        input_spec=tuple(asdict(spec) for spec in model.input_spec),
+    )
+
+
+def run_audit(
+    model: LoadedModel,
+    data: Dataset,
+    settings: Settings,
+    *,
+    rules: Sequence[Rule] = (),
+    progress: Progress | None = None,
+    load_seconds: float = 0.0,
+) -> Report:
+    """Audit every sample of `data` and return the report, with the gate judged by `rules`.
+
+    Moves the model to the settings' device and dtype (in place). Raises InputError for bad input,
+    AuditFailedError when the audit itself fails (see `audit_rows`).
+    """
+    if settings.method not in ("lanczos", "power"):
+        raise InputError(f"--method {settings.method!r} is not one of lanczos, power")
+    if settings.dtype not in DTYPES:
+        raise InputError(f"--dtype {settings.dtype!r} is not one of {', '.join(DTYPES)}")
+    if not 0 < settings.tol < 1:
+        raise InputError(f"--tol must be in (0, 1), got {settings.tol:g}")
+    if settings.max_iter < 1:
+        raise InputError(f"--max-iter must be at least 1, got {settings.max_iter}")
+    if settings.reduction not in REDUCTIONS:
+        raise InputError(f"--reduction {settings.reduction!r} is not one of {', '.join(REDUCTIONS)}")
+    if settings.batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {settings.batch_size}")
+    device = resolve_device(settings.device)
+    if isinstance(model.module, torch.nn.Module):
+        model.module.to(device=device, dtype=DTYPES[settings.dtype])
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    rows: list[SampleResult] = []
+    begin = time.perf_counter()
+    audit_rows(model, data, settings, indices=range(len(data)), sink=rows.extend, progress=progress)
+    seconds = time.perf_counter() - begin
+    summary = summarise(rows, settings.reduction)
+    info = data.info
+    return Report(
+        model=model_section(model),
+        data=DataSection(
+            info.path, info.kind, info.key, info.count, info.total, info.sample_shape, info.dtype, info.seed
+        ),
+        settings=settings,
+        environment=environment(device),
+        timing=Timing(
+            started=started,
+            load_seconds=load_seconds,
+            audit_seconds=seconds,
+            total_seconds=load_seconds + seconds,
+            samples_per_second=len(rows) / seconds if seconds > 0 else 0.0,
+        ),
+        samples=tuple(rows),
+        summary=summary,
+        gate=judge(rules, summary),
+        lipcheck_version=__version__,
+    )
+
+
+def check_converged(report: Report) -> None:
+    """AuditFailedError when no sample converged: the figures are then not estimates of anything."""
+    if report.summary.count and report.summary.converged == 0:
+        raise AuditFailedError(
+            f"no sample converged within --max-iter {report.settings.max_iter} at --tol "
+            f"{report.settings.tol:g}: raise --max-iter or --tol (the report holds the unconverged figures)"
+        )

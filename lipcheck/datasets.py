@@ -1,0 +1,394 @@
+"""Open a data set as a source of batches, with memory bounded by the batch.
+
+A data set is an indexed collection of samples of one shape. `open_dataset` detects the kind from the
+path's content through a small table (`DATA_KINDS`, each with `detect` and `open`) and returns a
+`Dataset` that reads any index range on demand: `.npy` files are memory-mapped and never read whole,
+`.pt` files are memory-mapped where torch can, `.safetensors` tensors are sliced lazily, image folders
+decode one file per sample, and random data is generated per sample from the seed (so a sample does
+not depend on which batch it is read in). Only `.npz` arrays are read whole, once, because numpy
+cannot map a member of a zip archive.
+"""
+
+from __future__ import annotations
+
+import pickle
+import struct
+import zipfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from lipcheck.errors import InputError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+_NPY_MAGIC = b"\x93NUMPY"
+_ZIP_MAGIC = b"PK\x03\x04"
+
+# Reads samples [start, stop) as a numpy array or a tensor of the stored dtype.
+Reader = Callable[[int, int], "np.ndarray | Tensor"]
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What was opened: `count` samples of `sample_shape` are audited out of `total` in the source."""
+
+    path: str | None
+    kind: str
+    key: str | None
+    keys: tuple[str, ...]
+    count: int
+    total: int
+    sample_shape: tuple[int, ...]
+    dtype: str
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class _Array:
+    """One array of a source before the limit is applied."""
+
+    key: str | None
+    keys: tuple[str, ...]
+    total: int
+    sample_shape: tuple[int, ...]
+    dtype: str
+    reader: Reader
+
+
+class Dataset:
+    """Samples read on demand: `read(start, stop)` returns (stop - start, *sample_shape) floats."""
+
+    def __init__(self, info: DataInfo, reader: Reader) -> None:
+        self.info = info
+        self._reader = reader
+
+    def __len__(self) -> int:
+        return self.info.count
+
+    @property
+    def name(self) -> str:
+        return f"data file '{self.info.path}'" if self.info.path is not None else "random data"
+
+    def read(self, start: int, stop: int, dtype: torch.dtype = torch.float32) -> Tensor:
+        """Samples [start, stop) as a new tensor of `dtype`; InputError naming the first non-finite one."""
+        if not 0 <= start < stop <= self.info.count:
+            raise IndexError(f"samples [{start}, {stop}) are outside [0, {self.info.count})")
+        chunk = self._reader(start, stop)
+        if isinstance(chunk, np.ndarray):
+            x = torch.from_numpy(np.array(chunk, dtype=_NUMPY_DTYPES[dtype], copy=True))
+        else:
+            x = chunk.to(dtype=dtype, copy=True)
+        finite = torch.isfinite(x.reshape(x.shape[0], -1)).all(1)
+        if not bool(finite.all()):
+            bad = start + int((~finite).nonzero()[0, 0])
+            fix = f"fix or remove it, or audit the samples before it with --limit {bad}" if bad else "fix it"
+            raise InputError(f"{self.name} has NaN or Inf at sample {bad} (the first, 0-based): {fix}")
+        return x
+
+    def batches(
+        self, indices: range, batch_size: int, dtype: torch.dtype = torch.float32
+    ) -> Iterator[tuple[range, Tensor]]:
+        """Consecutive batches (index range, x) covering `indices` (a range of step 1)."""
+        for start in range(indices.start, indices.stop, batch_size):
+            stop = min(start + batch_size, indices.stop)
+            yield range(start, stop), self.read(start, stop, dtype)
+
+
+_NUMPY_DTYPES: dict[torch.dtype, type] = {torch.float32: np.float32, torch.float64: np.float64}
+_DTYPE_NAMES: dict[torch.dtype, str] = {torch.float32: "float32", torch.float64: "float64"}
+
+
+def _check_numeric(dtype: Any, where: str) -> None:
+    kind = np.dtype(dtype).kind if not isinstance(dtype, torch.dtype) else None
+    if isinstance(dtype, torch.dtype):
+        ok = dtype.is_floating_point or not (dtype.is_complex or dtype == torch.bool)
+    else:
+        ok = kind in "fiu"
+    if not ok:
+        raise InputError(f"{where} holds {dtype} values, expected real numbers (float or integer)")
+
+
+def _choose(keys: Sequence[str], key: str | None, where: str) -> str:
+    if not keys:
+        raise InputError(f"{where} holds no arrays: give a file with at least one array of samples")
+    if key is not None:
+        if key not in keys:
+            raise InputError(
+                f"{where} has no array {key!r}; it has {_names(keys)}: choose one with --data-key"
+            )
+        return key
+    if len(keys) > 1:
+        raise InputError(f"{where} has arrays {_names(keys)}: choose one with --data-key")
+    return keys[0]
+
+
+def _names(keys: Sequence[str]) -> str:
+    return ", ".join(repr(k) for k in keys)
+
+
+def _no_key(key: str | None, where: str) -> None:
+    if key is not None:
+        raise InputError(
+            f"{where} holds one array, so --data-key {key!r} does not apply: drop --data-key "
+            "(it chooses an array in .npz, .pt and .safetensors files)"
+        )
+
+
+def _open_npy(path: Path, key: str | None) -> _Array:
+    where = f"data file '{path}'"
+    _no_key(key, where)
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as error:
+        raise InputError(f"{where} holds Python objects, not numbers: save a numeric array") from error
+    _check_numeric(array.dtype, where)
+    if array.ndim == 0:
+        raise InputError(f"{where} holds a scalar, expected an array of samples (N, ...)")
+    return _Array(None, (), array.shape[0], tuple(array.shape[1:]), str(array.dtype), lambda a, b: array[a:b])
+
+
+def _open_npz(path: Path, key: str | None) -> _Array:
+    where = f"data file '{path}'"
+    with np.load(path, allow_pickle=False) as archive:
+        keys = tuple(archive.files)
+        chosen = _choose(keys, key, where)
+        try:
+            array = archive[chosen]
+        except ValueError as error:
+            raise InputError(f"{where}: array {chosen!r} holds Python objects, not numbers") from error
+    _check_numeric(array.dtype, f"{where} array {chosen!r}")
+    if array.ndim == 0:
+        raise InputError(f"{where} array {chosen!r} is a scalar, expected an array of samples (N, ...)")
+    return _Array(
+        chosen, keys, array.shape[0], tuple(array.shape[1:]), str(array.dtype), lambda a, b: array[a:b]
+    )
+
+
+def _open_pt(path: Path, key: str | None) -> _Array:
+    where = f"data file '{path}'"
+    try:
+        try:
+            content = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # files in torch's legacy format cannot be memory-mapped
+            content = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise InputError(
+            f"{where} is a pickle that needs code to load, and data is never loaded with code: save a "
+            "tensor or a dict of tensors with torch.save, or a .npy file"
+        ) from error
+    if isinstance(content, Tensor):
+        _no_key(key, where)
+        tensor: Tensor = content
+        chosen, keys = None, ()
+    elif isinstance(content, Mapping):
+        tensors = {k: v for k, v in content.items() if isinstance(k, str) and isinstance(v, Tensor)}
+        keys = tuple(tensors)
+        chosen = _choose(keys, key, where)
+        tensor = tensors[chosen]
+    else:
+        raise InputError(f"{where} holds a {type(content).__name__}, expected a tensor or a dict of tensors")
+    _check_numeric(tensor.dtype, where)
+    if tensor.dim() == 0:
+        raise InputError(f"{where} holds a scalar tensor, expected samples (N, ...)")
+    dtype = str(tensor.dtype).removeprefix("torch.")
+    return _Array(chosen, keys, tensor.shape[0], tuple(tensor.shape[1:]), dtype, lambda a, b: tensor[a:b])
+
+
+def _open_safetensors(path: Path, key: str | None) -> _Array:
+    from safetensors import safe_open
+
+    where = f"data file '{path}'"
+    handle = safe_open(str(path), framework="pt", device="cpu")
+    keys = tuple(handle.keys())
+    chosen = _choose(keys, key, where)
+    lazy = handle.get_slice(chosen)
+    shape = tuple(lazy.get_shape())
+    if not shape:
+        raise InputError(f"{where} tensor {chosen!r} is a scalar, expected samples (N, ...)")
+    dtype = lazy.get_dtype().lower()
+    if dtype.startswith(("bool", "c")):
+        raise InputError(f"{where} tensor {chosen!r} holds {dtype} values, expected real numbers")
+
+    def reader(start: int, stop: int) -> Tensor:
+        return lazy[start:stop]
+
+    return _Array(chosen, keys, shape[0], shape[1:], dtype, reader)
+
+
+def _open_images(path: Path, key: str | None) -> _Array:
+    where = f"image folder '{path}'"
+    _no_key(key, where)
+    try:
+        from PIL import Image
+    except ImportError:
+        raise InputError(
+            f'{where} needs Pillow to read PNG/JPEG images: pip install "lipcheck[images]"'
+        ) from None
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        return _Array(None, (), 0, (), "uint8", lambda a, b: np.zeros((0,)))
+
+    def decode(file: Path) -> np.ndarray:
+        try:
+            with Image.open(file) as image:
+                image.load()
+                grey = image.mode in ("1", "L", "LA", "I", "I;16", "F")
+                pixels = np.asarray(image.convert("L" if grey else "RGB"), dtype=np.float32) / 255.0
+        except OSError as error:
+            raise InputError(f"image '{file}' cannot be read ({error}): fix or remove it") from error
+        return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+
+    first = decode(files[0])
+
+    def reader(start: int, stop: int) -> np.ndarray:
+        images = []
+        for file in files[start:stop]:
+            pixels = decode(file)
+            if pixels.shape != first.shape:
+                raise InputError(
+                    f"image '{file}' has shape {pixels.shape} (C, H, W), but '{files[0].name}' has "
+                    f"{first.shape}: resize the images of {where} to one size"
+                )
+            images.append(pixels)
+        return np.stack(images)
+
+    return _Array(None, (), len(files), tuple(first.shape), "uint8", reader)
+
+
+def _is_npy(path: Path, head: bytes) -> bool:
+    return path.is_file() and head.startswith(_NPY_MAGIC)
+
+
+def _zip_names(path: Path) -> list[str]:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return []
+
+
+def _is_npz(path: Path, head: bytes) -> bool:
+    names = _zip_names(path) if path.is_file() and head.startswith(_ZIP_MAGIC) else []
+    return bool(names) and all(name.endswith(".npy") for name in names)
+
+
+def _is_pt(path: Path, head: bytes) -> bool:
+    if not path.is_file():
+        return False
+    if head.startswith(_ZIP_MAGIC):
+        return any(name.endswith("/data.pkl") or name == "data.pkl" for name in _zip_names(path))
+    return len(head) > 1 and head[0] == 0x80
+
+
+def _is_safetensors(path: Path, head: bytes) -> bool:
+    if not path.is_file() or len(head) < 9:
+        return False
+    (length,) = struct.unpack("<Q", head[:8])
+    return 2 <= length <= 100_000_000 and head[8:9] == b"{"
+
+
+@dataclass(frozen=True)
+class DataKind:
+    """One kind of data source: `detect` looks at the path, `open` maps it without reading it whole."""
+
+    name: str
+    detect: Callable[[Path, bytes], bool]
+    open: Callable[[Path, str | None], _Array]
+
+
+DATA_KINDS: tuple[DataKind, ...] = (
+    DataKind("npy", _is_npy, _open_npy),
+    DataKind("npz", _is_npz, _open_npz),
+    DataKind("safetensors", _is_safetensors, _open_safetensors),
+    DataKind("pt", _is_pt, _open_pt),
+    DataKind("images", lambda path, head: path.is_dir(), _open_images),
+)
+
+
+def _limited(array: _Array, limit: int | None, where: str) -> int:
+    if array.total == 0:
+        raise InputError(f"{where} is empty (0 samples): give a data set with at least one sample")
+    if limit is not None and limit < 1:
+        raise InputError(f"--limit must be at least 1, got {limit}")
+    return array.total if limit is None else min(limit, array.total)
+
+
+def open_dataset(path: str | Path, *, key: str | None = None, limit: int | None = None) -> Dataset:
+    """Open the data at `path` (a file or an image folder) for batched reading.
+
+    `key` chooses the array in a file that holds several; `limit` keeps the first that many samples.
+    Raises InputError naming the path and the fix: missing path, unknown format, several arrays and
+    no key, an empty data set, non-numeric data, a truncated file.
+    """
+    source = Path(path)
+    if not source.exists():
+        raise InputError(f"data path '{source}' does not exist: check the path given to --data")
+    head = b""
+    if source.is_file():
+        with source.open("rb") as handle:
+            head = handle.read(64)
+    where = f"data file '{source}'" if source.is_file() else f"image folder '{source}'"
+    for kind in DATA_KINDS:
+        if kind.detect(source, head):
+            try:
+                array = kind.open(source, key)
+            except InputError:
+                raise
+            except Exception as error:
+                text = str(error).strip().splitlines()
+                raise InputError(
+                    f"{where} looks like {kind.name} but cannot be read ({type(error).__name__}: "
+                    f"{text[0] if text else ''}): it may be truncated or corrupt, write it again"
+                ) from error
+            count = _limited(array, limit, where)
+            info = DataInfo(
+                str(path),
+                kind.name,
+                array.key,
+                array.keys,
+                count,
+                array.total,
+                array.sample_shape,
+                array.dtype,
+            )
+            return Dataset(info, array.reader)
+    raise InputError(
+        f"{where} is not a data format lipcheck reads (.npy, .npz, .pt, .safetensors or a folder of "
+        "PNG/JPEG images): convert it, e.g. with numpy.save"
+    )
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """'3x32x32' -> (3, 32, 32); InputError naming --random when it is not positive integers."""
+    try:
+        shape = tuple(int(part) for part in text.lower().replace(",", "x").split("x"))
+    except ValueError:
+        shape = ()
+    if not shape or any(d < 1 for d in shape):
+        raise InputError(
+            f"--random {text!r} is not a shape: give sizes without the batch, e.g. 20 or 3x32x32"
+        )
+    return shape
+
+
+def random_dataset(shape: Sequence[int], count: int, *, seed: int = 0) -> Dataset:
+    """`count` standard normal samples of `shape`; sample i is drawn from its own seed (seed, i)."""
+    if count < 1:
+        raise InputError(f"--num-samples must be at least 1, got {count}")
+    sample_shape = tuple(int(d) for d in shape)
+    base = (seed & 0xFFFFFFFF) << 32
+
+    def reader(start: int, stop: int) -> Tensor:
+        out = torch.empty((stop - start, *sample_shape), dtype=torch.float64)
+        for row, index in enumerate(range(start, stop)):
+            generator = torch.Generator().manual_seed(base + index)
+            out[row] = torch.randn(sample_shape, generator=generator, dtype=torch.float64)
+        return out
+
+    info = DataInfo(None, "random", None, (), count, count, sample_shape, "float64", seed)
+    return Dataset(info, reader)

@@ -1,0 +1,376 @@
+"""Load a model checkpoint as a callable, and describe what was loaded.
+
+Model files are untrusted input. The format is detected from the file's content, never from its
+suffix alone, through a small table of formats (`FORMATS`): each has a name and a `detect(path,
+head)` that looks at the file's first bytes (and, for zip archives, at the member names). Loading
+never executes code from the file unless the user asked for it by name with `trust_pickle=True`:
+
+- ``torch.export``: a ``.pt2`` archive made by ``torch.export.save`` (the recommended format),
+- ``torchscript``: an archive made by ``torch.jit.save``,
+- ``safetensors``: weights only, the module comes from an architecture factory (``--arch``),
+- ``state-dict``: a ``torch.save``'d dict of tensors, loaded with ``weights_only=True``, plus ``--arch``,
+- ``pickle``: a whole pickled module, loaded only with ``trust_pickle=True``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import importlib.util
+import json
+import pickle
+import re
+import struct
+import sys
+import zipfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lipcheck.errors import InputError
+
+_ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE_PROTOCOL_MARK = 0x80
+_STATE_DICT_KEYS = ("state_dict", "model_state_dict")
+_FIX_FORMAT = "save it with torch.export.save (recommended), torch.jit.save or safetensors"
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One input of a model as its file records it; `shape` uses names for dynamic dimensions."""
+
+    name: str
+    shape: tuple[int | str, ...]
+    dtype: str
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model ready to call, and where it came from.
+
+    Attributes:
+        module: the callable, in eval mode where the format allows it (an exported program's module
+            keeps the mode it was exported in).
+        path: the model file as the user gave it.
+        format: one of `FORMATS`' names.
+        sha256: hex digest of the model file's bytes.
+        size_bytes: size of the model file.
+        parameters: number of scalar parameters.
+        trusted: whether loading executed code from the file (only a pickle with trust_pickle=True).
+        arch: the architecture factory (``file.py:factory``) for weight-only formats, else None.
+        arch_kwargs: the keyword arguments given to the factory.
+        input_spec: the inputs the file records (torch.export), else empty.
+    """
+
+    module: Callable[..., Any]
+    path: str
+    format: str
+    sha256: str
+    size_bytes: int
+    parameters: int
+    trusted: bool
+    arch: str | None = None
+    arch_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    input_spec: tuple[InputSpec, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    module: Any
+    trusted: bool = False
+    input_spec: tuple[InputSpec, ...] = ()
+
+
+def _zip_names(path: Path) -> list[str] | None:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return None
+
+
+def _members(names: list[str]) -> set[str]:
+    """Member names without the archive's top folder, which torch names after the file."""
+    return {name.split("/", 1)[1] if "/" in name else name for name in names}
+
+
+def _is_export(path: Path, head: bytes) -> bool:
+    names = _zip_names(path) if head.startswith(_ZIP_MAGIC) else None
+    return names is not None and bool({"archive_format", "models/model.json"} & _members(names))
+
+
+def _is_torchscript(path: Path, head: bytes) -> bool:
+    names = _zip_names(path) if head.startswith(_ZIP_MAGIC) else None
+    return names is not None and "constants.pkl" in _members(names)
+
+
+def _is_safetensors(path: Path, head: bytes) -> bool:
+    if len(head) < 9:
+        return False
+    (length,) = struct.unpack("<Q", head[:8])
+    return 2 <= length <= 100_000_000 and head[8:9] == b"{"
+
+
+def _is_torch_pickle(path: Path, head: bytes) -> bool:
+    if head.startswith(_ZIP_MAGIC):
+        names = _zip_names(path)
+        return names is not None and "data.pkl" in _members(names)
+    return len(head) > 1 and head[0] == _PICKLE_PROTOCOL_MARK
+
+
+def _load_export(path: Path) -> _Loaded:
+    program = torch.export.load(str(path))
+    return _Loaded(program.module(), input_spec=_export_input_spec(program))
+
+
+def _export_input_spec(program: Any) -> tuple[InputSpec, ...]:
+    values = {node.name: node.meta.get("val") for node in program.graph.nodes if node.op == "placeholder"}
+    specs = []
+    for spec in program.graph_signature.input_specs:
+        if spec.kind.name != "USER_INPUT":
+            continue
+        name = getattr(spec.arg, "name", str(spec.arg))
+        value = values.get(name)
+        if isinstance(value, torch.Tensor):
+            shape = tuple(int(d) if isinstance(d, int) else str(d) for d in value.shape)
+            specs.append(InputSpec(name, shape, str(value.dtype).removeprefix("torch.")))
+    return tuple(specs)
+
+
+def _load_torchscript(path: Path) -> _Loaded:
+    return _Loaded(torch.jit.load(str(path), map_location="cpu"))
+
+
+def _load_safetensors(path: Path) -> _Loaded:
+    from safetensors.torch import load_file
+
+    return _Loaded(load_file(str(path), device="cpu"))
+
+
+def _load_pickle(path: Path, trust_pickle: bool) -> _Loaded:
+    if trust_pickle:
+        return _Loaded(torch.load(str(path), map_location="cpu", weights_only=False), trusted=True)
+    try:
+        content = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        needs = f" ({found.group(1)})" if found else ""
+        raise InputError(
+            f"model file '{path}' is a pickle that needs code to load{needs}; nothing from it was run: "
+            "pass --trust-pickle only if you trust its source (loading executes code from the file), "
+            f"or {_FIX_FORMAT}"
+        ) from error
+    return _Loaded(content)
+
+
+@dataclass(frozen=True)
+class ModelFormat:
+    """One model file format: `detect` looks at the file, `load` reads it without running it."""
+
+    name: str
+    detect: Callable[[Path, bytes], bool]
+    load: Callable[[Path, bool], _Loaded]
+
+
+# Order matters: archives are told apart by their members before the generic pickle check.
+FORMATS: tuple[ModelFormat, ...] = (
+    ModelFormat("torch.export", _is_export, lambda path, trust: _load_export(path)),
+    ModelFormat("torchscript", _is_torchscript, lambda path, trust: _load_torchscript(path)),
+    ModelFormat("safetensors", _is_safetensors, lambda path, trust: _load_safetensors(path)),
+    ModelFormat("pickle", _is_torch_pickle, _load_pickle),
+)
+
+
+def detect_format(path: Path) -> ModelFormat:
+    """The format of the model file at `path`, from its content; InputError when none fits."""
+    with path.open("rb") as handle:
+        head = handle.read(64)
+    for model_format in FORMATS:
+        if model_format.detect(path, head):
+            return model_format
+    if not head:
+        raise InputError(f"model file '{path}' is empty: {_FIX_FORMAT}")
+    if head.startswith(_ZIP_MAGIC):
+        raise InputError(
+            f"model file '{path}' is a truncated or corrupt zip archive: save or copy the model again"
+        )
+    raise InputError(
+        f"model file '{path}' is not a format lipcheck reads (torch.export .pt2, TorchScript, "
+        f"safetensors, torch.save): {_FIX_FORMAT}"
+    )
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_arch(arch: str, arch_kwargs: Mapping[str, Any]) -> nn.Module:
+    """Build a module from ``path/to/file.py:factory`` or ``package.module:factory``."""
+    source, _, name = arch.rpartition(":")
+    if not source or not name:
+        raise InputError(f"--arch {arch!r} must look like path/to/file.py:factory or package.module:factory")
+    try:
+        if source.endswith(".py") or "/" in source or "\\" in source:
+            file = Path(source)
+            if not file.is_file():
+                raise InputError(f"--arch file '{file}' does not exist: give the path of a Python file")
+            spec = importlib.util.spec_from_file_location(f"lipcheck_arch_{file.stem}", file)
+            if spec is None or spec.loader is None:
+                raise InputError(f"--arch file '{file}' cannot be imported as a Python module")
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = module
+            spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(source)
+    except InputError:
+        raise
+    except Exception as error:
+        raise InputError(
+            f"--arch {arch!r} cannot be imported ({type(error).__name__}: {_first_line(error)}): "
+            "fix the file or the module path"
+        ) from error
+    factory = getattr(module, name, None)
+    if not callable(factory):
+        raise InputError(f"--arch {arch!r}: '{source}' has no callable named '{name}'")
+    try:
+        built = factory(**arch_kwargs)
+    except Exception as error:
+        raise InputError(
+            f"--arch {arch!r} failed with --arch-kwargs {json.dumps(dict(arch_kwargs))} "
+            f"({type(error).__name__}: {_first_line(error)})"
+        ) from error
+    if not isinstance(built, nn.Module):
+        raise InputError(f"--arch {arch!r} returned {type(built).__name__}, expected a torch.nn.Module")
+    return built
+
+
+def _state_dict(content: Any) -> dict[str, torch.Tensor] | None:
+    """The tensors of a state dict, also when nested under "state_dict" as training checkpoints do."""
+    if isinstance(content, Mapping):
+        for key in _STATE_DICT_KEYS:
+            if isinstance(content.get(key), Mapping):
+                content = content[key]
+                break
+        if content and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in content.items()):
+            return dict(content)
+    return None
+
+
+def _fill(module: nn.Module, weights: Mapping[str, torch.Tensor], path: Path, arch: str) -> None:
+    """Load `weights` into `module` strictly, naming every key that does not fit."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    mismatched = [
+        f"{key} {tuple(weights[key].shape)} vs {tuple(expected[key].shape)}"
+        for key in sorted(set(expected) & set(weights))
+        if weights[key].shape != expected[key].shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys {_listing(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys {_listing(unexpected)}")
+    if mismatched:
+        problems.append(f"shapes (file vs model) {_listing(mismatched)}")
+    if problems:
+        raise InputError(
+            f"weights in '{path}' do not fit --arch {arch}: {'; '.join(problems)}; "
+            "check --arch and --arch-kwargs"
+        )
+    module.load_state_dict(weights, strict=True)
+
+
+def _listing(items: list[str], most: int = 8) -> str:
+    shown = ", ".join(repr(item) for item in items[:most])
+    return shown + (f" and {len(items) - most} more" if len(items) > most else "")
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _count_parameters(module: Any) -> int:
+    parameters = getattr(module, "parameters", None)
+    return sum(p.numel() for p in parameters()) if callable(parameters) else 0
+
+
+def load_model(
+    path: str | Path,
+    *,
+    arch: str | None = None,
+    arch_kwargs: Mapping[str, Any] | None = None,
+    trust_pickle: bool = False,
+) -> LoadedModel:
+    """Load the model at `path` (format detected from its content) and put it in eval mode.
+
+    Raises InputError naming the file or the flag to fix: missing or unreadable file, unknown or
+    corrupt format, a pickle that needs code without `trust_pickle`, weights without `arch`, or
+    weights that do not fit the architecture.
+    """
+    file = Path(path)
+    if not file.exists():
+        raise InputError(f"model file '{file}' does not exist: check the path")
+    if not file.is_file():
+        raise InputError(f"model path '{file}' is not a file: give a checkpoint file")
+    arch_kwargs = dict(arch_kwargs or {})
+    model_format = detect_format(file)
+    try:
+        loaded = model_format.load(file, trust_pickle)
+    except InputError:
+        raise
+    except Exception as error:
+        raise InputError(
+            f"model file '{file}' looks like {model_format.name} but cannot be read, it is truncated or "
+            f"corrupt ({type(error).__name__}: {_first_line(error)}): save or copy the model again"
+        ) from error
+
+    module = loaded.module
+    weights = _state_dict(module) if not callable(module) else None
+    if weights is not None or model_format.name == "safetensors":
+        if arch is None:
+            raise InputError(
+                f"model file '{file}' holds only weights ({model_format.name}): give the architecture "
+                "with --arch path/to/file.py:factory (and --arch-kwargs '{...}' for its arguments)"
+            )
+        module = load_arch(arch, arch_kwargs)
+        _fill(module, weights if weights is not None else loaded.module, file, arch)
+        name = "safetensors" if model_format.name == "safetensors" else "state-dict"
+    elif callable(module):
+        if arch is not None:
+            raise InputError(
+                f"model file '{file}' holds a whole model ({model_format.name}), so --arch is not used: "
+                "drop --arch (it is for weight-only files)"
+            )
+        name = model_format.name
+    else:
+        raise InputError(
+            f"model file '{file}' holds a {type(module).__name__}, not a module or a dict of tensors: "
+            f"{_FIX_FORMAT}"
+        )
+    if isinstance(module, nn.Module):
+        # An exported program's module refuses eval(): it keeps the mode it was exported in.
+        with contextlib.suppress(NotImplementedError):
+            module.eval()
+    return LoadedModel(
+        module=module,
+        path=str(path),
+        format=name,
+        sha256=file_sha256(file),
+        size_bytes=file.stat().st_size,
+        parameters=_count_parameters(module),
+        trusted=loaded.trusted,
+        arch=arch,
+        arch_kwargs=arch_kwargs if arch is not None else {},
+        input_spec=loaded.input_spec,
+    )

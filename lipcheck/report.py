@@ -1,0 +1,259 @@
+"""The audit report as plain data, its summary statistics, and its JSON round trip.
+
+Everything an audit produces is a frozen dataclass here; `Report.to_dict` and `Report.from_dict` are
+the one place where it is (de)serialised, and `write_atomic` the one place where a report reaches the
+disk (a temporary file in the same folder, then `os.replace`, so a report on disk is complete or
+absent). The JSON Schema of `Report.to_dict()` ships at `lipcheck/schemas/report.schema.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+
+REDUCTIONS: dict[str, Callable[[np.ndarray], float]] = {
+    "max": lambda s: float(np.max(s)),
+    "mean": lambda s: float(np.mean(s)),
+    "sum": lambda s: float(np.sum(s)),
+    "median": lambda s: float(np.median(s)),
+    "p95": lambda s: float(np.percentile(s, 95)),
+}
+
+
+@dataclass(frozen=True)
+class SampleResult:
+    """One audited sample: `index` in the data set, sigma = ||J(x)||_2 and how it was reached.
+
+    `residual` is ||J^T J u - sigma^2 u|| / sigma^2 at the returned vector, None when not finite.
+    """
+
+    index: int
+    sigma: float
+    iterations: int
+    converged: bool
+    residual: float | None
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    path: str
+    format: str
+    sha256: str
+    size_bytes: int
+    parameters: int
+    trusted: bool
+    arch: str | None = None
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    input_spec: tuple[dict[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
+class DataSection:
+    """`count` samples were audited, the first of `total` in the source; `path` is None for random data."""
+
+    path: str | None
+    kind: str
+    key: str | None
+    count: int
+    total: int
+    sample_shape: tuple[int, ...]
+    dtype: str
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How the audit runs; also the input of `audit.run_audit`."""
+
+    method: str = "lanczos"
+    tol: float = 1e-4
+    max_iter: int = 200
+    seed: int = 0
+    batch_size: int = 64
+    device: str = "auto"
+    dtype: str = "float32"
+    reduction: str = "max"
+    krylov_dim: int = 12
+    output_key: str | None = None
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Environment:
+    python: str
+    platform: str
+    torch: str
+    device: str
+    threads: int
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Wall-clock seconds; `samples_per_second` counts audited samples over `audit_seconds`."""
+
+    started: str
+    load_seconds: float
+    audit_seconds: float
+    total_seconds: float
+    samples_per_second: float
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Statistics of sigma over the audited samples; `value` is the `reduction` of them all."""
+
+    count: int
+    converged: int
+    max: float
+    mean: float
+    min: float
+    median: float
+    p95: float
+    reduction: str
+    value: float
+    argmax: int
+
+
+@dataclass(frozen=True)
+class RuleVerdict:
+    """One gate rule's verdict: `passed` when `value` is within `threshold`."""
+
+    name: str
+    threshold: float
+    value: float
+    passed: bool
+    message: str
+
+
+@dataclass(frozen=True)
+class Gate:
+    """`passed` is None when no rule was given, else whether every rule passed."""
+
+    passed: bool | None = None
+    rules: tuple[RuleVerdict, ...] = ()
+
+
+@dataclass(frozen=True)
+class Report:
+    model: ModelSection
+    data: DataSection
+    settings: Settings
+    environment: Environment
+    timing: Timing
+    samples: tuple[SampleResult, ...]
+    summary: Summary
+    gate: Gate = Gate()
+    lipcheck_version: str = ""
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict whose keys follow the schema; lists where the dataclasses hold tuples."""
+        body = asdict(self)
+        ordered = {
+            "schema_version": body.pop("schema_version"),
+            "lipcheck_version": body.pop("lipcheck_version"),
+        }
+        return json.loads(json.dumps({**ordered, **body}))
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Report:
+        return cls(
+            model=_build(ModelSection, data["model"], input_spec=lambda v: tuple(dict(s) for s in v)),
+            data=_build(DataSection, data["data"], sample_shape=tuple),
+            settings=_build(Settings, data["settings"]),
+            environment=_build(Environment, data["environment"]),
+            timing=_build(Timing, data["timing"]),
+            samples=tuple(_build(SampleResult, row) for row in data["samples"]),
+            summary=_build(Summary, data["summary"]),
+            gate=_build(
+                Gate,
+                data["gate"],
+                rules=lambda rules: tuple(_build(RuleVerdict, rule) for rule in rules),
+            ),
+            lipcheck_version=data["lipcheck_version"],
+            schema_version=data["schema_version"],
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Report:
+        return cls.from_dict(json.loads(text))
+
+
+def _build(cls: Any, data: Mapping[str, Any], **convert: Callable[[Any], Any]) -> Any:
+    values = {f.name: data[f.name] for f in fields(cls) if f.name in data}
+    for name, function in convert.items():
+        if name in values:
+            values[name] = function(values[name])
+    return cls(**values)
+
+
+def finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def summarise(samples: Sequence[SampleResult], reduction: str) -> Summary:
+    """Summary statistics of sigma over `samples` (at least one); `reduction` names `value`."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction {reduction!r} is not one of {', '.join(REDUCTIONS)}")
+    sigma = np.array([s.sigma for s in samples], dtype=np.float64)
+    worst = int(np.argmax(sigma))
+    return Summary(
+        count=len(samples),
+        converged=sum(1 for s in samples if s.converged),
+        max=float(sigma[worst]),
+        mean=float(np.mean(sigma)),
+        min=float(np.min(sigma)),
+        median=float(np.median(sigma)),
+        p95=float(np.percentile(sigma, 95)),
+        reduction=reduction,
+        value=REDUCTIONS[reduction](sigma),
+        argmax=samples[worst].index,
+    )
+
+
+def worst_samples(report: Report, count: int = 10) -> list[SampleResult]:
+    """The `count` samples with the largest sigma, largest first (ties by index)."""
+    return sorted(report.samples, key=lambda s: (-s.sigma, s.index))[:count]
+
+
+def report_schema() -> dict[str, Any]:
+    """The JSON Schema that every report validates against."""
+    text = resources.files("lipcheck").joinpath("schemas/report.schema.json").read_text(encoding="utf-8")
+    return json.loads(text)
+
+
+def write_atomic(path: str | Path, text: str) -> None:
+    """Write `text` to `path` so that the file is either complete or untouched (temp file + os.replace)."""
+    target = Path(path)
+    folder = target.parent if str(target.parent) else Path(".")
+    handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes the file private; give it the usual mode
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
