@@ -1,0 +1,175 @@
+"""Shared helpers of the command-line tests: tiny model factories (also used as --arch), model and
+data files in every format, a CLI runner, and exact per-sample spectral norms from dense Jacobians.
+
+The factories are importable by path, so a test passes `--arch {ARCH}:make_mlp`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import numpy as np
+import torch
+from torch import Tensor, nn
+from typer.testing import CliRunner
+
+from lipcheck.cli import app
+from lipcheck.report import report_schema
+
+ARCH = Path(__file__).resolve()
+IN_FEATURES = 6
+
+
+def _seed_parameters(module: nn.Module, seed: int) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.copy_(0.5 * torch.randn(parameter.shape, generator=generator))
+
+
+class MLP(nn.Module):
+    def __init__(self, features: int = IN_FEATURES, hidden: int = 8, out: int = 4) -> None:
+        super().__init__()
+        self.first = nn.Linear(features, hidden)
+        self.second = nn.Linear(hidden, out)
+        _seed_parameters(self, 3)
+
+    def forward(self, x: Tensor, scale: float = 1.0) -> Tensor:
+        return scale * self.second(torch.tanh(self.first(x)))
+
+
+class MultiOutput(MLP):
+    """Returns a dict {"out": f(x), "twice": 2 f(x)} or a tuple (f(x), 2 f(x))."""
+
+    def __init__(self, as_tuple: bool = False) -> None:
+        super().__init__()
+        self.as_tuple = as_tuple
+
+    def forward(self, x: Tensor, scale: float = 1.0) -> Any:  # type: ignore[override]
+        y = super().forward(x, scale)
+        return (y, 2 * y) if self.as_tuple else {"out": y, "twice": 2 * y}
+
+
+class SmallConv(nn.Module):
+    """(B, C, H, W) -> (B, 2, H, W)."""
+
+    def __init__(self, channels: int = 3) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 2, 3, padding=1)
+        _seed_parameters(self, 5)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv2(torch.tanh(self.conv1(x)))
+
+
+class CountingMLP(MLP):
+    """Appends one line per forward call to `log`: the batch size and whether it was in training mode."""
+
+    def __init__(self, log: str) -> None:
+        super().__init__()
+        self.log = log
+
+    def forward(self, x: Tensor, scale: float = 1.0) -> Tensor:
+        with open(self.log, "a") as stream:
+            stream.write(json.dumps({"batch": x.shape[0], "training": self.training}) + "\n")
+        return super().forward(x, scale)
+
+
+class SqrtModel(nn.Module):
+    """sqrt(x): NaN wherever the input is negative."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.sqrt(x)
+
+
+class StringModel(nn.Module):
+    def forward(self, x: Tensor) -> str:
+        return "not a tensor"
+
+
+def make_mlp(**kwargs: Any) -> nn.Module:
+    return MLP(**kwargs)
+
+
+def make_multi(as_tuple: bool = False) -> nn.Module:
+    return MultiOutput(as_tuple)
+
+
+def make_conv(channels: int = 3) -> nn.Module:
+    return SmallConv(channels)
+
+
+def make_counting(log: str) -> nn.Module:
+    return CountingMLP(log)
+
+
+def make_sqrt() -> nn.Module:
+    return SqrtModel()
+
+
+def make_string() -> nn.Module:
+    return StringModel()
+
+
+def exact_sigma(f: Callable[[Tensor], Tensor], x: Tensor) -> np.ndarray:
+    """||df/dx (x_i)||_2 per sample from the dense Jacobian in float64 (jacrev + matrix_norm)."""
+    norms = []
+    for sample in x.double():
+        jacobian = torch.func.jacrev(lambda z: f(z.unsqueeze(0)).squeeze(0))(sample)
+        norms.append(float(torch.linalg.matrix_norm(jacobian.detach().reshape(-1, sample.numel()), ord=2)))
+    return np.array(norms)
+
+
+def reference(module: nn.Module, x: np.ndarray | Tensor, **kwargs: Any) -> np.ndarray:
+    module = module.double().eval()
+    x = torch.as_tensor(np.asarray(x)).double()
+    return exact_sigma(lambda z: module(z, **kwargs), x)
+
+
+def mlp_inputs(count: int = 10, seed: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((count, IN_FEATURES)).astype(np.float32)
+
+
+def export(module: nn.Module, path: Path, example: Tensor) -> Path:
+    batch = torch.export.Dim("batch", min=1, max=1 << 16)
+    program = torch.export.export(module.eval(), (example,), dynamic_shapes=({0: batch},))
+    torch.export.save(program, path)
+    return path
+
+
+runner = CliRunner()
+
+
+def run(*args: Any) -> Any:
+    """Invoke the CLI in-process; the result has exit_code, stdout and stderr."""
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def audit_json(*args: Any) -> dict[str, Any]:
+    """Run `lipcheck audit ... --format json`, check exit 0 and the schema, return the report."""
+    result = run("audit", *args, "--format", "json")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    jsonschema.validate(report, report_schema())
+    return report
+
+
+def sigmas(report: dict[str, Any]) -> np.ndarray:
+    return np.array([row["sigma"] for row in report["samples"]])
+
+
+def assert_one_line_error(result: Any, *fragments: str, code: int = 2) -> None:
+    """Exit `code`, one line on stderr that contains every fragment, no traceback, nothing on stdout."""
+    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("lipcheck: error: ")
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    assert result.stdout == ""
