@@ -377,18 +377,19 @@ def parse_shape(text: str) -> tuple[int, ...]:
 
 
 def random_dataset(shape: Sequence[int], count: int, *, seed: int = 0) -> Dataset:
-    """`count` standard normal samples of `shape`; sample i is drawn from its own seed (seed, i)."""
+    """`count` standard normal samples of `shape`; sample i is drawn from its own stream (seed, i)."""
     if count < 1:
         raise InputError(f"--num-samples must be at least 1, got {count}")
+    if seed < 0:
+        raise InputError(f"--seed must be at least 0, got {seed}")
     sample_shape = tuple(int(d) for d in shape)
-    base = (seed & 0xFFFFFFFF) << 32
 
-    def reader(start: int, stop: int) -> Tensor:
-        out = torch.empty((stop - start, *sample_shape), dtype=torch.float64)
-        for row, index in enumerate(range(start, stop)):
-            generator = torch.Generator().manual_seed(base + index)
-            out[row] = torch.randn(sample_shape, generator=generator, dtype=torch.float64)
-        return out
+    def reader(start: int, stop: int) -> np.ndarray:
+        # numpy's SeedSequence mixes (seed, index) into independent streams.
+        rows = [
+            np.random.default_rng([seed, index]).standard_normal(sample_shape) for index in range(start, stop)
+        ]
+        return np.stack(rows)
 
     info = DataInfo(None, "random", None, (), count, count, sample_shape, "float64", seed)
     return Dataset(info, reader)

@@ -1,0 +1,75 @@
+"""Data sources: bounded memory, lazy reads, batch-independent random data, clear errors."""
+
+from __future__ import annotations
+
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lipcheck.datasets import open_dataset, parse_shape, random_dataset
+from lipcheck.errors import InputError
+
+
+def test_npy_is_memory_mapped_and_read_per_batch(tmp_path: Path) -> None:
+    data = np.lib.format.open_memmap(tmp_path / "big.npy", mode="w+", dtype=np.float32, shape=(2000, 5000))
+    data[:] = 1.0
+    data.flush()
+    del data  # 40 MB on disk
+    tracemalloc.start()
+    dataset = open_dataset(tmp_path / "big.npy")
+    batches = list(dataset.batches(range(100, 104), 2))
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 1_000_000
+    assert [list(r) for r, _ in batches] == [[100, 101], [102, 103]]
+    assert batches[0][1].shape == (2, 5000) and batches[0][1].dtype == torch.float32
+
+
+def test_read_casts_and_limit_keeps_the_first_samples(tmp_path: Path) -> None:
+    np.save(tmp_path / "ints.npy", np.arange(12, dtype=np.int16).reshape(4, 3))
+    dataset = open_dataset(tmp_path / "ints.npy", limit=3)
+    assert len(dataset) == 3 and dataset.info.total == 4 and dataset.info.dtype == "int16"
+    x = dataset.read(0, 3, torch.float64)
+    assert x.dtype == torch.float64 and x.tolist() == np.arange(9.0).reshape(3, 3).tolist()
+
+
+def test_random_samples_do_not_depend_on_the_batch() -> None:
+    dataset = random_dataset((3, 2), 10, seed=5)
+    whole = dataset.read(0, 10, torch.float64)
+    assert torch.equal(dataset.read(4, 7, torch.float64), whole[4:7])
+    assert not torch.equal(random_dataset((3, 2), 10, seed=6).read(0, 10, torch.float64), whole)
+    assert abs(float(random_dataset((1000,), 4).read(0, 4, torch.float64).std()) - 1) < 0.05
+
+
+def test_first_non_finite_sample_is_named(tmp_path: Path) -> None:
+    x = np.zeros((10, 2), np.float32)
+    x[6, 1] = np.inf
+    np.save(tmp_path / "x.npy", x)
+    dataset = open_dataset(tmp_path / "x.npy")
+    dataset.read(0, 6)
+    with pytest.raises(InputError, match=r"'.*x\.npy' has NaN or Inf at sample 6.*--limit 6"):
+        dataset.read(4, 10)
+
+
+def test_several_arrays_need_a_key(tmp_path: Path) -> None:
+    torch.save({"a": torch.zeros(2, 3), "b": torch.ones(2, 3), "note": "text"}, tmp_path / "d.pt")
+    with pytest.raises(InputError, match=r"arrays 'a', 'b': choose one with --data-key"):
+        open_dataset(tmp_path / "d.pt")
+    assert open_dataset(tmp_path / "d.pt", key="b").read(0, 2).sum() == 6
+    np.save(tmp_path / "one.npy", np.zeros((2, 3)))
+    with pytest.raises(InputError, match="drop --data-key"):
+        open_dataset(tmp_path / "one.npy", key="a")
+
+
+@pytest.mark.parametrize(("text", "shape"), [("20", (20,)), ("3x32x32", (3, 32, 32)), ("1X4", (1, 4))])
+def test_parse_shape(text: str, shape: tuple[int, ...]) -> None:
+    assert parse_shape(text) == shape
+
+
+@pytest.mark.parametrize("text", ["", "3x", "0", "a", "-1x2"])
+def test_parse_shape_refuses(text: str) -> None:
+    with pytest.raises(InputError, match="--random"):
+        parse_shape(text)
