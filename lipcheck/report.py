@@ -159,15 +159,32 @@ class Report:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict whose keys follow the schema; lists where the dataclasses hold tuples."""
-        body = asdict(self)
-        ordered = {
-            "schema_version": body.pop("schema_version"),
-            "lipcheck_version": body.pop("lipcheck_version"),
+        body: dict[str, Any] = {
+            "schema_version": self.schema_version,
+            "lipcheck_version": self.lipcheck_version,
         }
-        return json.loads(json.dumps({**ordered, **body}))
+        for name in ("model", "data", "settings", "environment", "timing"):
+            body[name] = json.loads(json.dumps(asdict(getattr(self, name))))
+        body["samples"] = [
+            {"index": s.index, "sigma": s.sigma, "iterations": s.iterations, "converged": s.converged,
+             "residual": s.residual}
+            for s in self.samples
+        ]  # fmt: skip
+        body["summary"] = asdict(self.summary)
+        body["gate"] = {"passed": self.gate.passed, "rules": [asdict(rule) for rule in self.gate.rules]}
+        return body
 
-    def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent) + "\n"
+    def to_json(self) -> str:
+        """Indented JSON with one line per sample, so a large report stays readable and quick to write."""
+        parts = []
+        for name, value in self.to_dict().items():
+            if name == "samples":
+                rows = ",\n    ".join(json.dumps(row) for row in value)
+                text = f"[\n    {rows}\n  ]" if rows else "[]"
+            else:
+                text = json.dumps(value, indent=2).replace("\n", "\n  ")
+            parts.append(f"  {json.dumps(name)}: {text}")
+        return "{\n" + ",\n".join(parts) + "\n}\n"
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Report:

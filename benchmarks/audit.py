@@ -1,0 +1,137 @@
+"""The audit's own overhead and its memory bound, measured in one run.
+
+Overhead (default): samples/s of the full `lipcheck audit` path (loading a .pt2 model and a .npy data
+file, slicing, casting, the audit loop, the JSON report) against `spectral_norm` alone on the same
+tensors already in memory, on a small MLP. The ratio is what matters (issue: overhead under 10%).
+
+    python benchmarks/audit.py                       # overhead, 4096 samples of 64 features
+    python benchmarks/audit.py --samples 8192 --repeats 7
+
+Memory (--memory): writes a .npy data set of --gigabytes (default 1.1 GB) and audits it through the
+CLI in a child process at --batch-size 4096, then prints the child's peak RSS (ru_maxrss). Not for CI.
+
+    python benchmarks/audit.py --memory --folder /tmp/lipcheck-bench
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+FEATURES = 64
+
+
+def small_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Linear(FEATURES, 128), nn.Tanh(), nn.Linear(128, 128), nn.Tanh(), nn.Linear(128, FEATURES)
+    ).eval()
+
+
+def save_model(folder: Path) -> Path:
+    path = folder / "mlp.pt2"
+    batch = torch.export.Dim("batch", min=1, max=1 << 20)
+    program = torch.export.export(small_model(), (torch.randn(2, FEATURES),), dynamic_shapes=({0: batch},))
+    torch.export.save(program, path)
+    return path
+
+
+def overhead(samples: int, batch_size: int, repeats: int) -> None:
+    from typer.testing import CliRunner
+
+    from lipcheck import spectral_norm
+    from lipcheck.cli import app
+
+    with tempfile.TemporaryDirectory() as folder:
+        model_path = save_model(Path(folder))
+        data = np.random.default_rng(0).standard_normal((samples, FEATURES)).astype(np.float32)
+        data_path = Path(folder) / "x.npy"
+        np.save(data_path, data)
+        model = torch.export.load(str(model_path)).module()
+        x = torch.from_numpy(data)
+
+        def engine_alone() -> float:
+            begin = time.perf_counter()
+            for start in range(0, samples, batch_size):
+                spectral_norm(model, x[start : start + batch_size], seed=0)
+            return time.perf_counter() - begin
+
+        def through_cli() -> float:
+            args = ["audit", str(model_path), "--data", str(data_path), "--batch-size", str(batch_size),
+                    "--device", "cpu", "--quiet", "--format", "json"]  # fmt: skip
+            begin = time.perf_counter()
+            result = CliRunner().invoke(app, args)
+            seconds = time.perf_counter() - begin
+            assert result.exit_code == 0, result.stderr
+            json.loads(result.stdout)
+            return seconds
+
+        engine_alone()  # warm up both paths once
+        through_cli()
+        timings = [(engine_alone(), through_cli()) for _ in range(repeats)]  # interleaved against drift
+        engine = min(t[0] for t in timings)
+        cli = min(t[1] for t in timings)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {samples} samples of {FEATURES}, "
+          f"batch {batch_size}, best of {repeats}")  # fmt: skip
+    print(f"engine alone : {samples / engine:10.1f} samples/s ({engine:.3f} s)")
+    print(f"lipcheck CLI : {samples / cli:10.1f} samples/s ({cli:.3f} s, model and data loading included)")
+    print(f"CLI time / engine time: {cli / engine:.3f}  (overhead {100 * (cli / engine - 1):+.1f}%)")
+
+
+def memory(folder: Path, gigabytes: float, batch_size: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    model_path = save_model(folder)
+    data_path = folder / "big.npy"
+    rows = int(gigabytes * 1e9 / (FEATURES * 4))
+    if not data_path.exists() or np.load(data_path, mmap_mode="r").shape != (rows, FEATURES):
+        array = np.lib.format.open_memmap(data_path, mode="w+", dtype=np.float32, shape=(rows, FEATURES))
+        chunk = 1 << 18
+        generator = np.random.default_rng(0)
+        for start in range(0, rows, chunk):
+            stop = min(start + chunk, rows)
+            array[start:stop] = generator.standard_normal((stop - start, FEATURES), dtype=np.float32)
+        array.flush()
+        del array
+    size = data_path.stat().st_size
+    command = [sys.executable, "-m", "lipcheck", "audit", str(model_path), "--data", str(data_path),
+               "--batch-size", str(batch_size), "--device", "cpu", "--quiet", "--format", "json",
+               "--output", str(folder / "report.json")]  # fmt: skip
+    begin = time.perf_counter()
+    subprocess.run(command, check=True)
+    seconds = time.perf_counter() - begin
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # Linux reports KiB
+    report = json.loads((folder / "report.json").read_text())
+    print(f"data {size / 1e9:.2f} GB ({rows} samples of {FEATURES} float32), batch {batch_size}")
+    print(f"audited {report['summary']['count']} samples in {seconds:.1f} s "
+          f"({report['timing']['samples_per_second']:.0f} samples/s)")  # fmt: skip
+    print(f"peak RSS of the lipcheck process: {peak / 1e9:.3f} GB ({peak / size:.2f} x the data set)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=4096)
+    parser.add_argument("--batch-size", type=int, default=None, help="default 256, or 4096 with --memory")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--memory", action="store_true", help="run the memory benchmark instead")
+    parser.add_argument("--gigabytes", type=float, default=1.1)
+    parser.add_argument("--folder", type=Path, default=Path(tempfile.gettempdir()) / "lipcheck-bench")
+    options = parser.parse_args()
+    if options.memory:
+        memory(options.folder, options.gigabytes, options.batch_size or 4096)
+    else:
+        overhead(options.samples, options.batch_size or 256, options.repeats)
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
