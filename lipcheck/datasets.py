@@ -11,6 +11,8 @@ cannot map a member of a zip archive.
 
 from __future__ import annotations
 
+import contextlib
+import mmap
 import pickle
 import struct
 import zipfile
@@ -80,7 +82,8 @@ class Dataset:
             raise IndexError(f"samples [{start}, {stop}) are outside [0, {self.info.count})")
         chunk = self._reader(start, stop)
         if isinstance(chunk, np.ndarray):
-            x = torch.from_numpy(np.array(chunk, dtype=_NUMPY_DTYPES[dtype], copy=True))
+            owned = chunk.flags.owndata and chunk.flags.writeable
+            x = torch.from_numpy(np.array(chunk, dtype=_NUMPY_DTYPES[dtype], copy=None if owned else True))
         else:
             x = chunk.to(dtype=dtype, copy=True)
         finite = torch.isfinite(x.reshape(x.shape[0], -1)).all(1)
@@ -149,7 +152,31 @@ def _open_npy(path: Path, key: str | None) -> _Array:
     _check_numeric(array.dtype, where)
     if array.ndim == 0:
         raise InputError(f"{where} holds a scalar, expected an array of samples (N, ...)")
-    return _Array(None, (), array.shape[0], tuple(array.shape[1:]), str(array.dtype), lambda a, b: array[a:b])
+    return _Array(None, (), array.shape[0], tuple(array.shape[1:]), str(array.dtype), _mapped_reader(array))
+
+
+def _mapped_reader(array: np.ndarray) -> Reader:
+    """Copy rows [start, stop) out of a memory map, then drop the mapped pages from this process.
+
+    Pages of a mapped file that were read count in the process's resident memory until unmapped, so
+    without the drop, reading a file once through would grow the RSS to the file's size.
+    """
+    mapping = getattr(array, "_mmap", None)
+    offset = getattr(array, "offset", 0)
+    base = offset - offset % mmap.ALLOCATIONGRANULARITY  # where numpy's mapping starts in the file
+    row = array.strides[0] if array.ndim and array.flags.c_contiguous else 0
+
+    def reader(start: int, stop: int) -> np.ndarray:
+        rows = np.array(array[start:stop])
+        if mapping is not None and row and hasattr(mmap, "MADV_DONTNEED"):
+            begin = offset - base + start * row
+            begin -= begin % mmap.PAGESIZE
+            end = min(offset - base + stop * row, len(mapping))
+            with contextlib.suppress(OSError, ValueError):
+                mapping.madvise(mmap.MADV_DONTNEED, begin, end - begin)
+        return rows
+
+    return reader
 
 
 def _open_npz(path: Path, key: str | None) -> _Array:

@@ -31,7 +31,7 @@ REDUCTIONS: dict[str, Callable[[np.ndarray], float]] = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SampleResult:
     """One audited sample: `index` in the data set, sigma = ||J(x)||_2 and how it was reached.
 
@@ -159,27 +159,26 @@ class Report:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict whose keys follow the schema; lists where the dataclasses hold tuples."""
+        return self._sections(samples=[_sample_dict(s) for s in self.samples])
+
+    def _sections(self, samples: Any) -> dict[str, Any]:
         body: dict[str, Any] = {
             "schema_version": self.schema_version,
             "lipcheck_version": self.lipcheck_version,
         }
         for name in ("model", "data", "settings", "environment", "timing"):
             body[name] = json.loads(json.dumps(asdict(getattr(self, name))))
-        body["samples"] = [
-            {"index": s.index, "sigma": s.sigma, "iterations": s.iterations, "converged": s.converged,
-             "residual": s.residual}
-            for s in self.samples
-        ]  # fmt: skip
+        body["samples"] = samples
         body["summary"] = asdict(self.summary)
         body["gate"] = {"passed": self.gate.passed, "rules": [asdict(rule) for rule in self.gate.rules]}
         return body
 
     def to_json(self) -> str:
-        """Indented JSON with one line per sample, so a large report stays readable and quick to write."""
+        """Indented JSON with one line per sample: readable, and no dict per sample is kept in memory."""
         parts = []
-        for name, value in self.to_dict().items():
+        for name, value in self._sections(samples=None).items():
             if name == "samples":
-                rows = ",\n    ".join(json.dumps(row) for row in value)
+                rows = ",\n    ".join(json.dumps(_sample_dict(row)) for row in self.samples)
                 text = f"[\n    {rows}\n  ]" if rows else "[]"
             else:
                 text = json.dumps(value, indent=2).replace("\n", "\n  ")
@@ -208,6 +207,11 @@ class Report:
     @classmethod
     def from_json(cls, text: str) -> Report:
         return cls.from_dict(json.loads(text))
+
+
+def _sample_dict(s: SampleResult) -> dict[str, Any]:
+    return {"index": s.index, "sigma": s.sigma, "iterations": s.iterations, "converged": s.converged,
+            "residual": s.residual}  # fmt: skip
 
 
 def _build(cls: Any, data: Mapping[str, Any], **convert: Callable[[Any], Any]) -> Any:
