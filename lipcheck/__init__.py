@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from lipcheck.bounds import BoundReport, LayerBound, upper_bound
 from lipcheck.engine import JacobianOperator, SpectralNormResult, spectral_norm
 from lipcheck.errors import (
     AuditFailedError,
@@ -9,6 +10,7 @@ from lipcheck.errors import (
     InputError,
     LipcheckError,
     ModelOutputError,
+    UnsupportedOperationError,
 )
 from lipcheck.regularisers import FNEJacobianSpectralNorm, JacobianSpectralNorm
 
@@ -17,13 +19,17 @@ __version__ = "0.1.0"
 __all__ = [
     "AuditFailedError",
     "BatchCouplingError",
+    "BoundReport",
     "FNEJacobianSpectralNorm",
     "InputError",
     "JacobianOperator",
     "JacobianSpectralNorm",
+    "LayerBound",
     "LipcheckError",
     "ModelOutputError",
     "SpectralNormResult",
+    "UnsupportedOperationError",
     "__version__",
     "spectral_norm",
+    "upper_bound",
 ]

@@ -26,3 +26,7 @@ class BatchCouplingError(LipcheckError):
 
 class AuditFailedError(LipcheckError):
     """The computation itself failed (every sample diverged, the model produced NaN)."""
+
+
+class UnsupportedOperationError(LipcheckError):
+    """A model cannot be bounded: it holds an operation without a Lipschitz rule, or has no graph to walk."""
