@@ -431,13 +431,16 @@ def gram_iteration_bound(matrix: Tensor, steps: int) -> float:
     g = matrix.detach().to(torch.float64).reshape(-1, *matrix.shape[-2:])
     if g.shape[-2] < g.shape[-1]:
         g = g.mT
-    log_scale = torch.zeros(g.shape[0], dtype=torch.float64, device=g.device)
+    tiny = torch.finfo(torch.float64).tiny
+    largest = g.abs().amax(dim=(-2, -1)).clamp_min(tiny)
+    g = g / largest[:, None, None]  # so that the first Frobenius norm cannot overflow
+    log_scale = largest.log()
     for _ in range(steps):
-        norm = torch.linalg.matrix_norm(g).clamp_min(torch.finfo(torch.float64).tiny)
+        norm = torch.linalg.matrix_norm(g).clamp_min(tiny)
         g = g / norm[:, None, None]
         log_scale = 2 * (log_scale + norm.log())
         g = g.mT @ g
-    last = torch.linalg.matrix_norm(g).clamp_min(torch.finfo(torch.float64).tiny)
+    last = torch.linalg.matrix_norm(g).clamp_min(tiny)
     bound = ((log_scale + last.log()) / 2**steps).exp().max()
     return _with_margin(float(bound))
 
@@ -653,6 +656,18 @@ def _copy(site: _Site) -> float:
             f"exact (an entry is copied at most {round(factor**2)} times)",
         )
     return factor * site.lip(argument)
+
+
+@_rule(_aten("copy"))
+def _copy_into(site: _Site) -> float:
+    """copy(self, src) is src broadcast to self's shape (self's values are overwritten): sqrt(copies)."""
+    return _broadcast_copies(site, "src") * site.lip("src")
+
+
+@_rule(_aten("slice_scatter", "select_scatter", "diagonal_scatter"))
+def _scatter(site: _Site) -> float:
+    """self with a part replaced by src: the two parts are disjoint, so sqrt(L_self^2 + L_src^2)."""
+    return math.hypot(site.lip("self"), site.lip("src"))
 
 
 @_rule(_aten("pad"))
