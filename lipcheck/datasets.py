@@ -250,15 +250,15 @@ def _open_safetensors(path: Path, key: str | None) -> _Array:
 def _open_images(path: Path, key: str | None) -> _Array:
     where = f"image folder '{path}'"
     _no_key(key, where)
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        return _Array(None, (), 0, (), "uint8", lambda a, b: np.zeros((0,)))
     try:
         from PIL import Image
     except ImportError:
         raise InputError(
             f'{where} needs Pillow to read PNG/JPEG images: pip install "lipcheck[images]"'
         ) from None
-    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        return _Array(None, (), 0, (), "uint8", lambda a, b: np.zeros((0,)))
 
     def decode(file: Path) -> np.ndarray:
         try:

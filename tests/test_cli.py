@@ -84,7 +84,7 @@ def test_every_model_format_matches_dense_jacobians(files: dict[str, Path], name
 
 
 def _images(folder: Path, count: int = 5) -> np.ndarray:
-    from PIL import Image
+    Image = pytest.importorskip("PIL.Image")
 
     folder.mkdir()
     pixels = np.random.default_rng(0).integers(0, 256, (count, 5, 4, 3), dtype=np.uint8)
@@ -424,7 +424,8 @@ def test_usage_errors(files: dict[str, Path]) -> None:
 def test_images_without_pillow(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, files: dict[str, Path]
 ) -> None:
-    _images(tmp_path / "images")
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "img_00.png").write_bytes(b"\x89PNG\r\n\x1a\n")
     monkeypatch.setitem(sys.modules, "PIL", None)
     result = run("audit", files["export"], "--data", tmp_path / "images")
     assert_one_line_error(result, "images", 'pip install "lipcheck[images]"')
