@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+import typer.core
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -32,7 +33,45 @@ from rich.text import Text
 from lipcheck import __version__
 from lipcheck.errors import AuditFailedError, InputError, LipcheckError
 
+# Click's exception classes: a dependency of older typer, vendored as a private module by newer typer;
+# reached through the public BadParameter so that both work.
+_UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+_ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+class _OneLineUsageErrors(typer.core.TyperGroup):
+    """Usage errors (an unknown flag, a bad choice, a missing argument) as one line, like every other error.
+
+    Click would print a usage box of several lines; lipcheck's contract is one line on stderr that names
+    the flag and the fix, and exit 2.
+    """
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        try:
+            result = super().main(*args, standalone_mode=False, **kwargs)
+        except _ClickException as error:
+            if not standalone_mode:
+                raise
+            context = getattr(error, "ctx", None)
+            if type(error).__name__ == "NoArgsIsHelpError" and context is not None:
+                typer.echo(context.get_help(), err=True)
+                sys.exit(2)
+            command = context.command_path if context is not None else "lipcheck"
+            message = " ".join(error.format_message().split())
+            typer.echo(f"lipcheck: error: {message} (see '{command} --help')", err=True)
+            sys.exit(error.exit_code)
+        except typer.Abort:
+            if not standalone_mode:
+                raise
+            typer.echo("lipcheck: aborted", err=True)
+            sys.exit(1)
+        if not standalone_mode:
+            return result
+        sys.exit(result if isinstance(result, int) else 0)
+
+
 app = typer.Typer(
+    cls=_OneLineUsageErrors,
     name="lipcheck",
     help="Audit how much a PyTorch model can amplify a perturbation of its input.",
     no_args_is_help=True,

@@ -418,7 +418,16 @@ def test_usage_errors(files: dict[str, Path]) -> None:
     assert_one_line_error(
         run("audit", files["export"], "--data", files["data"], "--arch", "x.py:f"), "drop --arch"
     )
-    assert run("audit", files["export"], "--data", files["data"], "--method", "newton").exit_code == 2
+
+
+def test_usage_errors_are_one_line_naming_the_flag(files: dict[str, Path]) -> None:
+    bad_choice = run("audit", files["export"], "--data", files["data"], "--method", "newton")
+    assert_one_line_error(bad_choice, "--method", "newton", "lanczos", "--help")
+    assert_one_line_error(run("audit", files["export"], "--bogus"), "--bogus")
+    assert_one_line_error(run("audit"), "MODEL")
+    assert_one_line_error(run("audit", files["export"], "--data", files["data"], "--tol", "x"), "--tol")
+    assert_one_line_error(run("nosuch"), "nosuch")
+    assert run("audit", "--help").exit_code == 0
 
 
 def test_images_without_pillow(
