@@ -137,9 +137,24 @@ def _export_input_spec(program: Any) -> tuple[InputSpec, ...]:
         name = getattr(spec.arg, "name", str(spec.arg))
         value = values.get(name)
         if isinstance(value, torch.Tensor):
-            shape = tuple(int(d) if isinstance(d, int) else str(d) for d in value.shape)
+            shape = tuple(_dimension(d, program) for d in value.shape)
             specs.append(InputSpec(name, shape, str(value.dtype).removeprefix("torch.")))
     return tuple(specs)
+
+
+def _dimension(size: Any, program: Any) -> int | str:
+    """A static size as an int; a dynamic one as its allowed range, e.g. '1..1048576' (the batch)."""
+    if isinstance(size, int):
+        return size
+    expr = getattr(getattr(size, "node", None), "expr", None)
+    bounds = getattr(program, "range_constraints", {}).get(expr)
+    if bounds is None:
+        return "dynamic"
+    try:
+        upper = int(bounds.upper)
+    except (TypeError, ValueError, OverflowError):
+        return f"{int(bounds.lower)}.."
+    return f"{int(bounds.lower)}..{upper}"
 
 
 def _load_torchscript(path: Path) -> _Loaded:

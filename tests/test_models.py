@@ -49,9 +49,7 @@ def test_provenance_and_eval_mode(model_files: dict[str, Path]) -> None:
 
 def test_export_records_its_input_spec(model_files: dict[str, Path]) -> None:
     (spec,) = load_model(model_files["torch.export"]).input_spec
-    assert (
-        spec.name == "x" and spec.shape[1] == 6 and isinstance(spec.shape[0], str) and spec.dtype == "float32"
-    )
+    assert spec.name == "x" and spec.shape == ("1..65536", 6) and spec.dtype == "float32"
 
 
 def test_package_module_factories(model_files: dict[str, Path]) -> None:
