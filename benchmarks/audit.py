@@ -11,6 +11,7 @@ data), about 0.1 s whatever the data set's size, and the audit loop's cost per s
 
 Memory (--memory): writes a .npy data set of --gigabytes (default 1.1 GB) and audits it through the
 CLI in a child process at --batch-size 4096, then prints the child's peak RSS (ru_maxrss). Not for CI.
+Samples have --features values (default 1024: 270k rows in 1.1 GB, a few minutes on two cores).
 
     python benchmarks/audit.py --memory --folder /tmp/lipcheck-bench
 """
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
+import os
 import subprocess
 import sys
 import tempfile
@@ -33,17 +34,18 @@ from torch import nn
 FEATURES = 64
 
 
-def small_model() -> nn.Module:
+def small_model(features: int = FEATURES) -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Linear(FEATURES, 128), nn.Tanh(), nn.Linear(128, 128), nn.Tanh(), nn.Linear(128, FEATURES)
+        nn.Linear(features, 128), nn.Tanh(), nn.Linear(128, 128), nn.Tanh(), nn.Linear(128, features)
     ).eval()
 
 
-def save_model(folder: Path) -> Path:
-    path = folder / "mlp.pt2"
-    batch = torch.export.Dim("batch", min=1, max=1 << 20)
-    program = torch.export.export(small_model(), (torch.randn(2, FEATURES),), dynamic_shapes=({0: batch},))
+def save_model(folder: Path, features: int = FEATURES) -> Path:
+    path = folder / f"mlp{features}.pt2"
+    batch = torch.export.Dim("batch", min=1, max=1 << 24)
+    example = (torch.randn(2, features),)
+    program = torch.export.export(small_model(features), example, dynamic_shapes=({0: batch},))
     torch.export.save(program, path)
     return path
 
@@ -94,33 +96,44 @@ def overhead(samples: int, batch_size: int, repeats: int) -> None:
     print(f"CLI time / engine time: {cli / engine:.3f}  (overhead {100 * (cli / engine - 1):+.1f}%)")
 
 
-def memory(folder: Path, gigabytes: float, batch_size: int) -> None:
+def memory(folder: Path, gigabytes: float, batch_size: int, features: int) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    model_path = save_model(folder)
-    data_path = folder / "big.npy"
-    rows = int(gigabytes * 1e9 / (FEATURES * 4))
-    if not data_path.exists() or np.load(data_path, mmap_mode="r").shape != (rows, FEATURES):
-        array = np.lib.format.open_memmap(data_path, mode="w+", dtype=np.float32, shape=(rows, FEATURES))
-        chunk = 1 << 18
+    model_path = save_model(folder, features)
+    data_path = folder / f"big{features}.npy"
+    rows = int(gigabytes * 1e9 / (features * 4))
+    if not data_path.exists() or np.load(data_path, mmap_mode="r").shape != (rows, features):
+        array = np.lib.format.open_memmap(data_path, mode="w+", dtype=np.float32, shape=(rows, features))
+        chunk = 1 << 14
         generator = np.random.default_rng(0)
         for start in range(0, rows, chunk):
             stop = min(start + chunk, rows)
-            array[start:stop] = generator.standard_normal((stop - start, FEATURES), dtype=np.float32)
+            array[start:stop] = generator.standard_normal((stop - start, features), dtype=np.float32)
         array.flush()
         del array
     size = data_path.stat().st_size
     command = [sys.executable, "-m", "lipcheck", "audit", str(model_path), "--data", str(data_path),
                "--batch-size", str(batch_size), "--device", "cpu", "--quiet", "--format", "json",
                "--output", str(folder / "report.json")]  # fmt: skip
+    print(f"data {size / 1e9:.2f} GB ({rows} samples of {features} float32), batch {batch_size}")
+    for limit in (rows // 16, None):
+        seconds, peak = _run_measured(command + ([] if limit is None else ["--limit", str(limit)]))
+        report = json.loads((folder / "report.json").read_text())
+        share = f"the first {limit} samples" if limit else "every sample"
+        print(f"{share}: {report['summary']['count']} audited in {seconds:.1f} s "
+              f"({report['timing']['samples_per_second']:.0f} samples/s), "
+              f"peak RSS {peak / 1e9:.3f} GB ({peak / size:.2f} x the data set)")  # fmt: skip
+
+
+def _run_measured(command: list[str]) -> tuple[float, int]:
+    """Run `command`; its wall time and its own peak RSS in bytes (wait4 reports that child's alone)."""
     begin = time.perf_counter()
-    subprocess.run(command, check=True)
+    child = subprocess.Popen(command)
+    _, status, usage = os.wait4(child.pid, 0)
     seconds = time.perf_counter() - begin
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # Linux reports KiB
-    report = json.loads((folder / "report.json").read_text())
-    print(f"data {size / 1e9:.2f} GB ({rows} samples of {FEATURES} float32), batch {batch_size}")
-    print(f"audited {report['summary']['count']} samples in {seconds:.1f} s "
-          f"({report['timing']['samples_per_second']:.0f} samples/s)")  # fmt: skip
-    print(f"peak RSS of the lipcheck process: {peak / 1e9:.3f} GB ({peak / size:.2f} x the data set)")
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode != 0:
+        raise SystemExit(f"lipcheck exited with {child.returncode}: {' '.join(command)}")
+    return seconds, usage.ru_maxrss * 1024  # Linux reports KiB
 
 
 def main() -> None:
@@ -130,10 +143,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--memory", action="store_true", help="run the memory benchmark instead")
     parser.add_argument("--gigabytes", type=float, default=1.1)
+    parser.add_argument("--features", type=int, default=1024, help="--memory: values per sample")
     parser.add_argument("--folder", type=Path, default=Path(tempfile.gettempdir()) / "lipcheck-bench")
     options = parser.parse_args()
     if options.memory:
-        memory(options.folder, options.gigabytes, options.batch_size or 4096)
+        memory(options.folder, options.gigabytes, options.batch_size or 4096, options.features)
     else:
         overhead(options.samples, options.batch_size or 256, options.repeats)
     sys.stdout.flush()
