@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from lipcheck import __version__
+from lipcheck.bounds import upper_bound
 from lipcheck.datasets import Dataset
 from lipcheck.engine import spectral_norm
 from lipcheck.errors import AuditFailedError, InputError, LipcheckError, ModelOutputError
@@ -31,8 +32,11 @@ from lipcheck.gate import Rule, judge
 from lipcheck.models import LoadedModel
 from lipcheck.report import (
     REDUCTIONS,
+    BoundReport,
+    BoundTiming,
     DataSection,
     Environment,
+    ModelBoundReport,
     ModelSection,
     Report,
     SampleResult,
@@ -267,6 +271,37 @@ def run_audit(
         samples=tuple(rows),
         summary=summary,
         gate=judge(rules, summary),
+        lipcheck_version=__version__,
+    )
+
+
+def bound_model(
+    model: LoadedModel, input_shape: Sequence[int], *, assume: Mapping[str, float] | None = None
+) -> BoundReport:
+    """The certified upper bound of a loaded model (`lipcheck.upper_bound`); errors name the model file."""
+    try:
+        return upper_bound(model.module, tuple(input_shape), assume=assume)  # type: ignore[arg-type]
+    except LipcheckError as error:
+        raise type(error)(f"model '{model.path}': {error}") from error
+
+
+def run_bound(
+    model: LoadedModel,
+    input_shape: Sequence[int],
+    *,
+    assume: Mapping[str, float] | None = None,
+    load_seconds: float = 0.0,
+) -> ModelBoundReport:
+    """`lipcheck bound`: the certified bound of a model file at one input shape, with provenance."""
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    begin = time.perf_counter()
+    bound = bound_model(model, input_shape, assume=assume)
+    seconds = time.perf_counter() - begin
+    return ModelBoundReport(
+        model=model_section(model),
+        environment=environment(torch.device("cpu")),
+        timing=BoundTiming(started=started, load_seconds=load_seconds, bound_seconds=seconds),
+        bound=bound,
         lipcheck_version=__version__,
     )
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -32,6 +31,7 @@ from torch import Tensor, nn
 from torch.fx import Node
 
 from lipcheck.errors import InputError, UnsupportedOperationError
+from lipcheck.report import BoundReport, LayerBound
 
 __all__ = ["BoundReport", "LayerBound", "upper_bound"]
 
@@ -42,45 +42,6 @@ EXACT_SVD_MAX_SIDE = 2048
 GRAM_ITERATIONS = 12
 # Complex entries per batch of frequency matrices in the convolution rule (bounds memory).
 _FREQUENCY_CHUNK_ENTRIES = 1 << 23
-
-
-@dataclass(frozen=True)
-class LayerBound:
-    """One factor of the bound: the Lipschitz constant of one operation of the graph.
-
-    Attributes:
-        name: the module path of the operation ("layer1.0.conv1"), or its graph node name at top level.
-        node: the graph node name, unique in the graph.
-        kind: what the operation is ("linear", "conv2d", "relu", "batch_norm", "assumed", ...).
-        bound: an upper bound on the operation's l2 Lipschitz constant with respect to its input.
-        method: how the bound was computed ("exact SVD", "DFT of the kernel at 10x10", ...).
-    """
-
-    name: str
-    node: str
-    kind: str
-    bound: float
-    method: str
-
-
-@dataclass(frozen=True)
-class BoundReport:
-    """A certified upper bound on the l2 Lipschitz constant of a model on inputs of one shape.
-
-    Attributes:
-        upper_bound: the bound, composed over the graph (never below the model's Lipschitz constant,
-            except through the constants in `assumptions`, which the user vouched for).
-        layers: the factors of the operations that scale perturbations, in graph order. The total is
-            not their product when the graph has residual connections or concatenations.
-        assumptions: operation name -> Lipschitz constant supplied by the user with `assume`, for the
-            operations of the graph it was used on.
-        input_shape: the shape of one input, without the batch dimension.
-    """
-
-    upper_bound: float
-    layers: tuple[LayerBound, ...]
-    assumptions: Mapping[str, float] = field(default_factory=dict)
-    input_shape: tuple[int, ...] = ()
 
 
 def upper_bound(
@@ -150,7 +111,8 @@ def _export(model: Any, shape: tuple[int, ...]) -> torch.export.ExportedProgram:
     if isinstance(model, (torch.jit.ScriptModule, torch.jit.ScriptFunction)):
         raise UnsupportedOperationError(
             f"cannot bound the TorchScript module {type(model).__name__}: its graph is opaque to "
-            "torch.export; bound the original nn.Module instead"
+            "torch.export; bound the original nn.Module instead (from the command line: its torch.export "
+            ".pt2 file, or its weights with --arch)"
         )
     if not isinstance(model, nn.Module):
         raise UnsupportedOperationError(
@@ -269,7 +231,8 @@ class _GraphBound:
             raise UnsupportedOperationError(
                 f"cannot bound operation {name!r} (node {node.name!r}{_where(node)}): lipcheck has no "
                 f"Lipschitz rule for it; if you know a Lipschitz constant L for it, pass "
-                f"assume={{{name!r}: L}} and take responsibility for it"
+                f"assume={{{name!r}: L}} (on the command line: --assume {name}=L) and take responsibility "
+                "for it"
             )
         self.bounds[node] = rule(site)
 
@@ -347,7 +310,8 @@ class _Site:
             raise UnsupportedOperationError(
                 f"cannot bound operation {self.name!r} (node {self.node.name!r}{_where(self.node)}): its "
                 f"argument {argument!r} depends on the input, so the operation is not Lipschitz with a "
-                f"constant lipcheck can compute; pass assume={{{self.name!r}: L}} if you know one"
+                f"constant lipcheck can compute; pass assume={{{self.name!r}: L}} (--assume "
+                f"{self.name}=L) if you know one"
             )
         return torch.fx.node.map_arg(self.args.get(argument), lambda item: self.walker.constants[item])
 

@@ -1,6 +1,7 @@
 """Present a `Report`: a rich table for people, JSON for scripts, Markdown for pull-request comments.
 
-Every renderer takes the same plain `Report`, so the formats cannot disagree.
+Every renderer takes the same plain `Report`, so the formats cannot disagree. The report of
+`lipcheck bound` (`ModelBoundReport`) has its own three renderers at the end.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from lipcheck.report import Report, worst_samples
+from lipcheck.report import ModelBoundReport, ModelSection, Report, worst_samples
 
 FORMATS = ("table", "json", "markdown")
 WORST = 10
@@ -21,21 +22,28 @@ def _number(value: float | None) -> str:
     return "-" if value is None else f"{value:.6g}"
 
 
+def _model_line(model: ModelSection) -> str:
+    trusted = ", loaded with --trust-pickle" if model.trusted else ""
+    arch = f", --arch {model.arch}" if model.arch else ""
+    return (
+        f"{model.path} ({model.format}{arch}, {model.parameters:,} parameters, "
+        f"sha256 {model.sha256[:12]}{trusted})"
+    )
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "x".join(str(d) for d in shape) or "scalar"
+
+
 def _header(report: Report) -> Table:
     model, data, settings = report.model, report.data, report.settings
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
     grid.add_column()
-    trusted = ", loaded with --trust-pickle" if model.trusted else ""
-    arch = f", --arch {model.arch}" if model.arch else ""
-    grid.add_row(
-        "model",
-        f"{model.path} ({model.format}{arch}, {model.parameters:,} parameters, "
-        f"sha256 {model.sha256[:12]}{trusted})",
-    )
+    grid.add_row("model", _model_line(model))
     source = data.path if data.path is not None else f"random, seed {data.seed}"
     key = f", key {data.key!r}" if data.key else ""
-    shape = "x".join(str(d) for d in data.sample_shape) or "scalar"
+    shape = _shape(data.sample_shape)
     of_total = f" of {data.total:,}" if data.total != data.count else ""
     grid.add_row(
         "data", f"{source} ({data.kind}{key}, {data.count:,}{of_total} samples of {shape}, {data.dtype})"
@@ -136,3 +144,74 @@ def render_text(report: Report, format: str) -> str:
     if format == "markdown":
         return render_markdown(report)
     return table_text(report)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The report of `lipcheck bound`
+
+
+def _assumptions(report: ModelBoundReport) -> str:
+    return ", ".join(f"{name} = {value:g}" for name, value in report.bound.assumptions.items())
+
+
+def _bound_header(report: ModelBoundReport) -> Table:
+    model, bound = report.model, report.bound
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    grid.add_row("model", _model_line(model))
+    grid.add_row("input shape", f"{_shape(bound.input_shape)} (one sample, without the batch)")
+    if bound.assumptions:
+        grid.add_row("assumed", f"{_assumptions(report)} (supplied with --assume, not verified)")
+    return grid
+
+
+def render_bound_table(report: ModelBoundReport, console: Console) -> None:
+    """Print the model, every layer factor and the certified bound to `console`."""
+    bound = report.bound
+    layers = Table(title=f"Layer factors ({len(bound.layers)})", title_justify="left")
+    for name in ("layer", "kind", "bound", "method"):
+        layers.add_column(name, justify="right" if name == "bound" else "left")
+    for layer in bound.layers:
+        layers.add_row(layer.name, layer.kind, _number(layer.bound), layer.method)
+    total = Table(show_header=False)
+    total.add_column(style="bold")
+    total.add_column(justify="right")
+    total.add_row("upper bound (certified)", Text(_number(bound.upper_bound), style="bold"))
+    total.add_row(
+        "time", f"{report.timing.bound_seconds:.3g} s bound, {report.timing.load_seconds:.3g} s loading"
+    )
+    console.print(Group(_bound_header(report), Text(""), layers, Text(""), total))
+
+
+def render_bound_markdown(report: ModelBoundReport) -> str:
+    """The certified bound and its layer factors in GitHub Markdown."""
+    model, bound = report.model, report.bound
+    lines = [
+        "### lipcheck bound",
+        "",
+        f"Model `{model.path}` ({model.format}, sha256 `{model.sha256[:12]}`) on inputs of shape "
+        f"{_shape(bound.input_shape)}: certified upper bound **{_number(bound.upper_bound)}** on the l2 "
+        "Lipschitz constant.",
+        "",
+        "| layer | kind | bound | method |",
+        "| --- | --- | ---: | --- |",
+    ]
+    lines += [
+        f"| `{layer.name}` | {layer.kind} | {_number(layer.bound)} | {layer.method} |"
+        for layer in bound.layers
+    ]
+    if bound.assumptions:
+        lines += ["", f"Assumed with `--assume` (not verified): {_assumptions(report)}."]
+    return "\n".join(lines) + "\n"
+
+
+def render_bound_text(report: ModelBoundReport, format: str) -> str:
+    """The report of `lipcheck bound` as text in `format` (one of `FORMATS`)."""
+    if format == "json":
+        return report.to_json()
+    if format == "markdown":
+        return render_bound_markdown(report)
+    buffer = io.StringIO()
+    render_bound_table(report, Console(file=buffer, width=120, color_system=None, force_terminal=False))
+    return buffer.getvalue()

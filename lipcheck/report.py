@@ -3,7 +3,8 @@
 Everything an audit produces is a frozen dataclass here; `Report.to_dict` and `Report.from_dict` are
 the one place where it is (de)serialised, and `write_atomic` the one place where a report reaches the
 disk (a temporary file in the same folder, then `os.replace`, so a report on disk is complete or
-absent). The JSON Schema of `Report.to_dict()` ships at `lipcheck/schemas/report.schema.json`.
+absent). The JSON Schema of `Report.to_dict()` ships at `lipcheck/schemas/report.schema.json`; that of
+`ModelBoundReport.to_dict()`, the report of `lipcheck bound`, at `lipcheck/schemas/bound.schema.json`.
 """
 
 from __future__ import annotations
@@ -257,6 +258,12 @@ def report_schema() -> dict[str, Any]:
     return json.loads(text)
 
 
+def bound_schema() -> dict[str, Any]:
+    """The JSON Schema of the report of `lipcheck bound` (`ModelBoundReport.to_json`)."""
+    text = resources.files("lipcheck").joinpath("schemas/bound.schema.json").read_text(encoding="utf-8")
+    return json.loads(text)
+
+
 def write_atomic(path: str | Path, text: str) -> None:
     """Write `text` to `path` so that the file is either complete or untouched (temp file + os.replace)."""
     target = Path(path)
@@ -278,3 +285,121 @@ def _umask() -> int:
     current = os.umask(0)
     os.umask(current)
     return current
+
+
+# ----------------------------------------------------------------------------------------------------
+# Certified upper bounds: `lipcheck bound`, and `lipcheck audit --bound`
+
+
+@dataclass(frozen=True)
+class LayerBound:
+    """One factor of the bound: the Lipschitz constant of one operation of the graph.
+
+    Attributes:
+        name: the module path of the operation ("layer1.0.conv1"), or its graph node name at top level.
+        node: the graph node name, unique in the graph.
+        kind: what the operation is ("linear", "conv2d", "relu", "batch_norm", "assumed", ...).
+        bound: an upper bound on the operation's l2 Lipschitz constant with respect to its input.
+        method: how the bound was computed ("exact SVD", "DFT of the kernel at 10x10", ...).
+    """
+
+    name: str
+    node: str
+    kind: str
+    bound: float
+    method: str
+
+
+@dataclass(frozen=True)
+class BoundReport:
+    """A certified upper bound on the l2 Lipschitz constant of a model on inputs of one shape.
+
+    Attributes:
+        upper_bound: the bound, composed over the graph (never below the model's Lipschitz constant,
+            except through the constants in `assumptions`, which the user vouched for).
+        layers: the factors of the operations that scale perturbations, in graph order. The total is
+            not their product when the graph has residual connections or concatenations.
+        assumptions: operation name -> Lipschitz constant supplied by the user with `assume`, for the
+            operations of the graph it was used on.
+        input_shape: the shape of one input, without the batch dimension.
+    """
+
+    upper_bound: float
+    layers: tuple[LayerBound, ...]
+    assumptions: Mapping[str, float] = field(default_factory=dict)
+    input_shape: tuple[int, ...] = ()
+
+
+def bound_details(bound: BoundReport) -> dict[str, Any]:
+    """The JSON object under the key `bound`: input shape, factors and assumptions (the total is
+    `upper_bound`, next to it)."""
+    return {
+        "input_shape": list(bound.input_shape),
+        "layers": [asdict(layer) for layer in bound.layers],
+        "assumptions": dict(bound.assumptions),
+    }
+
+
+def bound_from_dict(data: Mapping[str, Any]) -> BoundReport:
+    """The inverse of `bound_details`, from a report holding the keys `upper_bound` and `bound`."""
+    details = data["bound"]
+    return BoundReport(
+        upper_bound=data["upper_bound"],
+        layers=tuple(_build(LayerBound, layer) for layer in details["layers"]),
+        assumptions=dict(details["assumptions"]),
+        input_shape=tuple(details["input_shape"]),
+    )
+
+
+@dataclass(frozen=True)
+class BoundTiming:
+    """Wall-clock seconds of `lipcheck bound`: loading the model, and bounding it (export included)."""
+
+    started: str
+    load_seconds: float
+    bound_seconds: float
+
+
+@dataclass(frozen=True)
+class ModelBoundReport:
+    """The report of `lipcheck bound`: a model file's certified bound, with provenance.
+
+    Its JSON has the keys `upper_bound` and `bound` of an audit report run with `--bound`, so the same
+    `jq .upper_bound` reads both. Schema: `lipcheck/schemas/bound.schema.json`.
+    """
+
+    model: ModelSection
+    environment: Environment
+    timing: BoundTiming
+    bound: BoundReport
+    lipcheck_version: str = ""
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": self.schema_version,
+            "lipcheck_version": self.lipcheck_version,
+            "model": json.loads(json.dumps(asdict(self.model))),
+            "environment": asdict(self.environment),
+            "timing": asdict(self.timing),
+            "upper_bound": self.bound.upper_bound,
+            "bound": bound_details(self.bound),
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelBoundReport:
+        return cls(
+            model=_build(ModelSection, data["model"], input_spec=lambda v: tuple(dict(s) for s in v)),
+            environment=_build(Environment, data["environment"]),
+            timing=_build(BoundTiming, data["timing"]),
+            bound=bound_from_dict(data),
+            lipcheck_version=data["lipcheck_version"],
+            schema_version=data["schema_version"],
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelBoundReport:
+        return cls.from_dict(json.loads(text))
