@@ -13,10 +13,11 @@ into messages that name the samples and the shapes involved.
 
 from __future__ import annotations
 
+import math
 import platform
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -45,6 +46,7 @@ from lipcheck.report import (
     finite_or_none,
     summarise,
 )
+from lipcheck.search import SearchResult, worst_case_search
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
 DEVICES = ("auto", "cpu", "cuda")
@@ -156,15 +158,19 @@ def audit_rows(
             return output
 
         try:
-            result = spectral_norm(
-                call,
-                x.to(device),
-                method=settings.method,  # type: ignore[arg-type]
-                max_iter=settings.max_iter,
-                tol=settings.tol,
-                seed=settings.seed,
-                krylov_dim=settings.krylov_dim,
-            )
+            if settings.search_steps is not None:
+                found = _search(call, x.to(device), settings)
+                result = found.start
+            else:
+                result = spectral_norm(
+                    call,
+                    x.to(device),
+                    method=settings.method,  # type: ignore[arg-type]
+                    max_iter=settings.max_iter,
+                    tol=settings.tol,
+                    seed=settings.seed,
+                    krylov_dim=settings.krylov_dim,
+                )
         except LipcheckError as error:
             raise type(error)(f"model '{model.path}' on {where}: {error}") from error
         except Exception as error:
@@ -176,14 +182,37 @@ def audit_rows(
         iterations = result.iterations.cpu().tolist()
         converged = result.converged.cpu().tolist()
         residual = result.residual.double().cpu().tolist()
-        sink(
-            [
-                SampleResult(i, sigma[k], iterations[k], bool(converged[k]), finite_or_none(residual[k]))
-                for k, i in enumerate(batch)
-            ]
-        )
+        rows = [
+            SampleResult(i, sigma[k], iterations[k], bool(converged[k]), finite_or_none(residual[k]))
+            for k, i in enumerate(batch)
+        ]
+        if settings.search_steps is not None:
+            rows = _with_search(rows, found)
+        sink(rows)
         if progress is not None:
             progress(len(batch))
+
+
+def _search(call: Callable[[Tensor], Any], x: Tensor, settings: Settings) -> SearchResult:
+    """The worst-case search around a batch (`--search-steps`, `--search-radius`), audit settings."""
+    return worst_case_search(
+        call,
+        x,
+        radius=float(settings.search_radius or 0.0),
+        steps=int(settings.search_steps or 0),
+        method=settings.method,  # type: ignore[arg-type]
+        max_iter=settings.max_iter,
+        tol=settings.tol,
+        seed=settings.seed,
+        krylov_dim=settings.krylov_dim,
+    )
+
+
+def _with_search(rows: list[SampleResult], found: SearchResult) -> list[SampleResult]:
+    """The rows with the search's figures: the largest sigma found and how far from the sample."""
+    searched = found.sigma.double().cpu().tolist()
+    distance = found.distance.double().cpu().tolist()
+    return [replace(row, search_sigma=searched[k], search_distance=distance[k]) for k, row in enumerate(rows)]
 
 
 def _first_line(error: BaseException) -> str:
@@ -244,6 +273,7 @@ def run_audit(
         raise InputError(f"--reduction {settings.reduction!r} is not one of {', '.join(REDUCTIONS)}")
     if settings.batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {settings.batch_size}")
+    check_search_settings(settings)
     device = resolve_device(settings.device)
     if isinstance(model.module, torch.nn.Module):
         model.module.to(device=device, dtype=DTYPES[settings.dtype])
@@ -273,6 +303,21 @@ def run_audit(
         gate=judge(rules, summary),
         lipcheck_version=__version__,
     )
+
+
+def check_search_settings(settings: Settings) -> None:
+    """InputError naming the flag unless --search-steps and --search-radius come together, >= 0."""
+    steps, radius = settings.search_steps, settings.search_radius
+    if steps is not None and radius is None:
+        raise InputError(
+            "--search-steps needs --search-radius R, the l2 radius of the search around each sample"
+        )
+    if radius is not None and steps is None:
+        raise InputError("--search-radius needs --search-steps N, the number of ascent steps")
+    if steps is not None and steps < 0:
+        raise InputError(f"--search-steps must be at least 0, got {steps}")
+    if radius is not None and not (radius >= 0 and math.isfinite(radius)):
+        raise InputError(f"--search-radius must be a finite number >= 0, got {radius:g}")
 
 
 def bound_model(

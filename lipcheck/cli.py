@@ -190,6 +190,7 @@ lipcheck audit model.pt2 --data inputs.npy
 lipcheck audit model.pt2 --data inputs.npz --data-key images --limit 1000 --format json | jq .summary
 lipcheck audit weights.safetensors --arch nets.py:make_denoiser --arch-kwargs '{"channels": 4}' --data x.pt
 lipcheck audit model.pt2 --random 3x32x32 --num-samples 256 --seed 1 --dtype float64
+lipcheck audit model.pt2 --data inputs.npy --search-steps 10 --search-radius 0.5
 lipcheck audit model.pt2 --data images/ --fail-above 2.5 --output report.json
 ```
 
@@ -310,6 +311,25 @@ def audit(
     reduction: Annotated[
         Reduction, typer.Option("--reduction", help="How sigma over the samples reduces to one value.")
     ] = Reduction.max,
+    search_steps: Annotated[
+        int | None,
+        typer.Option(
+            "--search-steps",
+            help="Worst-case search: from each sample, N steps of projected gradient ascent of sigma within "
+            "--search-radius; rows add search_sigma and search_distance, and the summary's max counts them.",
+            metavar="N",
+            show_default=False,
+        ),
+    ] = None,
+    search_radius: Annotated[
+        float | None,
+        typer.Option(
+            "--search-radius",
+            help="The l2 radius R of the worst-case search around each sample (with --search-steps).",
+            metavar="R",
+            show_default=False,
+        ),
+    ] = None,
     output_format: Annotated[
         Format | None,
         typer.Option(
@@ -344,7 +364,7 @@ def audit(
 
     Prints the worst samples and a summary (table), or the full report (json, markdown).
     """
-    from lipcheck.audit import check_converged, run_audit
+    from lipcheck.audit import check_converged, check_search_settings, run_audit
     from lipcheck.datasets import open_dataset, parse_shape, random_dataset
     from lipcheck.gate import FailAbove
     from lipcheck.models import load_model
@@ -362,6 +382,7 @@ def audit(
             raise InputError("--num-samples goes with --random; with --data use --limit N")
         kwargs = _parse_json_object(arch_kwargs, "--arch-kwargs")
         model_kwargs = parse_model_args(model_arg)
+        check_search_settings(Settings(search_steps=search_steps, search_radius=search_radius))
         fmt = (
             output_format.value
             if output_format
@@ -386,6 +407,8 @@ def audit(
             device=device.value,
             dtype=dtype.value,
             reduction=reduction.value,
+            search_steps=search_steps,
+            search_radius=search_radius,
             output_key=output_key,
             model_kwargs=model_kwargs,
         )

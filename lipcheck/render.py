@@ -12,7 +12,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from lipcheck.report import ModelBoundReport, ModelSection, Report, worst_samples
+from lipcheck.report import ModelBoundReport, ModelSection, Report, SampleResult, worst_samples
 
 FORMATS = ("table", "json", "markdown")
 WORST = 10
@@ -51,9 +51,21 @@ def _header(report: Report) -> Table:
     grid.add_row(
         "settings",
         f"{settings.method}, tol {settings.tol:g}, max-iter {settings.max_iter}, {settings.dtype} on "
-        f"{report.environment.device}, batch {settings.batch_size}, seed {settings.seed}",
+        f"{report.environment.device}, batch {settings.batch_size}, seed {settings.seed}"
+        + _search_note(report),
     )
     return grid
+
+
+def _searched(report: Report) -> bool:
+    return report.settings.search_steps is not None
+
+
+def _search_note(report: Report) -> str:
+    if not _searched(report):
+        return ""
+    settings = report.settings
+    return f", worst-case search: {settings.search_steps} steps within radius {settings.search_radius:g}"
 
 
 def _worst_table(report: Report) -> Table:
@@ -61,12 +73,30 @@ def _worst_table(report: Report) -> Table:
     table = Table(title=f"Worst {len(shown)} of {report.summary.count} samples", title_justify="left")
     for name in ("index", "sigma", "iterations", "converged", "residual"):
         table.add_column(name, justify="left" if name == "converged" else "right")
+    if _searched(report):
+        table.add_column("search sigma", justify="right")
+        table.add_column("distance", justify="right")
     for row in shown:
         converged = Text("yes", style="green") if row.converged else Text("no", style="bold red")
         table.add_row(
-            str(row.index), _number(row.sigma), str(row.iterations), converged, _number(row.residual)
+            str(row.index),
+            _number(row.sigma),
+            str(row.iterations),
+            converged,
+            _number(row.residual),
+            *_search_cells(report, row),
         )
     return table
+
+
+def _searched_mark(report: Report) -> str:
+    return ", searched" if _searched(report) else ""
+
+
+def _search_cells(report: Report, row: SampleResult) -> list[str]:
+    if not _searched(report):
+        return []
+    return [_number(row.search_sigma), _number(row.search_distance)]
 
 
 def _summary_rows(report: Report) -> list[tuple[str, str]]:
@@ -74,7 +104,7 @@ def _summary_rows(report: Report) -> list[tuple[str, str]]:
     rows = [
         ("count", f"{summary.count:,}"),
         ("converged", f"{summary.converged:,} of {summary.count:,}"),
-        ("max", f"{_number(summary.max)} (sample {summary.argmax})"),
+        ("max", f"{_number(summary.max)} (sample {summary.argmax}{_searched_mark(report)})"),
         ("mean", _number(summary.mean)),
         ("min", _number(summary.min)),
         ("median", _number(summary.median)),
@@ -116,21 +146,25 @@ def render_markdown(report: Report) -> str:
         "### lipcheck audit",
         "",
         f"Model `{model.path}` ({model.format}, sha256 `{model.sha256[:12]}`) on `{source}` "
-        f"({data.count} samples); {settings.method}, tol {settings.tol:g}, {settings.dtype}.",
+        f"({data.count} samples); {settings.method}, tol {settings.tol:g}, {settings.dtype}"
+        f"{_search_note(report)}.",
         "",
         "| summary | value |",
         "| --- | ---: |",
     ]
     lines += [f"| {name} | {value} |" for name, value in _summary_rows(report)]
+    search_heads, search_rule = (
+        (" search sigma | distance |", " ---: | ---: |") if _searched(report) else ("", "")
+    )
     lines += [
         "",
-        "| worst sample | sigma | iterations | converged | residual |",
-        "| ---: | ---: | ---: | --- | ---: |",
+        f"| worst sample | sigma | iterations | converged | residual |{search_heads}",
+        f"| ---: | ---: | ---: | --- | ---: |{search_rule}",
     ]
     for row in worst_samples(report, 5):
         lines.append(
             f"| {row.index} | {_number(row.sigma)} | {row.iterations} | {'yes' if row.converged else 'no'} "
-            f"| {_number(row.residual)} |"
+            f"| {_number(row.residual)} |" + "".join(f" {cell} |" for cell in _search_cells(report, row))
         )
     if report.gate.passed is not None:
         lines += ["", f"**Gate: {'passed' if report.gate.passed else 'failed'}**"]

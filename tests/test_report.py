@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import jsonschema
@@ -22,6 +23,7 @@ from lipcheck.report import (
     Timing,
     report_schema,
     summarise,
+    worst_samples,
     write_atomic,
 )
 
@@ -80,6 +82,27 @@ def test_gate_records_rules_and_verdicts() -> None:
     assert passed.passed is True and passed.rules[0].name == "fail_above" and passed.rules[0].value == 2.0
     failed = make_report([1.0, 2.5], threshold=2.0).gate
     assert failed.passed is False and "2.5 > 2" in failed.rules[0].message
+
+
+def test_search_round_trip_and_validate() -> None:
+    rows = (
+        SampleResult(0, 1.0, 3, True, 1e-6, search_sigma=1.5, search_distance=0.25),
+        SampleResult(1, 2.0, 3, True, 1e-6, search_sigma=2.0, search_distance=0.0),
+        SampleResult(2, 1.75, 3, True, 1e-6, search_sigma=1.8, search_distance=0.5),
+    )
+    report = replace(
+        make_report([1.0]),
+        samples=rows,
+        summary=summarise(rows, "max"),
+        settings=Settings(search_steps=5, search_radius=0.5),
+    )
+    data = json.loads(report.to_json())
+    jsonschema.validate(data, report_schema())
+    assert Report.from_json(report.to_json()) == report
+    assert (data["summary"]["max"], data["summary"]["argmax"], data["summary"]["value"]) == (2.0, 1, 2.0)
+    assert data["summary"]["mean"] == pytest.approx(np.mean([1.0, 2.0, 1.75]))  # sigma at the samples
+    assert data["samples"][0]["search_sigma"] == 1.5
+    assert worst_samples(report, 2) == [rows[1], rows[2]]
 
 
 def test_write_atomic_replaces_whole_or_leaves_the_old_file(tmp_path: Path) -> None:
