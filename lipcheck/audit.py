@@ -255,11 +255,13 @@ def run_audit(
     rules: Sequence[Rule] = (),
     progress: Progress | None = None,
     load_seconds: float = 0.0,
+    bound: BoundReport | None = None,
 ) -> Report:
     """Audit every sample of `data` and return the report, with the gate judged by `rules`.
 
-    Moves the model to the settings' device and dtype (in place). Raises InputError for bad input,
-    AuditFailedError when the audit itself fails (see `audit_rows`).
+    `bound`, the model's certified upper bound (`bound_model`), goes into the report with the bracket
+    [largest sigma found, bound]. Moves the model to the settings' device and dtype (in place). Raises
+    InputError for bad input, AuditFailedError when the audit itself fails (see `audit_rows`).
     """
     if settings.method not in ("lanczos", "power"):
         raise InputError(f"--method {settings.method!r} is not one of lanczos, power")
@@ -302,6 +304,7 @@ def run_audit(
         summary=summary,
         gate=judge(rules, summary),
         lipcheck_version=__version__,
+        bound=bound,
     )
 
 

@@ -190,7 +190,7 @@ lipcheck audit model.pt2 --data inputs.npy
 lipcheck audit model.pt2 --data inputs.npz --data-key images --limit 1000 --format json | jq .summary
 lipcheck audit weights.safetensors --arch nets.py:make_denoiser --arch-kwargs '{"channels": 4}' --data x.pt
 lipcheck audit model.pt2 --random 3x32x32 --num-samples 256 --seed 1 --dtype float64
-lipcheck audit model.pt2 --data inputs.npy --search-steps 10 --search-radius 0.5
+lipcheck audit model.pt2 --data inputs.npy --search-steps 10 --search-radius 0.5 --bound
 lipcheck audit model.pt2 --data images/ --fail-above 2.5 --output report.json
 ```
 
@@ -330,6 +330,34 @@ def audit(
             show_default=False,
         ),
     ] = None,
+    with_bound: Annotated[
+        bool,
+        typer.Option(
+            "--bound",
+            help="Also certify an upper bound on the Lipschitz constant at the data's sample shape (as "
+            "`lipcheck bound`) and report the bracket [max found, upper bound].",
+        ),
+    ] = False,
+    assume: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--assume",
+            help="With --bound: a Lipschitz constant L for an operation lipcheck has no rule for, OP=L "
+            "(repeatable); you take responsibility for it, and the report records it.",
+            metavar="OP=L",
+            show_default=False,
+        ),
+    ] = None,
+    fail_above_bound: Annotated[
+        float | None,
+        typer.Option(
+            "--fail-above-bound",
+            help="Exit 1 when the certified upper bound exceeds this value (implies --bound): the one rule "
+            "that proves a property of the model rather than samples it.",
+            metavar="X",
+            show_default=False,
+        ),
+    ] = None,
     output_format: Annotated[
         Format | None,
         typer.Option(
@@ -364,9 +392,9 @@ def audit(
 
     Prints the worst samples and a summary (table), or the full report (json, markdown).
     """
-    from lipcheck.audit import check_converged, check_search_settings, run_audit
+    from lipcheck.audit import bound_model, check_converged, check_search_settings, run_audit
     from lipcheck.datasets import open_dataset, parse_shape, random_dataset
-    from lipcheck.gate import FailAbove
+    from lipcheck.gate import FailAbove, FailAboveBound
     from lipcheck.models import load_model
     from lipcheck.render import render_table, render_text
     from lipcheck.report import Settings, write_atomic
@@ -383,6 +411,10 @@ def audit(
         kwargs = _parse_json_object(arch_kwargs, "--arch-kwargs")
         model_kwargs = parse_model_args(model_arg)
         check_search_settings(Settings(search_steps=search_steps, search_radius=search_radius))
+        with_bound = with_bound or fail_above_bound is not None
+        assumed = parse_assumptions(assume)
+        if assumed and not with_bound:
+            raise InputError("--assume goes with --bound (or --fail-above-bound): it is used by the bound")
         fmt = (
             output_format.value
             if output_format
@@ -398,6 +430,8 @@ def audit(
         else:
             dataset = open_dataset(data or Path(), key=data_key, limit=limit)
         load_seconds = time.perf_counter() - begin
+        # Bounded before the audit: a model that cannot be bounded fails in seconds, not after the audit.
+        certified = bound_model(loaded, dataset.info.sample_shape, assume=assumed) if with_bound else None
         settings = Settings(
             method=method.value,
             tol=tol,
@@ -413,10 +447,18 @@ def audit(
             model_kwargs=model_kwargs,
         )
         rules = [FailAbove(fail_above)] if fail_above is not None else []
+        if fail_above_bound is not None and certified is not None:
+            rules.append(FailAboveBound(fail_above_bound, certified.upper_bound))
         show_progress = not quiet and sys.stderr.isatty() and (fmt == "table" or output is not None)
         with _progress(show_progress, len(dataset)) as progress:
             report = run_audit(
-                loaded, dataset, settings, rules=rules, progress=progress, load_seconds=load_seconds
+                loaded,
+                dataset,
+                settings,
+                rules=rules,
+                progress=progress,
+                load_seconds=load_seconds,
+                bound=certified,
             )
 
         if output is not None:
@@ -446,6 +488,7 @@ lipcheck bound model.pt2 --input-shape 3x32x32
 lipcheck bound model.pt2 --input-shape 20 --format json | jq .upper_bound
 lipcheck bound weights.safetensors --arch nets.py:make_denoiser --input-shape 1,64,64 --format markdown
 lipcheck bound model.pt2 --input-shape 3x32x32 --assume aten.erf.default=1.13 --output bound.json
+lipcheck audit model.pt2 --data x.npy --bound --fail-above-bound 10
 ```
 
 Exit codes: 0 done, 2 bad input or usage, or a model that cannot be bounded (TorchScript, a graph

@@ -113,11 +113,25 @@ def _summary_rows(report: Report) -> list[tuple[str, str]]:
         ("time", f"{timing.audit_seconds:.3g} s audit, {timing.load_seconds:.3g} s loading"),
         ("samples/s", f"{timing.samples_per_second:.4g}"),
     ]
+    rows += _bound_rows(report)
     for verdict in report.gate.rules:
         rows.append(
             (f"gate {verdict.name}", f"{'passed' if verdict.passed else 'FAILED'}: {verdict.message}")
         )
     return rows
+
+
+def _bound_rows(report: Report) -> list[tuple[str, str]]:
+    """With --bound: the certified upper bound and the bracket [largest sigma found, bound]."""
+    if report.bound is None:
+        return []
+    lower, upper = report.summary.max, report.bound.upper_bound
+    ratio = f", ratio {upper / lower:.4g}" if lower > 0 else ""
+    assumed = " (with --assume)" if report.bound.assumptions else ""
+    return [
+        ("upper bound (certified)", f"{_number(upper)}{assumed}"),
+        ("bracket", f"[{_number(lower)}, {_number(upper)}]{ratio}"),
+    ]
 
 
 def render_table(report: Report, console: Console) -> None:

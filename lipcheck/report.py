@@ -169,6 +169,7 @@ class Report:
     gate: Gate = Gate()
     lipcheck_version: str = ""
     schema_version: int = SCHEMA_VERSION
+    bound: BoundReport | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict whose keys follow the schema; lists where the dataclasses hold tuples."""
@@ -184,7 +185,20 @@ class Report:
         body["samples"] = samples
         body["summary"] = asdict(self.summary)
         body["gate"] = {"passed": self.gate.passed, "rules": [asdict(rule) for rule in self.gate.rules]}
+        body.update(self._bound_sections())
         return body
+
+    def _bound_sections(self) -> dict[str, Any]:
+        """With --bound: the certified `upper_bound`, its factors, and the bracket [max found, bound]."""
+        if self.bound is None:
+            return {}
+        lower, upper = self.summary.max, self.bound.upper_bound
+        return {
+            "upper_bound": upper,
+            "bound": bound_details(self.bound),
+            "bracket": [lower, upper],
+            "bracket_ratio": upper / lower if lower > 0 else None,
+        }
 
     def to_json(self) -> str:
         """Indented JSON with one line per sample: readable, and no dict per sample is kept in memory."""
@@ -215,6 +229,7 @@ class Report:
             ),
             lipcheck_version=data["lipcheck_version"],
             schema_version=data["schema_version"],
+            bound=bound_from_dict(data) if "upper_bound" in data else None,
         )
 
     @classmethod

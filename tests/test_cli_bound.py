@@ -1,5 +1,5 @@
-"""`lipcheck bound`: the figures of `lipcheck.upper_bound`, never below the exact dense Jacobian norm,
-in every format; `--assume`; the refusals.
+"""`lipcheck bound` and `lipcheck audit --bound`: the figures of `lipcheck.upper_bound`, never below the
+exact dense Jacobian norm, in every format; the bracket; `--fail-above-bound`; `--assume`; the refusals.
 
 The factories at the top are --arch targets (this file is imported by path)."""
 
@@ -19,6 +19,7 @@ from cli_fixtures import (
     MLP,
     SmallConv,
     assert_one_line_error,
+    audit_json,
     export,
     mlp_inputs,
     reference,
@@ -28,7 +29,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 import lipcheck
-from lipcheck.report import ModelBoundReport, bound_schema
+from lipcheck.report import ModelBoundReport, bound_schema, report_schema
 
 HERE = Path(__file__).resolve()
 CONV_SHAPE = (3, 5, 5)
@@ -163,3 +164,65 @@ def test_models_that_cannot_be_bounded_and_bad_flags(files: dict[str, Path]) -> 
 def test_help_shows_examples() -> None:
     result = run("bound", "--help")
     assert result.exit_code == 0 and "Examples" in result.stdout and "lipcheck bound" in result.stdout
+
+
+# lipcheck audit --bound: the bracket [max found, certified bound].
+
+
+def test_audit_bound_adds_the_bracket(files: dict[str, Path]) -> None:
+    report = audit_json(files["export"], "--data", files["data"], "--bound")
+    expected = lipcheck.upper_bound(MLP().eval(), (6,)).upper_bound
+    lower, upper = report["bracket"]
+    assert report["upper_bound"] == upper == pytest.approx(expected, rel=1e-12)
+    assert lower == report["summary"]["max"] <= upper
+    assert report["bracket_ratio"] == pytest.approx(upper / lower)
+    assert report["bound"]["input_shape"] == [6]
+    assert "upper_bound" not in audit_json(files["export"], "--data", files["data"], "--limit", "2")
+
+
+def test_audit_bound_with_search_and_images(files: dict[str, Path]) -> None:
+    report = audit_json(
+        files["conv"], "--arch", f"{ARCH}:make_conv", "--data", files["images"], "--bound",
+        "--search-steps", "3", "--search-radius", "0.5", "--dtype", "float64",
+    )  # fmt: skip
+    lower, upper = report["bracket"]
+    searched = max(row["search_sigma"] for row in report["samples"])
+    assert lower == searched <= upper
+    assert report["bound"]["input_shape"] == list(CONV_SHAPE)
+    assert upper >= largest_exact_norm(SmallConv(), CONV_SHAPE)
+
+
+def test_audit_bound_in_the_table_and_markdown(files: dict[str, Path]) -> None:
+    for fmt in ("table", "markdown"):
+        result = run("audit", files["export"], "--data", files["data"], "--bound", "--format", fmt)
+        assert result.exit_code == 0
+        assert "upper bound (certified)" in result.stdout and "bracket" in result.stdout
+        assert "ratio" in result.stdout
+
+
+def test_fail_above_bound_gate(files: dict[str, Path], tmp_path: Path) -> None:
+    upper = lipcheck.upper_bound(MLP().eval(), (6,)).upper_bound
+    passed = audit_json(files["export"], "--data", files["data"], "--fail-above-bound", upper * 1.01)
+    assert passed["upper_bound"] == pytest.approx(upper)  # --fail-above-bound implies --bound
+    assert passed["gate"]["passed"] is True
+    verdict = passed["gate"]["rules"][0]
+    assert verdict["name"] == "fail_above_bound" and verdict["value"] == passed["upper_bound"]
+
+    target = tmp_path / "r.json"
+    result = run(
+        "audit", files["export"], "--data", files["data"], "--fail-above-bound", upper * 0.99, "-o", target
+    )
+    assert result.exit_code == 1
+    assert "gate failed" in result.stderr and "certified upper bound" in result.stderr
+    failed = json.loads(target.read_text())
+    jsonschema.validate(failed, report_schema())
+    assert failed["gate"]["passed"] is False and failed["gate"]["rules"][0]["passed"] is False
+    # The bound fails the gate although every sample is far below the threshold.
+    assert failed["summary"]["max"] < upper * 0.99
+
+
+def test_audit_bound_refusals(files: dict[str, Path]) -> None:
+    result = run("audit", files["torchscript"], "--data", files["data"], "--bound")
+    assert_one_line_error(result, "mlp.ts", "TorchScript")
+    result = run("audit", files["export"], "--data", files["data"], "--assume", "aten.erf.default=1")
+    assert_one_line_error(result, "--assume", "--bound")
