@@ -323,12 +323,37 @@ def check_search_settings(settings: Settings) -> None:
         raise InputError(f"--search-radius must be a finite number >= 0, got {radius:g}")
 
 
+class _AuditedFunction(torch.nn.Module):
+    """x -> the audited output of module(x, **model_kwargs): what an audit measures, as one module."""
+
+    def __init__(self, module: Any, model_kwargs: Mapping[str, Any], output_key: str | None) -> None:
+        super().__init__()
+        self.module = module
+        self.model_kwargs = dict(model_kwargs)
+        self.output_key = output_key
+
+    def forward(self, x: Tensor) -> Any:
+        return select_output(self.module(x, **self.model_kwargs), self.output_key)
+
+
 def bound_model(
-    model: LoadedModel, input_shape: Sequence[int], *, assume: Mapping[str, float] | None = None
+    model: LoadedModel,
+    input_shape: Sequence[int],
+    *,
+    assume: Mapping[str, float] | None = None,
+    settings: Settings | None = None,
 ) -> BoundReport:
-    """The certified upper bound of a loaded model (`lipcheck.upper_bound`); errors name the model file."""
+    """The certified upper bound of a loaded model (`lipcheck.upper_bound`); errors name the model file.
+
+    With audit `settings`, the bound is of the function the audit measures: the model called with the
+    settings' `model_kwargs` (`--arg`), and only the output `output_key` picks (`--output-key`), so the
+    bracket compares like with like. Without, it is of the model's default call, all outputs together.
+    """
+    module: Any = model.module
+    if settings is not None and (settings.model_kwargs or settings.output_key is not None):
+        module = _AuditedFunction(module, settings.model_kwargs, settings.output_key)
     try:
-        return upper_bound(model.module, tuple(input_shape), assume=assume)  # type: ignore[arg-type]
+        return upper_bound(module, tuple(input_shape), assume=assume)
     except LipcheckError as error:
         raise type(error)(f"model '{model.path}': {error}") from error
 

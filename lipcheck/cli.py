@@ -430,8 +430,6 @@ def audit(
         else:
             dataset = open_dataset(data or Path(), key=data_key, limit=limit)
         load_seconds = time.perf_counter() - begin
-        # Bounded before the audit: a model that cannot be bounded fails in seconds, not after the audit.
-        certified = bound_model(loaded, dataset.info.sample_shape, assume=assumed) if with_bound else None
         settings = Settings(
             method=method.value,
             tol=tol,
@@ -445,6 +443,12 @@ def audit(
             search_radius=search_radius,
             output_key=output_key,
             model_kwargs=model_kwargs,
+        )
+        # Bounded before the audit: a model that cannot be bounded fails in seconds, not after the audit.
+        certified = (
+            bound_model(loaded, dataset.info.sample_shape, assume=assumed, settings=settings)
+            if with_bound
+            else None
         )
         rules = [FailAbove(fail_above)] if fail_above is not None else []
         if fail_above_bound is not None and certified is not None:

@@ -180,6 +180,19 @@ def test_audit_bound_adds_the_bracket(files: dict[str, Path]) -> None:
     assert "upper_bound" not in audit_json(files["export"], "--data", files["data"], "--limit", "2")
 
 
+def test_audit_bound_is_of_the_audited_call_and_output(files: dict[str, Path]) -> None:
+    # --arg scale=1.5 and --output-key twice audit 3 f(x): the bound must be of that, not of f.
+    weights = files["export"].parent / "mlp.safetensors"
+    save_file(MLP().state_dict(), weights)
+    report = audit_json(
+        weights, "--arch", f"{ARCH}:make_multi", "--data", files["data"], "--bound",
+        "--arg", "scale=1.5", "--output-key", "twice",
+    )  # fmt: skip
+    lower, upper = report["bracket"]
+    assert lower <= upper
+    assert upper == pytest.approx(3 * lipcheck.upper_bound(MLP().eval(), (6,)).upper_bound, rel=1e-9)
+
+
 def test_audit_bound_with_search_and_images(files: dict[str, Path]) -> None:
     report = audit_json(
         files["conv"], "--arch", f"{ARCH}:make_conv", "--data", files["images"], "--bound",
