@@ -13,6 +13,7 @@ from lipcheck.errors import (
     UnsupportedOperationError,
 )
 from lipcheck.regularisers import FNEJacobianSpectralNorm, JacobianSpectralNorm
+from lipcheck.search import SearchResult, worst_case_search
 
 __version__ = "0.1.0"
 
@@ -27,9 +28,11 @@ __all__ = [
     "LayerBound",
     "LipcheckError",
     "ModelOutputError",
+    "SearchResult",
     "SpectralNormResult",
     "UnsupportedOperationError",
     "__version__",
     "spectral_norm",
     "upper_bound",
+    "worst_case_search",
 ]

@@ -13,10 +13,11 @@ into messages that name the samples and the shapes involved.
 
 from __future__ import annotations
 
+import math
 import platform
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -24,6 +25,7 @@ import torch
 from torch import Tensor
 
 from lipcheck import __version__
+from lipcheck.bounds import upper_bound
 from lipcheck.datasets import Dataset
 from lipcheck.engine import spectral_norm
 from lipcheck.errors import AuditFailedError, InputError, LipcheckError, ModelOutputError
@@ -31,8 +33,11 @@ from lipcheck.gate import Rule, judge
 from lipcheck.models import LoadedModel
 from lipcheck.report import (
     REDUCTIONS,
+    BoundReport,
+    BoundTiming,
     DataSection,
     Environment,
+    ModelBoundReport,
     ModelSection,
     Report,
     SampleResult,
@@ -41,6 +46,7 @@ from lipcheck.report import (
     finite_or_none,
     summarise,
 )
+from lipcheck.search import SearchResult, worst_case_search
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
 DEVICES = ("auto", "cpu", "cuda")
@@ -152,15 +158,19 @@ def audit_rows(
             return output
 
         try:
-            result = spectral_norm(
-                call,
-                x.to(device),
-                method=settings.method,  # type: ignore[arg-type]
-                max_iter=settings.max_iter,
-                tol=settings.tol,
-                seed=settings.seed,
-                krylov_dim=settings.krylov_dim,
-            )
+            if settings.search_steps is not None:
+                found = _search(call, x.to(device), settings)
+                result = found.start
+            else:
+                result = spectral_norm(
+                    call,
+                    x.to(device),
+                    method=settings.method,  # type: ignore[arg-type]
+                    max_iter=settings.max_iter,
+                    tol=settings.tol,
+                    seed=settings.seed,
+                    krylov_dim=settings.krylov_dim,
+                )
         except LipcheckError as error:
             raise type(error)(f"model '{model.path}' on {where}: {error}") from error
         except Exception as error:
@@ -172,14 +182,37 @@ def audit_rows(
         iterations = result.iterations.cpu().tolist()
         converged = result.converged.cpu().tolist()
         residual = result.residual.double().cpu().tolist()
-        sink(
-            [
-                SampleResult(i, sigma[k], iterations[k], bool(converged[k]), finite_or_none(residual[k]))
-                for k, i in enumerate(batch)
-            ]
-        )
+        rows = [
+            SampleResult(i, sigma[k], iterations[k], bool(converged[k]), finite_or_none(residual[k]))
+            for k, i in enumerate(batch)
+        ]
+        if settings.search_steps is not None:
+            rows = _with_search(rows, found)
+        sink(rows)
         if progress is not None:
             progress(len(batch))
+
+
+def _search(call: Callable[[Tensor], Any], x: Tensor, settings: Settings) -> SearchResult:
+    """The worst-case search around a batch (`--search-steps`, `--search-radius`), audit settings."""
+    return worst_case_search(
+        call,
+        x,
+        radius=float(settings.search_radius or 0.0),
+        steps=int(settings.search_steps or 0),
+        method=settings.method,  # type: ignore[arg-type]
+        max_iter=settings.max_iter,
+        tol=settings.tol,
+        seed=settings.seed,
+        krylov_dim=settings.krylov_dim,
+    )
+
+
+def _with_search(rows: list[SampleResult], found: SearchResult) -> list[SampleResult]:
+    """The rows with the search's figures: the largest sigma found and how far from the sample."""
+    searched = found.sigma.double().cpu().tolist()
+    distance = found.distance.double().cpu().tolist()
+    return [replace(row, search_sigma=searched[k], search_distance=distance[k]) for k, row in enumerate(rows)]
 
 
 def _first_line(error: BaseException) -> str:
@@ -222,11 +255,13 @@ def run_audit(
     rules: Sequence[Rule] = (),
     progress: Progress | None = None,
     load_seconds: float = 0.0,
+    bound: BoundReport | None = None,
 ) -> Report:
     """Audit every sample of `data` and return the report, with the gate judged by `rules`.
 
-    Moves the model to the settings' device and dtype (in place). Raises InputError for bad input,
-    AuditFailedError when the audit itself fails (see `audit_rows`).
+    `bound`, the model's certified upper bound (`bound_model`), goes into the report with the bracket
+    [largest sigma found, bound]. Moves the model to the settings' device and dtype (in place). Raises
+    InputError for bad input, AuditFailedError when the audit itself fails (see `audit_rows`).
     """
     if settings.method not in ("lanczos", "power"):
         raise InputError(f"--method {settings.method!r} is not one of lanczos, power")
@@ -240,6 +275,7 @@ def run_audit(
         raise InputError(f"--reduction {settings.reduction!r} is not one of {', '.join(REDUCTIONS)}")
     if settings.batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {settings.batch_size}")
+    check_search_settings(settings)
     device = resolve_device(settings.device)
     if isinstance(model.module, torch.nn.Module):
         model.module.to(device=device, dtype=DTYPES[settings.dtype])
@@ -267,6 +303,78 @@ def run_audit(
         samples=tuple(rows),
         summary=summary,
         gate=judge(rules, summary),
+        lipcheck_version=__version__,
+        bound=bound,
+    )
+
+
+def check_search_settings(settings: Settings) -> None:
+    """InputError naming the flag unless --search-steps and --search-radius come together, >= 0."""
+    steps, radius = settings.search_steps, settings.search_radius
+    if steps is not None and radius is None:
+        raise InputError(
+            "--search-steps needs --search-radius R, the l2 radius of the search around each sample"
+        )
+    if radius is not None and steps is None:
+        raise InputError("--search-radius needs --search-steps N, the number of ascent steps")
+    if steps is not None and steps < 0:
+        raise InputError(f"--search-steps must be at least 0, got {steps}")
+    if radius is not None and not (radius >= 0 and math.isfinite(radius)):
+        raise InputError(f"--search-radius must be a finite number >= 0, got {radius:g}")
+
+
+class _AuditedFunction(torch.nn.Module):
+    """x -> the audited output of module(x, **model_kwargs): what an audit measures, as one module."""
+
+    def __init__(self, module: Any, model_kwargs: Mapping[str, Any], output_key: str | None) -> None:
+        super().__init__()
+        self.module = module
+        self.model_kwargs = dict(model_kwargs)
+        self.output_key = output_key
+
+    def forward(self, x: Tensor) -> Any:
+        return select_output(self.module(x, **self.model_kwargs), self.output_key)
+
+
+def bound_model(
+    model: LoadedModel,
+    input_shape: Sequence[int],
+    *,
+    assume: Mapping[str, float] | None = None,
+    settings: Settings | None = None,
+) -> BoundReport:
+    """The certified upper bound of a loaded model (`lipcheck.upper_bound`); errors name the model file.
+
+    With audit `settings`, the bound is of the function the audit measures: the model called with the
+    settings' `model_kwargs` (`--arg`), and only the output `output_key` picks (`--output-key`), so the
+    bracket compares like with like. Without, it is of the model's default call, all outputs together.
+    """
+    module: Any = model.module
+    if settings is not None and (settings.model_kwargs or settings.output_key is not None):
+        module = _AuditedFunction(module, settings.model_kwargs, settings.output_key)
+    try:
+        return upper_bound(module, tuple(input_shape), assume=assume)
+    except LipcheckError as error:
+        raise type(error)(f"model '{model.path}': {error}") from error
+
+
+def run_bound(
+    model: LoadedModel,
+    input_shape: Sequence[int],
+    *,
+    assume: Mapping[str, float] | None = None,
+    load_seconds: float = 0.0,
+) -> ModelBoundReport:
+    """`lipcheck bound`: the certified bound of a model file at one input shape, with provenance."""
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    begin = time.perf_counter()
+    bound = bound_model(model, input_shape, assume=assume)
+    seconds = time.perf_counter() - begin
+    return ModelBoundReport(
+        model=model_section(model),
+        environment=environment(torch.device("cpu")),
+        timing=BoundTiming(started=started, load_seconds=load_seconds, bound_seconds=seconds),
+        bound=bound,
         lipcheck_version=__version__,
     )
 

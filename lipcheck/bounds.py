@@ -6,7 +6,7 @@ parameters, buffers and anything computed from them alone carry 0 (they are cons
 has a rule that gives the bound of its output from the bounds of its inputs:
 
 - an operation linear or Lipschitz in one input: L_out = L_op * L_in (layers: Linear, Conv, BatchNorm
-  in eval mode, pooling, activations, scaling by a constant);
+  in eval mode, LayerNorm and GroupNorm, pooling, activations, scaling by a constant);
 - a sum: L_out = L_a + L_b (residual connections: x + c g(x) gives 1 + |c| L_g);
 - a concatenation of functions of the input: L_out = sqrt(sum L_i^2), since
   ||[f(a) - f(b), g(a) - g(b)]||^2 <= (L_f^2 + L_g^2) ||a - b||^2;
@@ -24,7 +24,6 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -32,6 +31,7 @@ from torch import Tensor, nn
 from torch.fx import Node
 
 from lipcheck.errors import InputError, UnsupportedOperationError
+from lipcheck.report import BoundReport, LayerBound
 
 __all__ = ["BoundReport", "LayerBound", "upper_bound"]
 
@@ -42,45 +42,6 @@ EXACT_SVD_MAX_SIDE = 2048
 GRAM_ITERATIONS = 12
 # Complex entries per batch of frequency matrices in the convolution rule (bounds memory).
 _FREQUENCY_CHUNK_ENTRIES = 1 << 23
-
-
-@dataclass(frozen=True)
-class LayerBound:
-    """One factor of the bound: the Lipschitz constant of one operation of the graph.
-
-    Attributes:
-        name: the module path of the operation ("layer1.0.conv1"), or its graph node name at top level.
-        node: the graph node name, unique in the graph.
-        kind: what the operation is ("linear", "conv2d", "relu", "batch_norm", "assumed", ...).
-        bound: an upper bound on the operation's l2 Lipschitz constant with respect to its input.
-        method: how the bound was computed ("exact SVD", "DFT of the kernel at 10x10", ...).
-    """
-
-    name: str
-    node: str
-    kind: str
-    bound: float
-    method: str
-
-
-@dataclass(frozen=True)
-class BoundReport:
-    """A certified upper bound on the l2 Lipschitz constant of a model on inputs of one shape.
-
-    Attributes:
-        upper_bound: the bound, composed over the graph (never below the model's Lipschitz constant,
-            except through the constants in `assumptions`, which the user vouched for).
-        layers: the factors of the operations that scale perturbations, in graph order. The total is
-            not their product when the graph has residual connections or concatenations.
-        assumptions: operation name -> Lipschitz constant supplied by the user with `assume`, for the
-            operations of the graph it was used on.
-        input_shape: the shape of one input, without the batch dimension.
-    """
-
-    upper_bound: float
-    layers: tuple[LayerBound, ...]
-    assumptions: Mapping[str, float] = field(default_factory=dict)
-    input_shape: tuple[int, ...] = ()
 
 
 def upper_bound(
@@ -150,7 +111,8 @@ def _export(model: Any, shape: tuple[int, ...]) -> torch.export.ExportedProgram:
     if isinstance(model, (torch.jit.ScriptModule, torch.jit.ScriptFunction)):
         raise UnsupportedOperationError(
             f"cannot bound the TorchScript module {type(model).__name__}: its graph is opaque to "
-            "torch.export; bound the original nn.Module instead"
+            "torch.export; bound the original nn.Module instead (from the command line: its torch.export "
+            ".pt2 file, or its weights with --arch)"
         )
     if not isinstance(model, nn.Module):
         raise UnsupportedOperationError(
@@ -269,7 +231,8 @@ class _GraphBound:
             raise UnsupportedOperationError(
                 f"cannot bound operation {name!r} (node {node.name!r}{_where(node)}): lipcheck has no "
                 f"Lipschitz rule for it; if you know a Lipschitz constant L for it, pass "
-                f"assume={{{name!r}: L}} and take responsibility for it"
+                f"assume={{{name!r}: L}} (on the command line: --assume {name}=L) and take responsibility "
+                "for it"
             )
         self.bounds[node] = rule(site)
 
@@ -347,7 +310,8 @@ class _Site:
             raise UnsupportedOperationError(
                 f"cannot bound operation {self.name!r} (node {self.node.name!r}{_where(self.node)}): its "
                 f"argument {argument!r} depends on the input, so the operation is not Lipschitz with a "
-                f"constant lipcheck can compute; pass assume={{{self.name!r}: L}} if you know one"
+                f"constant lipcheck can compute; pass assume={{{self.name!r}: L}} (--assume "
+                f"{self.name}=L) if you know one"
             )
         return torch.fx.node.map_arg(self.args.get(argument), lambda item: self.walker.constants[item])
 
@@ -846,6 +810,75 @@ def _batch_norm(site: _Site) -> Any:
     factor = _with_margin(float(scale.max()))
     bound = site.scale("input", "batch_norm", factor, "exact: max |gamma| / sqrt(running_var + eps)")
     return _like_value(site.node, bound)
+
+
+def _centred_scaling_norm(gamma: Tensor) -> Tensor:
+    """||diag(g) P_k||_2 for each row g of gamma (G, k), P_k = I - 1 1^T / k the centring of k entries."""
+    k = gamma.shape[-1]
+    matrix = torch.diag_embed(gamma) - gamma.unsqueeze(-1) / k  # diag(g) - g 1^T / k
+    return torch.linalg.matrix_norm(matrix, ord=2)
+
+
+def _normalization_bound(site: _Site, kind: str, gamma: Tensor, entries: int) -> float:
+    """LayerNorm and GroupNorm (any mode: they do not mix samples): y = g * (x - mean) / sqrt(var + eps) + b
+    over groups of d entries, var the biased variance.
+
+    With P = I - 1 1^T / d, z = P x and s = sqrt(||z||^2 / d + eps), the normalisation is z / s and its
+    Jacobian is (1/s) A P with A = I - z z^T / (d s^2). A P is symmetric with eigenvalues in [0, 1]
+    (1 - ||z||^2 / (d s^2) = eps / s^2 along z, 1 across it, 0 along 1) below those of P, so
+    (A P)^2 <= P and ||diag(g) A P|| <= ||diag(g) P||, while 1/s <= 1/sqrt(eps). Hence
+    L <= max over groups ||diag(g) P|| / sqrt(eps), and this is the exact constant: at an input that is
+    constant over a group (z = 0) the Jacobian is diag(g) P / sqrt(eps). It is large (316 max |g| for
+    eps = 1e-5) because the normalisation divides by at least sqrt(eps) wherever the group is flat.
+
+    gamma: (G, k) the scale of each entry of a group, where each of the k values covers d / k entries.
+    When d / k >= 2, ||diag(g) P_d|| = max |g| (a vector with zero sum inside one value's entries is
+    scaled by that value, and the rest reduces to diag(g^2) - g g^T / k <= diag(g^2)); else it is
+    computed exactly (an SVD of k x k, for k <= EXACT_SVD_MAX_SIDE) or bounded by max |g|.
+    """
+    eps = float(site.value("eps"))
+    if not eps > 0:
+        raise UnsupportedOperationError(
+            f"cannot bound {site.name!r} (node {site.node.name!r}{_where(site.node)}) with eps = {eps:g}: "
+            "it divides by the standard deviation, which is 0 on constant inputs, so it is not Lipschitz"
+        )
+    gamma = gamma.detach().to(torch.float64)
+    k = gamma.shape[-1]
+    if entries // k >= 2:
+        scale, how = float(gamma.abs().max()), "exact: max |weight|"
+    elif k <= EXACT_SVD_MAX_SIDE:
+        scale, how = float(_centred_scaling_norm(gamma).max()), "exact: ||diag(weight) (I - 11^T/d)||"
+    else:
+        scale, how = float(gamma.abs().max()), f"max |weight| (at most {k}/{k - 1} times the exact constant)"
+    factor = _with_margin(scale / math.sqrt(eps))
+    bound = site.scale("input", kind, factor, f"{how} / sqrt(eps), eps = {eps:g}, reached on flat groups")
+    return bound
+
+
+@_rule(_aten("layer_norm", "native_layer_norm"))
+def _layer_norm(site: _Site) -> Any:
+    shape = [int(d) for d in site.value("normalized_shape")]
+    entries = math.prod(shape)
+    weight = site.value("weight")
+    gamma = torch.ones(entries, dtype=torch.float64) if weight is None else weight.reshape(-1)
+    bound = _normalization_bound(site, "layer_norm", gamma.reshape(1, entries), entries)
+    if isinstance(site.node.meta["val"], list | tuple):
+        return (bound, math.inf, math.inf)  # native_layer_norm also returns the mean and 1 / std
+    return bound
+
+
+@_rule(_aten("group_norm", "native_group_norm"))
+def _group_norm(site: _Site) -> Any:
+    shape = site.shape("input")
+    groups = int(site.value("num_groups" if "num_groups" in site.args else "group"))
+    channels = shape[1]
+    entries = math.prod(shape[1:]) // groups
+    weight = site.value("weight")
+    gamma = torch.ones(channels, dtype=torch.float64) if weight is None else weight.reshape(-1)
+    bound = _normalization_bound(site, "group_norm", gamma.reshape(groups, channels // groups), entries)
+    if isinstance(site.node.meta["val"], list | tuple):
+        return (bound, math.inf, math.inf)
+    return bound
 
 
 # Elementwise functions: name -> (Lipschitz constant from the node's arguments, why).

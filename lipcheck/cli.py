@@ -178,6 +178,24 @@ def parse_model_args(pairs: list[str] | None) -> dict[str, Any]:
     return kwargs
 
 
+def parse_assumptions(pairs: list[str] | None) -> dict[str, float]:
+    """['aten.erf.default=1.13'] -> {'aten.erf.default': 1.13}: the `--assume OP=L` constants."""
+    assumed: dict[str, float] = {}
+    for pair in pairs or []:
+        name, equals, value = pair.partition("=")
+        try:
+            constant = float(value)
+        except ValueError:
+            constant = float("nan")
+        if not equals or not name.strip() or not constant >= 0 or constant == float("inf"):
+            raise InputError(
+                f"--assume {pair!r} must look like OP=L with L a finite Lipschitz constant >= 0, "
+                "e.g. --assume aten.erf.default=1.13 (OP as the error that named it spells it)"
+            )
+        assumed[name.strip()] = constant
+    return assumed
+
+
 class _RateColumn(ProgressColumn):
     def render(self, task: Task) -> Text:
         speed = task.finished_speed or task.speed
@@ -211,6 +229,7 @@ lipcheck audit model.pt2 --data inputs.npy
 lipcheck audit model.pt2 --data inputs.npz --data-key images --limit 1000 --format json | jq .summary
 lipcheck audit weights.safetensors --arch nets.py:make_denoiser --arch-kwargs '{"channels": 4}' --data x.pt
 lipcheck audit model.pt2 --random 3x32x32 --num-samples 256 --seed 1 --dtype float64
+lipcheck audit model.pt2 --data inputs.npy --search-steps 10 --search-radius 0.5 --bound
 lipcheck audit model.pt2 --data images/ --fail-above 2.5 --output report.json
 ```
 
@@ -331,6 +350,53 @@ def audit(
     reduction: Annotated[
         Reduction, typer.Option("--reduction", help="How sigma over the samples reduces to one value.")
     ] = Reduction.max,
+    search_steps: Annotated[
+        int | None,
+        typer.Option(
+            "--search-steps",
+            help="Worst-case search: from each sample, N steps of projected gradient ascent of sigma within "
+            "--search-radius; rows add search_sigma and search_distance, and the summary's max counts them.",
+            metavar="N",
+            show_default=False,
+        ),
+    ] = None,
+    search_radius: Annotated[
+        float | None,
+        typer.Option(
+            "--search-radius",
+            help="The l2 radius R of the worst-case search around each sample (with --search-steps).",
+            metavar="R",
+            show_default=False,
+        ),
+    ] = None,
+    with_bound: Annotated[
+        bool,
+        typer.Option(
+            "--bound",
+            help="Also certify an upper bound on the Lipschitz constant at the data's sample shape (as "
+            "`lipcheck bound`) and report the bracket [max found, upper bound].",
+        ),
+    ] = False,
+    assume: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--assume",
+            help="With --bound: a Lipschitz constant L for an operation lipcheck has no rule for, OP=L "
+            "(repeatable); you take responsibility for it, and the report records it.",
+            metavar="OP=L",
+            show_default=False,
+        ),
+    ] = None,
+    fail_above_bound: Annotated[
+        float | None,
+        typer.Option(
+            "--fail-above-bound",
+            help="Exit 1 when the certified upper bound exceeds this value (implies --bound): the one rule "
+            "that proves a property of the model rather than samples it.",
+            metavar="X",
+            show_default=False,
+        ),
+    ] = None,
     output_format: Annotated[
         Format | None,
         typer.Option(
@@ -365,9 +431,9 @@ def audit(
 
     Prints the worst samples and a summary (table), or the full report (json, markdown).
     """
-    from lipcheck.audit import check_converged, run_audit
+    from lipcheck.audit import bound_model, check_converged, check_search_settings, run_audit
     from lipcheck.datasets import open_dataset, parse_shape, random_dataset
-    from lipcheck.gate import FailAbove
+    from lipcheck.gate import FailAbove, FailAboveBound
     from lipcheck.models import load_model
     from lipcheck.render import render_table, render_text
     from lipcheck.report import Settings, write_atomic
@@ -383,6 +449,11 @@ def audit(
             raise InputError("--num-samples goes with --random; with --data use --limit N")
         kwargs = _parse_json_object(arch_kwargs, "--arch-kwargs")
         model_kwargs = parse_model_args(model_arg)
+        check_search_settings(Settings(search_steps=search_steps, search_radius=search_radius))
+        with_bound = with_bound or fail_above_bound is not None
+        assumed = parse_assumptions(assume)
+        if assumed and not with_bound:
+            raise InputError("--assume goes with --bound (or --fail-above-bound): it is used by the bound")
         fmt = (
             output_format.value
             if output_format
@@ -407,14 +478,30 @@ def audit(
             device=device.value,
             dtype=dtype.value,
             reduction=reduction.value,
+            search_steps=search_steps,
+            search_radius=search_radius,
             output_key=output_key,
             model_kwargs=model_kwargs,
         )
+        # Bounded before the audit: a model that cannot be bounded fails in seconds, not after the audit.
+        certified = (
+            bound_model(loaded, dataset.info.sample_shape, assume=assumed, settings=settings)
+            if with_bound
+            else None
+        )
         rules = [FailAbove(fail_above)] if fail_above is not None else []
+        if fail_above_bound is not None and certified is not None:
+            rules.append(FailAboveBound(fail_above_bound, certified.upper_bound))
         show_progress = not quiet and sys.stderr.isatty() and (fmt == "table" or output is not None)
         with _progress(show_progress, len(dataset)) as progress:
             report = run_audit(
-                loaded, dataset, settings, rules=rules, progress=progress, load_seconds=load_seconds
+                loaded,
+                dataset,
+                settings,
+                rules=rules,
+                progress=progress,
+                load_seconds=load_seconds,
+                bound=certified,
             )
 
         if output is not None:
@@ -434,6 +521,136 @@ def audit(
 
 def _is_terminal() -> bool:
     return sys.stdout.isatty()
+
+
+BOUND_EPILOG = """\
+**Examples**
+
+```
+lipcheck bound model.pt2 --input-shape 3x32x32
+lipcheck bound model.pt2 --input-shape 20 --format json | jq .upper_bound
+lipcheck bound weights.safetensors --arch nets.py:make_denoiser --input-shape 1,64,64 --format markdown
+lipcheck bound model.pt2 --input-shape 3x32x32 --assume aten.erf.default=1.13 --output bound.json
+lipcheck audit model.pt2 --data x.npy --bound --fail-above-bound 10
+```
+
+Exit codes: 0 done, 2 bad input or usage, or a model that cannot be bounded (TorchScript, a graph
+torch.export cannot capture, an operation without a rule: the error names it and the --assume to pass).
+"""
+
+
+@app.command(epilog=BOUND_EPILOG)
+def bound(
+    model: Annotated[
+        Path,
+        typer.Argument(
+            metavar="MODEL",
+            help="Model file, as for `lipcheck audit`: .pt2 (torch.export), .safetensors or a state dict "
+            "with --arch, or a pickled module with --trust-pickle. TorchScript cannot be bounded.",
+            show_default=False,
+        ),
+    ],
+    input_shape: Annotated[
+        str | None,
+        typer.Option(
+            "--input-shape",
+            help="The shape of one input, without the batch dimension: 2x8x8, 2,8,8 or 20.",
+            metavar="SHAPE",
+            show_default=False,
+        ),
+    ] = None,
+    arch: Annotated[
+        str | None,
+        typer.Option(
+            "--arch",
+            help="Architecture for weight-only files: path/to/file.py:factory or package.module:factory, "
+            "a function returning the nn.Module (runs that code).",
+            show_default=False,
+        ),
+    ] = None,
+    arch_kwargs: Annotated[
+        str | None,
+        typer.Option(
+            "--arch-kwargs",
+            help="Keyword arguments of the --arch factory as a JSON object.",
+            show_default=False,
+        ),
+    ] = None,
+    trust_pickle: Annotated[
+        bool,
+        typer.Option(
+            "--trust-pickle",
+            help="Load a whole pickled module. This EXECUTES CODE from the model file: only for files "
+            "from a source you trust.",
+        ),
+    ] = False,
+    assume: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--assume",
+            help="A Lipschitz constant L for an operation lipcheck has no rule for, OP=L as the error names "
+            "it (repeatable); you take responsibility for it, and the report records it.",
+            metavar="OP=L",
+            show_default=False,
+        ),
+    ] = None,
+    output_format: Annotated[
+        Format | None,
+        typer.Option(
+            "--format",
+            "-f",
+            help="Report format. Default: table on a terminal, json when stdout is a pipe or with --output.",
+            show_default=False,
+        ),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Write the report to this file (atomically) instead of stdout.",
+            show_default=False,
+        ),
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No notes on stderr.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an error.")] = False,
+) -> None:
+    """Certify an upper bound on MODEL's global l2 Lipschitz constant, composed layer by layer.
+
+    The model is exported with torch.export at one input of --input-shape; every operation of the
+    graph gets a rule (exact spectral norms where the layer allows it), composed over the graph:
+    products along a path, sums at residual connections. Prints every layer factor and the total.
+    """
+    from lipcheck.audit import run_bound
+    from lipcheck.datasets import parse_shape
+    from lipcheck.models import load_model
+    from lipcheck.render import render_bound_table, render_bound_text
+    from lipcheck.report import write_atomic
+
+    with _errors_to_exit_codes(debug):
+        if input_shape is None:
+            raise InputError(
+                "give the shape of one input with --input-shape SHAPE, without the batch, e.g. 3x32x32"
+            )
+        shape = parse_shape(input_shape, "--input-shape")
+        assumed = parse_assumptions(assume)
+        kwargs = _parse_json_object(arch_kwargs, "--arch-kwargs")
+        fmt = (
+            output_format.value
+            if output_format
+            else ("table" if output is None and _is_terminal() else "json")
+        )
+        begin = time.perf_counter()
+        loaded = load_model(model, arch=arch, arch_kwargs=kwargs, trust_pickle=trust_pickle)
+        report = run_bound(loaded, shape, assume=assumed, load_seconds=time.perf_counter() - begin)
+        if output is not None:
+            write_atomic(output, render_bound_text(report, fmt))
+            if not quiet:
+                typer.echo(f"lipcheck: report written to {output}", err=True)
+        elif fmt == "table":
+            render_bound_table(report, Console())
+        else:
+            sys.stdout.write(render_bound_text(report, fmt))
 
 
 INSPECT_EPILOG = """\

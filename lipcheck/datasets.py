@@ -390,16 +390,14 @@ def open_dataset(path: str | Path, *, key: str | None = None, limit: int | None 
     )
 
 
-def parse_shape(text: str) -> tuple[int, ...]:
-    """'3x32x32' -> (3, 32, 32); InputError naming --random when it is not positive integers."""
+def parse_shape(text: str, flag: str = "--random") -> tuple[int, ...]:
+    """'3x32x32' or '3,32,32' -> (3, 32, 32); InputError naming `flag` when it is not positive integers."""
     try:
         shape = tuple(int(part) for part in text.lower().replace(",", "x").split("x"))
     except ValueError:
         shape = ()
     if not shape or any(d < 1 for d in shape):
-        raise InputError(
-            f"--random {text!r} is not a shape: give sizes without the batch, e.g. 20 or 3x32x32"
-        )
+        raise InputError(f"{flag} {text!r} is not a shape: give sizes without the batch, e.g. 20 or 3x32x32")
     return shape
 
 

@@ -40,6 +40,32 @@ class FailAbove:
         )
 
 
+@dataclass(frozen=True)
+class FailAboveBound:
+    """Fails when the certified upper bound exceeds `threshold` (`--fail-above-bound`).
+
+    The other rules judge values measured at samples, which only bound the Lipschitz constant from
+    below; this one judges the certified bound (`lipcheck.upper_bound`), so when it passes, the model
+    is proven to be `threshold`-Lipschitz on inputs of the audited shape (up to any `--assume`d
+    constants). It judges the bound it carries, not the samples' summary.
+    """
+
+    threshold: float
+    upper_bound: float
+    name: str = "fail_above_bound"
+
+    def judge(self, summary: Summary | None = None) -> RuleVerdict:
+        passed = self.upper_bound <= self.threshold
+        relation = "<=" if passed else ">"
+        return RuleVerdict(
+            name=self.name,
+            threshold=self.threshold,
+            value=self.upper_bound,
+            passed=passed,
+            message=f"certified upper bound {self.upper_bound:.6g} {relation} {self.threshold:.6g}",
+        )
+
+
 def judge(rules: Sequence[Rule], summary: Summary) -> Gate:
     """The gate of a report: every rule's verdict, passed when all pass, None when there is no rule."""
     verdicts = tuple(rule.judge(summary) for rule in rules)

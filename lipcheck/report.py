@@ -3,7 +3,8 @@
 Everything an audit produces is a frozen dataclass here; `Report.to_dict` and `Report.from_dict` are
 the one place where it is (de)serialised, and `write_atomic` the one place where a report reaches the
 disk (a temporary file in the same folder, then `os.replace`, so a report on disk is complete or
-absent). The JSON Schema of `Report.to_dict()` ships at `lipcheck/schemas/report.schema.json`.
+absent). The JSON Schema of `Report.to_dict()` ships at `lipcheck/schemas/report.schema.json`; that of
+`ModelBoundReport.to_dict()`, the report of `lipcheck bound`, at `lipcheck/schemas/bound.schema.json`.
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ class SampleResult:
     """One audited sample: `index` in the data set, sigma = ||J(x)||_2 and how it was reached.
 
     `residual` is ||J^T J u - sigma^2 u|| / sigma^2 at the returned vector, None when not finite.
+    With a worst-case search (`--search-steps`, `--search-radius`), `search_sigma` is the largest
+    sigma the search found within the radius (never below `sigma`: the sample itself counts) and
+    `search_distance` the l2 distance of that point from the sample; both None without a search.
     """
 
     index: int
@@ -43,6 +47,8 @@ class SampleResult:
     iterations: int
     converged: bool
     residual: float | None
+    search_sigma: float | None = None
+    search_distance: float | None = None
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,8 @@ class Settings:
     krylov_dim: int = 12
     output_key: str | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    search_steps: int | None = None
+    search_radius: float | None = None
 
 
 @dataclass(frozen=True)
@@ -111,7 +119,12 @@ class Timing:
 
 @dataclass(frozen=True)
 class Summary:
-    """Statistics of sigma over the audited samples; `value` is the `reduction` of them all."""
+    """Statistics of sigma over the audited samples; `value` is the `reduction` of them all.
+
+    After a worst-case search, `max` and `argmax` (and `value` when the reduction is "max") count each
+    sample's searched value (`largest_sigma`); `mean`, `min`, `median`, `p95` and the other reductions
+    describe sigma at the samples themselves.
+    """
 
     count: int
     converged: int
@@ -156,6 +169,7 @@ class Report:
     gate: Gate = Gate()
     lipcheck_version: str = ""
     schema_version: int = SCHEMA_VERSION
+    bound: BoundReport | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict whose keys follow the schema; lists where the dataclasses hold tuples."""
@@ -171,7 +185,20 @@ class Report:
         body["samples"] = samples
         body["summary"] = asdict(self.summary)
         body["gate"] = {"passed": self.gate.passed, "rules": [asdict(rule) for rule in self.gate.rules]}
+        body.update(self._bound_sections())
         return body
+
+    def _bound_sections(self) -> dict[str, Any]:
+        """With --bound: the certified `upper_bound`, its factors, and the bracket [max found, bound]."""
+        if self.bound is None:
+            return {}
+        lower, upper = self.summary.max, self.bound.upper_bound
+        return {
+            "upper_bound": upper,
+            "bound": bound_details(self.bound),
+            "bracket": [lower, upper],
+            "bracket_ratio": upper / lower if lower > 0 else None,
+        }
 
     def to_json(self) -> str:
         """Indented JSON with one line per sample: readable, and no dict per sample is kept in memory."""
@@ -202,6 +229,7 @@ class Report:
             ),
             lipcheck_version=data["lipcheck_version"],
             schema_version=data["schema_version"],
+            bound=bound_from_dict(data) if "upper_bound" in data else None,
         )
 
     @classmethod
@@ -210,8 +238,12 @@ class Report:
 
 
 def _sample_dict(s: SampleResult) -> dict[str, Any]:
-    return {"index": s.index, "sigma": s.sigma, "iterations": s.iterations, "converged": s.converged,
-            "residual": s.residual}  # fmt: skip
+    row = {"index": s.index, "sigma": s.sigma, "iterations": s.iterations, "converged": s.converged,
+           "residual": s.residual}  # fmt: skip
+    if s.search_sigma is not None:
+        row["search_sigma"] = s.search_sigma
+        row["search_distance"] = s.search_distance
+    return row
 
 
 def _build(cls: Any, data: Mapping[str, Any], **convert: Callable[[Any], Any]) -> Any:
@@ -231,29 +263,41 @@ def summarise(samples: Sequence[SampleResult], reduction: str) -> Summary:
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction {reduction!r} is not one of {', '.join(REDUCTIONS)}")
     sigma = np.array([s.sigma for s in samples], dtype=np.float64)
-    worst = int(np.argmax(sigma))
+    found = np.array([largest_sigma(s) for s in samples], dtype=np.float64)
+    worst = int(np.argmax(found))
     return Summary(
         count=len(samples),
         converged=sum(1 for s in samples if s.converged),
-        max=float(sigma[worst]),
+        max=float(found[worst]),
         mean=float(np.mean(sigma)),
         min=float(np.min(sigma)),
         median=float(np.median(sigma)),
         p95=float(np.percentile(sigma, 95)),
         reduction=reduction,
-        value=REDUCTIONS[reduction](sigma),
+        value=REDUCTIONS[reduction](found if reduction == "max" else sigma),
         argmax=samples[worst].index,
     )
 
 
+def largest_sigma(sample: SampleResult) -> float:
+    """The largest sigma found for a sample: its searched value after a worst-case search, else sigma."""
+    return sample.sigma if sample.search_sigma is None else max(sample.sigma, sample.search_sigma)
+
+
 def worst_samples(report: Report, count: int = 10) -> list[SampleResult]:
-    """The `count` samples with the largest sigma, largest first (ties by index)."""
-    return sorted(report.samples, key=lambda s: (-s.sigma, s.index))[:count]
+    """The `count` samples with the largest sigma (searched, when searched), largest first (ties by index)."""
+    return sorted(report.samples, key=lambda s: (-largest_sigma(s), s.index))[:count]
 
 
 def report_schema() -> dict[str, Any]:
     """The JSON Schema that every report validates against."""
     text = resources.files("lipcheck").joinpath("schemas/report.schema.json").read_text(encoding="utf-8")
+    return json.loads(text)
+
+
+def bound_schema() -> dict[str, Any]:
+    """The JSON Schema of the report of `lipcheck bound` (`ModelBoundReport.to_json`)."""
+    text = resources.files("lipcheck").joinpath("schemas/bound.schema.json").read_text(encoding="utf-8")
     return json.loads(text)
 
 
@@ -278,3 +322,121 @@ def _umask() -> int:
     current = os.umask(0)
     os.umask(current)
     return current
+
+
+# ----------------------------------------------------------------------------------------------------
+# Certified upper bounds: `lipcheck bound`, and `lipcheck audit --bound`
+
+
+@dataclass(frozen=True)
+class LayerBound:
+    """One factor of the bound: the Lipschitz constant of one operation of the graph.
+
+    Attributes:
+        name: the module path of the operation ("layer1.0.conv1"), or its graph node name at top level.
+        node: the graph node name, unique in the graph.
+        kind: what the operation is ("linear", "conv2d", "relu", "batch_norm", "assumed", ...).
+        bound: an upper bound on the operation's l2 Lipschitz constant with respect to its input.
+        method: how the bound was computed ("exact SVD", "DFT of the kernel at 10x10", ...).
+    """
+
+    name: str
+    node: str
+    kind: str
+    bound: float
+    method: str
+
+
+@dataclass(frozen=True)
+class BoundReport:
+    """A certified upper bound on the l2 Lipschitz constant of a model on inputs of one shape.
+
+    Attributes:
+        upper_bound: the bound, composed over the graph (never below the model's Lipschitz constant,
+            except through the constants in `assumptions`, which the user vouched for).
+        layers: the factors of the operations that scale perturbations, in graph order. The total is
+            not their product when the graph has residual connections or concatenations.
+        assumptions: operation name -> Lipschitz constant supplied by the user with `assume`, for the
+            operations of the graph it was used on.
+        input_shape: the shape of one input, without the batch dimension.
+    """
+
+    upper_bound: float
+    layers: tuple[LayerBound, ...]
+    assumptions: Mapping[str, float] = field(default_factory=dict)
+    input_shape: tuple[int, ...] = ()
+
+
+def bound_details(bound: BoundReport) -> dict[str, Any]:
+    """The JSON object under the key `bound`: input shape, factors and assumptions (the total is
+    `upper_bound`, next to it)."""
+    return {
+        "input_shape": list(bound.input_shape),
+        "layers": [asdict(layer) for layer in bound.layers],
+        "assumptions": dict(bound.assumptions),
+    }
+
+
+def bound_from_dict(data: Mapping[str, Any]) -> BoundReport:
+    """The inverse of `bound_details`, from a report holding the keys `upper_bound` and `bound`."""
+    details = data["bound"]
+    return BoundReport(
+        upper_bound=data["upper_bound"],
+        layers=tuple(_build(LayerBound, layer) for layer in details["layers"]),
+        assumptions=dict(details["assumptions"]),
+        input_shape=tuple(details["input_shape"]),
+    )
+
+
+@dataclass(frozen=True)
+class BoundTiming:
+    """Wall-clock seconds of `lipcheck bound`: loading the model, and bounding it (export included)."""
+
+    started: str
+    load_seconds: float
+    bound_seconds: float
+
+
+@dataclass(frozen=True)
+class ModelBoundReport:
+    """The report of `lipcheck bound`: a model file's certified bound, with provenance.
+
+    Its JSON has the keys `upper_bound` and `bound` of an audit report run with `--bound`, so the same
+    `jq .upper_bound` reads both. Schema: `lipcheck/schemas/bound.schema.json`.
+    """
+
+    model: ModelSection
+    environment: Environment
+    timing: BoundTiming
+    bound: BoundReport
+    lipcheck_version: str = ""
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": self.schema_version,
+            "lipcheck_version": self.lipcheck_version,
+            "model": json.loads(json.dumps(asdict(self.model))),
+            "environment": asdict(self.environment),
+            "timing": asdict(self.timing),
+            "upper_bound": self.bound.upper_bound,
+            "bound": bound_details(self.bound),
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelBoundReport:
+        return cls(
+            model=_build(ModelSection, data["model"], input_spec=lambda v: tuple(dict(s) for s in v)),
+            environment=_build(Environment, data["environment"]),
+            timing=_build(BoundTiming, data["timing"]),
+            bound=bound_from_dict(data),
+            lipcheck_version=data["lipcheck_version"],
+            schema_version=data["schema_version"],
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelBoundReport:
+        return cls.from_dict(json.loads(text))

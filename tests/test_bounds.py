@@ -35,13 +35,16 @@ def largest_jacobian_norm(model: nn.Module, shape: tuple[int, ...], samples: int
 
 
 def prepared(model: nn.Module) -> nn.Module:
-    """The model in float64 and eval mode, with BatchNorm statistics far from the identity."""
+    """The model in float64 and eval mode, with BatchNorm statistics and normalisation weights far from
+    the identity."""
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.running_mean.copy_(torch.randn(module.running_mean.shape, generator=generator))
                 module.running_var.copy_(torch.rand(module.running_var.shape, generator=generator) + 0.3)
+                module.weight.copy_(2 * torch.randn(module.weight.shape, generator=generator))
+            if isinstance(module, (nn.LayerNorm, nn.GroupNorm)) and module.weight is not None:
                 module.weight.copy_(2 * torch.randn(module.weight.shape, generator=generator))
     return model.double().eval()
 
@@ -114,6 +117,10 @@ LAYER_KINDS: dict[str, tuple[nn.Module, tuple[int, ...]]] = {
     "adaptive_avg_pool": (nn.AdaptiveAvgPool2d((3, 2)), (2, 7, 5)),
     "global_avg_pool": (nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()), (3, 4, 4)),
     "adaptive_max_pool": (nn.AdaptiveMaxPool2d((3, 2)), (2, 7, 5)),
+    "layer_norm": (nn.LayerNorm(5), (3, 5)),
+    "layer_norm_2d_no_affine": (nn.LayerNorm((2, 3), eps=0.1, elementwise_affine=False), (4, 2, 3)),
+    "group_norm": (nn.GroupNorm(2, 4, eps=1e-3), (4, 3, 3)),
+    "layer_norm_mlp": (nn.Sequential(nn.Linear(6, 8), nn.LayerNorm(8), nn.GELU(), nn.Linear(8, 3)), (6,)),
     "upsample_nearest": (nn.Upsample(scale_factor=2), (1, 3, 3)),
     "pad_constant": (nn.ConstantPad2d((1, 2, 0, 1), 0.5), (1, 3, 3)),
     "flatten_unflatten": (nn.Sequential(nn.Flatten(), nn.Linear(12, 12), nn.Unflatten(1, (3, 4))), (3, 4)),
@@ -214,6 +221,38 @@ def test_max_pooling_bound_is_reached_where_an_entry_is_the_maximum_of_all_its_w
     assert lipcheck.upper_bound(pool, (1, 7, 7)).upper_bound == pytest.approx(
         jacobian_norm(pool, x), rel=EXACT
     )
+
+
+NORMALISATIONS = {
+    "layer_norm": (nn.LayerNorm(6), (3, 6)),
+    "layer_norm_2d": (nn.LayerNorm((2, 3), eps=0.1), (2, 2, 3)),
+    "layer_norm_no_affine": (nn.LayerNorm(4, elementwise_affine=False), (4,)),
+    "group_norm": (nn.GroupNorm(2, 4), (4, 3, 3)),
+    "group_norm_one_entry_per_channel": (nn.GroupNorm(3, 6, eps=1e-3), (6,)),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(NORMALISATIONS))
+def test_normalisation_bound_is_reached_on_flat_groups(kind: str) -> None:
+    # At an input constant over every normalised group the Jacobian is diag(weight) P / sqrt(eps), the
+    # largest it gets: the bound is exact there, and above the norm near it and at random inputs.
+    layer, shape = NORMALISATIONS[kind]
+    layer = prepared(layer)
+    bound = lipcheck.upper_bound(layer, shape).upper_bound
+    flat = torch.full(shape, 0.7, dtype=torch.float64)
+    exact = jacobian_norm(layer, flat)
+    assert exact <= bound <= exact * (1 + EXACT)
+    generator = torch.Generator().manual_seed(2)
+    for scale in (1e-4, 1e-2, 1.0, 5.0):
+        x = flat + scale * torch.randn(shape, generator=generator, dtype=torch.float64)
+        assert jacobian_norm(layer, x) <= bound
+    program = torch.export.export(layer, (flat.unsqueeze(0),)).run_decompositions()  # native_*_norm
+    assert lipcheck.upper_bound(program, shape).upper_bound == pytest.approx(bound, rel=1e-12)
+
+
+def test_normalisation_without_eps_is_refused() -> None:
+    with pytest.raises(UnsupportedOperationError, match="eps = 0.*not Lipschitz"):
+        lipcheck.upper_bound(nn.LayerNorm(4, eps=0.0), (4,))
 
 
 @pytest.mark.parametrize("seed", range(3))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import jsonschema
@@ -11,10 +12,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lipcheck.gate import FailAbove, judge
+from lipcheck.gate import FailAbove, FailAboveBound, judge
 from lipcheck.report import (
+    BoundReport,
     DataSection,
     Environment,
+    LayerBound,
     ModelSection,
     Report,
     SampleResult,
@@ -22,6 +25,7 @@ from lipcheck.report import (
     Timing,
     report_schema,
     summarise,
+    worst_samples,
     write_atomic,
 )
 
@@ -80,6 +84,37 @@ def test_gate_records_rules_and_verdicts() -> None:
     assert passed.passed is True and passed.rules[0].name == "fail_above" and passed.rules[0].value == 2.0
     failed = make_report([1.0, 2.5], threshold=2.0).gate
     assert failed.passed is False and "2.5 > 2" in failed.rules[0].message
+
+
+def test_search_and_bound_round_trip_and_validate() -> None:
+    rows = (
+        SampleResult(0, 1.0, 3, True, 1e-6, search_sigma=1.5, search_distance=0.25),
+        SampleResult(1, 2.0, 3, True, 1e-6, search_sigma=2.0, search_distance=0.0),
+        SampleResult(2, 1.75, 3, True, 1e-6, search_sigma=1.8, search_distance=0.5),
+    )
+    bound = BoundReport(
+        upper_bound=4.0,
+        layers=(LayerBound("0", "linear", "linear", 4.0, "exact SVD"),),
+        assumptions={"aten.erf.default": 1.2},
+        input_shape=(4,),
+    )
+    report = replace(
+        make_report([1.0]),
+        samples=rows,
+        summary=summarise(rows, "max"),
+        settings=Settings(search_steps=5, search_radius=0.5),
+        bound=bound,
+    )
+    data = json.loads(report.to_json())
+    jsonschema.validate(data, report_schema())
+    assert Report.from_json(report.to_json()) == report
+    assert (data["summary"]["max"], data["summary"]["argmax"], data["summary"]["value"]) == (2.0, 1, 2.0)
+    assert data["summary"]["mean"] == pytest.approx(np.mean([1.0, 2.0, 1.75]))  # sigma at the samples
+    assert (data["upper_bound"], data["bracket"], data["bracket_ratio"]) == (4.0, [2.0, 4.0], 2.0)
+    assert data["samples"][0]["search_sigma"] == 1.5
+    assert worst_samples(report, 2) == [rows[1], rows[2]]
+    assert FailAboveBound(3.0, bound.upper_bound).judge().passed is False
+    assert FailAboveBound(4.0, bound.upper_bound).judge().passed is True
 
 
 def test_write_atomic_replaces_whole_or_leaves_the_old_file(tmp_path: Path) -> None:

@@ -1,0 +1,241 @@
+"""`lipcheck bound` and `lipcheck audit --bound`: the figures of `lipcheck.upper_bound`, never below the
+exact dense Jacobian norm, in every format; the bracket; `--fail-above-bound`; `--assume`; the refusals.
+
+The factories at the top are --arch targets (this file is imported by path)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import numpy as np
+import pytest
+import torch
+from cli_fixtures import (
+    ARCH,
+    MLP,
+    SmallConv,
+    assert_one_line_error,
+    audit_json,
+    export,
+    mlp_inputs,
+    reference,
+    run,
+)
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+import lipcheck
+from lipcheck.report import ModelBoundReport, bound_schema, report_schema
+
+HERE = Path(__file__).resolve()
+CONV_SHAPE = (3, 5, 5)
+
+
+class Erfc(nn.Module):
+    """A linear layer then erfc, an operation lipcheck has no rule for (its constant is 2 / sqrt(pi))."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.special.erfc(self.linear(x))
+
+
+def make_erfc() -> nn.Module:
+    torch.manual_seed(0)
+    return Erfc()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("bound")
+    paths = {
+        "export": export(MLP(), folder / "mlp.pt2", torch.from_numpy(mlp_inputs())[:2]),
+        "conv": folder / "conv.safetensors",
+        "erfc": folder / "erfc.safetensors",
+        "torchscript": folder / "mlp.ts",
+        "data": folder / "inputs.npy",
+        "images": folder / "images.npy",
+    }
+    save_file(SmallConv().state_dict(), paths["conv"])
+    save_file(make_erfc().state_dict(), paths["erfc"])
+    torch.jit.save(torch.jit.script(MLP().eval()), paths["torchscript"])
+    np.save(paths["data"], mlp_inputs())
+    np.save(paths["images"], np.random.default_rng(0).standard_normal((4, *CONV_SHAPE)).astype(np.float32))
+    return paths
+
+
+def bound_json(*args: Any) -> dict[str, Any]:
+    """Run `lipcheck bound ... --format json`, check exit 0 and the schema, return the report."""
+    result = run("bound", *args, "--format", "json")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    jsonschema.validate(report, bound_schema())
+    return report
+
+
+def largest_exact_norm(module: nn.Module, shape: tuple[int, ...], count: int = 8) -> float:
+    """The largest exact dense Jacobian norm over random inputs: a lower bound on the Lipschitz constant."""
+    x = torch.randn(count, *shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    return float(reference(module, 2 * x).max())
+
+
+CASES = {
+    "mlp": (lambda f: (f["export"],), MLP, (6,), "6"),
+    "conv": (lambda f: (f["conv"], "--arch", f"{ARCH}:make_conv"), SmallConv, CONV_SHAPE, "3,5,5"),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bound_json_is_upper_bound_and_never_below_the_exact_norm(files: dict[str, Path], name: str) -> None:
+    model_args, factory, shape, written = CASES[name]
+    report = bound_json(*model_args(files), "--input-shape", written)
+    expected = lipcheck.upper_bound(factory().eval(), shape)
+    assert report["upper_bound"] == pytest.approx(expected.upper_bound, rel=1e-12)
+    assert report["upper_bound"] >= largest_exact_norm(factory(), shape)
+    assert report["bound"]["input_shape"] == list(shape)
+    assert [(layer["name"], layer["kind"], layer["method"]) for layer in report["bound"]["layers"]] == [
+        (layer.name, layer.kind, layer.method) for layer in expected.layers
+    ]
+    assert [layer["bound"] for layer in report["bound"]["layers"]] == pytest.approx(
+        [layer.bound for layer in expected.layers], rel=1e-12
+    )
+    assert report["bound"]["assumptions"] == {}
+    assert report["model"]["sha256"] and report["timing"]["bound_seconds"] >= 0
+    assert ModelBoundReport.from_dict(report).to_dict() == report
+
+
+def test_bound_table_and_markdown_show_every_factor_and_the_total(files: dict[str, Path]) -> None:
+    args = (files["conv"], "--arch", f"{ARCH}:make_conv", "--input-shape", "3x5x5")
+    expected = lipcheck.upper_bound(SmallConv().eval(), CONV_SHAPE)
+    total = f"{expected.upper_bound:.6g}"
+    table = run("bound", *args, "--format", "table")
+    assert table.exit_code == 0, table.stderr
+    for text in ("conv.safetensors", "3x5x5", "upper bound (certified)", total, "conv1", "conv2", "tanh"):
+        assert text in table.stdout
+    markdown = run("bound", *args, "--format", "markdown")
+    assert markdown.exit_code == 0
+    assert f"**{total}**" in markdown.stdout and "| layer | kind | bound | method |" in markdown.stdout
+    assert markdown.stdout.count("| `conv") == 2
+
+
+def test_bound_output_file(files: dict[str, Path], tmp_path: Path) -> None:
+    target = tmp_path / "bound.json"
+    result = run("bound", files["export"], "--input-shape", "6", "--output", target, "--quiet")
+    assert result.exit_code == 0 and result.stdout == "" and result.stderr == ""
+    jsonschema.validate(json.loads(target.read_text()), bound_schema())
+    assert [p.name for p in tmp_path.iterdir()] == ["bound.json"]
+
+
+def test_assume_supplies_a_constant_and_is_recorded(files: dict[str, Path]) -> None:
+    args = (files["erfc"], "--arch", f"{HERE}:make_erfc", "--input-shape", "4")
+    result = run("bound", *args)
+    assert_one_line_error(result, "erfc.safetensors", "aten.special_erfc.default", "--assume")
+    constant = 2 / math.sqrt(math.pi)
+    report = bound_json(*args, "--assume", f"aten.special_erfc.default={constant}")
+    assert report["bound"]["assumptions"] == {"aten.special_erfc.default": constant}
+    assert report["bound"]["layers"][-1]["kind"] == "assumed"
+    assert report["upper_bound"] >= largest_exact_norm(make_erfc(), (4,))
+    table = run("bound", *args, "--assume", "aten.special_erfc=1.2", "--format", "table")
+    assert "aten.special_erfc = 1.2" in table.stdout and "not verified" in table.stdout
+
+
+def test_models_that_cannot_be_bounded_and_bad_flags(files: dict[str, Path]) -> None:
+    result = run("bound", files["torchscript"], "--input-shape", "6")
+    assert_one_line_error(result, "mlp.ts", "TorchScript")
+    result = run("bound", files["export"], "--input-shape", "7")
+    assert_one_line_error(result, "mlp.pt2", "torch.export could not trace", "(1, 7)")
+    assert_one_line_error(run("bound", files["export"]), "--input-shape")
+    assert_one_line_error(run("bound", files["export"], "--input-shape", "6x"), "--input-shape", "'6x'")
+    for bad in ("erf", "aten.erf.default=-1", "aten.erf.default=inf", "=2"):
+        assert_one_line_error(
+            run("bound", files["export"], "--input-shape", "6", "--assume", bad), "--assume"
+        )
+    result = run("bound", files["export"], "--input-shape", "6", "--assume", "aten.erf.default=1")
+    assert_one_line_error(result, "mlp.pt2", "aten.erf.default", "does not contain")
+    assert_one_line_error(run("bound", files["conv"], "--input-shape", "3x5x5"), "--arch")
+
+
+def test_help_shows_examples() -> None:
+    result = run("bound", "--help")
+    assert result.exit_code == 0 and "Examples" in result.stdout and "lipcheck bound" in result.stdout
+
+
+# lipcheck audit --bound: the bracket [max found, certified bound].
+
+
+def test_audit_bound_adds_the_bracket(files: dict[str, Path]) -> None:
+    report = audit_json(files["export"], "--data", files["data"], "--bound")
+    expected = lipcheck.upper_bound(MLP().eval(), (6,)).upper_bound
+    lower, upper = report["bracket"]
+    assert report["upper_bound"] == upper == pytest.approx(expected, rel=1e-12)
+    assert lower == report["summary"]["max"] <= upper
+    assert report["bracket_ratio"] == pytest.approx(upper / lower)
+    assert report["bound"]["input_shape"] == [6]
+    assert "upper_bound" not in audit_json(files["export"], "--data", files["data"], "--limit", "2")
+
+
+def test_audit_bound_is_of_the_audited_call_and_output(files: dict[str, Path]) -> None:
+    # --arg scale=1.5 and --output-key twice audit 3 f(x): the bound must be of that, not of f.
+    weights = files["export"].parent / "mlp.safetensors"
+    save_file(MLP().state_dict(), weights)
+    report = audit_json(
+        weights, "--arch", f"{ARCH}:make_multi", "--data", files["data"], "--bound",
+        "--arg", "scale=1.5", "--output-key", "twice",
+    )  # fmt: skip
+    lower, upper = report["bracket"]
+    assert lower <= upper
+    assert upper == pytest.approx(3 * lipcheck.upper_bound(MLP().eval(), (6,)).upper_bound, rel=1e-9)
+
+
+def test_audit_bound_with_search_and_images(files: dict[str, Path]) -> None:
+    report = audit_json(
+        files["conv"], "--arch", f"{ARCH}:make_conv", "--data", files["images"], "--bound",
+        "--search-steps", "3", "--search-radius", "0.5", "--dtype", "float64",
+    )  # fmt: skip
+    lower, upper = report["bracket"]
+    searched = max(row["search_sigma"] for row in report["samples"])
+    assert lower == searched <= upper
+    assert report["bound"]["input_shape"] == list(CONV_SHAPE)
+    assert upper >= largest_exact_norm(SmallConv(), CONV_SHAPE)
+
+
+def test_audit_bound_in_the_table_and_markdown(files: dict[str, Path]) -> None:
+    for fmt in ("table", "markdown"):
+        result = run("audit", files["export"], "--data", files["data"], "--bound", "--format", fmt)
+        assert result.exit_code == 0
+        assert "upper bound (certified)" in result.stdout and "bracket" in result.stdout
+        assert "ratio" in result.stdout
+
+
+def test_fail_above_bound_gate(files: dict[str, Path], tmp_path: Path) -> None:
+    upper = lipcheck.upper_bound(MLP().eval(), (6,)).upper_bound
+    passed = audit_json(files["export"], "--data", files["data"], "--fail-above-bound", upper * 1.01)
+    assert passed["upper_bound"] == pytest.approx(upper)  # --fail-above-bound implies --bound
+    assert passed["gate"]["passed"] is True
+    verdict = passed["gate"]["rules"][0]
+    assert verdict["name"] == "fail_above_bound" and verdict["value"] == passed["upper_bound"]
+
+    target = tmp_path / "r.json"
+    result = run(
+        "audit", files["export"], "--data", files["data"], "--fail-above-bound", upper * 0.99, "-o", target
+    )
+    assert result.exit_code == 1
+    assert "gate failed" in result.stderr and "certified upper bound" in result.stderr
+    failed = json.loads(target.read_text())
+    jsonschema.validate(failed, report_schema())
+    assert failed["gate"]["passed"] is False and failed["gate"]["rules"][0]["passed"] is False
+    # The bound fails the gate although every sample is far below the threshold.
+    assert failed["summary"]["max"] < upper * 0.99
+
+
+def test_audit_bound_refusals(files: dict[str, Path]) -> None:
+    result = run("audit", files["torchscript"], "--data", files["data"], "--bound")
+    assert_one_line_error(result, "mlp.ts", "TorchScript")
+    result = run("audit", files["export"], "--data", files["data"], "--assume", "aten.erf.default=1")
+    assert_one_line_error(result, "--assume", "--bound")
