@@ -214,6 +214,15 @@ def model_section(model: LoadedModel) -> ModelSection:
     )
 
 
+def data_section(data: Dataset) -> DataSection:
+    """What was audited, with the hash of the samples (free after an audit read them in order)."""
+    info = data.info
+    return DataSection(
+        info.path, info.kind, info.key, info.count, info.total, info.sample_shape, info.dtype, info.seed,
+        data.sha256(),
+    )  # fmt: skip
+
+
 def run_audit(
     model: LoadedModel,
     data: Dataset,
@@ -249,12 +258,9 @@ def run_audit(
     audit_rows(model, data, settings, indices=range(len(data)), sink=rows.extend, progress=progress)
     seconds = time.perf_counter() - begin
     summary = summarise(rows, settings.reduction)
-    info = data.info
     return Report(
         model=model_section(model),
-        data=DataSection(
-            info.path, info.kind, info.key, info.count, info.total, info.sample_shape, info.dtype, info.seed
-        ),
+        data=data_section(data),
         settings=settings,
         environment=environment(device),
         timing=Timing(

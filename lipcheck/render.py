@@ -37,8 +37,10 @@ def _header(report: Report) -> Table:
     key = f", key {data.key!r}" if data.key else ""
     shape = "x".join(str(d) for d in data.sample_shape) or "scalar"
     of_total = f" of {data.total:,}" if data.total != data.count else ""
+    digest = f", sha256 {data.sha256[:12]}" if data.sha256 else ""
     grid.add_row(
-        "data", f"{source} ({data.kind}{key}, {data.count:,}{of_total} samples of {shape}, {data.dtype})"
+        "data",
+        f"{source} ({data.kind}{key}, {data.count:,}{of_total} samples of {shape}, {data.dtype}{digest})",
     )
     grid.add_row(
         "settings",

@@ -60,7 +60,11 @@ class ModelSection:
 
 @dataclass(frozen=True)
 class DataSection:
-    """`count` samples were audited, the first of `total` in the source; `path` is None for random data."""
+    """`count` samples were audited, the first of `total` in the source; `path` is None for random data.
+
+    `sha256` is the hash of the audited samples' bytes as stored (`Dataset.sha256`); None only in
+    reports written before lipcheck recorded it.
+    """
 
     path: str | None
     kind: str
@@ -70,6 +74,7 @@ class DataSection:
     sample_shape: tuple[int, ...]
     dtype: str
     seed: int | None = None
+    sha256: str | None = None
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@ dense Jacobians, the output formats and exit codes, and one test per bad-input c
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pathlib
 import subprocess
@@ -134,6 +135,7 @@ def test_random_data_is_seeded_and_matches_dense_jacobians(files: dict[str, Path
     assert report["data"] == {
         "path": None, "kind": "random", "key": None, "count": 7, "total": 7,
         "sample_shape": [6], "dtype": "float64", "seed": 3,
+        "sha256": hashlib.sha256(samples.numpy().tobytes()).hexdigest(),
     }  # fmt: skip
     assert sigmas(audit_json(*args)).tolist() == sigmas(report).tolist()
     assert sigmas(audit_json(*args[:-6], "--seed", "4", *EXACT)).tolist() != sigmas(report).tolist()

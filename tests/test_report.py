@@ -41,7 +41,7 @@ def make_report(sigma: list[float], reduction: str = "max", threshold: float | N
             False,
             input_spec=({"name": "x", "shape": ["s0", 4], "dtype": "float32"},),
         ),  # fmt: skip
-        data=DataSection("d.npy", "npy", None, len(rows), 100, (4,), "float32"),
+        data=DataSection("d.npy", "npy", None, len(rows), 100, (4,), "float32", sha256="1" * 64),
         settings=Settings(reduction=reduction, model_kwargs={"sr": 16000}),
         environment=Environment("3.11", "linux", "2.13", "cpu", 2),
         timing=Timing("2025-01-01T00:00:00+00:00", 0.1, 1.0, 1.1, len(rows)),
