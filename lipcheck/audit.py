@@ -16,7 +16,7 @@ from __future__ import annotations
 import platform
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -257,8 +257,7 @@ def run_audit(
     begin = time.perf_counter()
     audit_rows(model, data, settings, indices=range(len(data)), sink=rows.extend, progress=progress)
     seconds = time.perf_counter() - begin
-    summary = summarise(rows, settings.reduction)
-    return Report(
+    report = Report(
         model=model_section(model),
         data=data_section(data),
         settings=settings,
@@ -271,10 +270,10 @@ def run_audit(
             samples_per_second=len(rows) / seconds if seconds > 0 else 0.0,
         ),
         samples=tuple(rows),
-        summary=summary,
-        gate=judge(rules, summary),
+        summary=summarise(rows, settings.reduction),
         lipcheck_version=__version__,
     )
+    return replace(report, gate=judge(rules, report))
 
 
 def check_converged(report: Report) -> None:

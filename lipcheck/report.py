@@ -132,13 +132,20 @@ class Summary:
 
 @dataclass(frozen=True)
 class RuleVerdict:
-    """One gate rule's verdict: `passed` when `value` is within `threshold`."""
+    """One gate rule's verdict: `passed` when `value` is within `threshold`.
+
+    `failing_samples` are the data indices that failed a per-sample rule (all of them, in data order);
+    `baseline` and `baseline_value` name the report and the figure a baseline rule compared with.
+    """
 
     name: str
     threshold: float
     value: float
     passed: bool
     message: str
+    failing_samples: tuple[int, ...] = ()
+    baseline: str | None = None
+    baseline_value: float | None = None
 
 
 @dataclass(frozen=True)
@@ -203,7 +210,7 @@ class Report:
             gate=_build(
                 Gate,
                 data["gate"],
-                rules=lambda rules: tuple(_build(RuleVerdict, rule) for rule in rules),
+                rules=lambda rules: tuple(_build(RuleVerdict, rule, failing_samples=tuple) for rule in rules),
             ),
             lipcheck_version=data["lipcheck_version"],
             schema_version=data["schema_version"],

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,18 @@ from torch import Tensor, nn
 from typer.testing import CliRunner
 
 from lipcheck.cli import app
-from lipcheck.report import report_schema
+from lipcheck.gate import FailAbove, judge
+from lipcheck.report import (
+    DataSection,
+    Environment,
+    ModelSection,
+    Report,
+    SampleResult,
+    Settings,
+    Timing,
+    report_schema,
+    summarise,
+)
 
 ARCH = Path(__file__).resolve()
 IN_FEATURES = 6
@@ -173,3 +185,29 @@ def assert_one_line_error(result: Any, *fragments: str, code: int = 2) -> None:
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
     assert result.stdout == ""
+
+
+def make_report(sigma: list[float], reduction: str = "max", threshold: float | None = None) -> Report:
+    """A report of samples 10, 11, ... of these sigmas (even positions converged), gated by --fail-above."""
+    rows = tuple(
+        SampleResult(10 + i, s, 3, i % 2 == 0, None if i == 1 else 1e-6) for i, s in enumerate(sigma)
+    )
+    report = Report(
+        model=ModelSection(
+            "m.pt2",
+            "torch.export",
+            "0" * 64,
+            10,
+            5,
+            False,
+            input_spec=({"name": "x", "shape": ["s0", 4], "dtype": "float32"},),
+        ),  # fmt: skip
+        data=DataSection("d.npy", "npy", None, len(rows), 100, (4,), "float32", sha256="1" * 64),
+        settings=Settings(reduction=reduction, model_kwargs={"sr": 16000}),
+        environment=Environment("3.11", "linux", "2.13", "cpu", 2),
+        timing=Timing("2025-01-01T00:00:00+00:00", 0.1, 1.0, 1.1, len(rows)),
+        samples=rows,
+        summary=summarise(rows, reduction),
+        lipcheck_version="0.1.0",
+    )
+    return replace(report, gate=judge([FailAbove(threshold)] if threshold is not None else [], report))
