@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from lipcheck.errors import InputError
+
 SCHEMA_VERSION = 1
 
 REDUCTIONS: dict[str, Callable[[np.ndarray], float]] = {
@@ -261,6 +263,58 @@ def summarise(samples: Sequence[SampleResult], reduction: str) -> Summary:
 def worst_samples(report: Report, count: int = 10) -> list[SampleResult]:
     """The `count` samples with the largest sigma, largest first (ties by index)."""
     return sorted(report.samples, key=lambda s: (-s.sigma, s.index))[:count]
+
+
+def read_report(path: str | Path, what: str = "report") -> Report:
+    """The report saved at `path` (by `lipcheck audit --output`).
+
+    InputError naming `what` and the path when the file is missing, is not JSON, is not a lipcheck
+    report, or was written with a newer schema.
+    """
+    source = Path(path)
+    where = f"{what} '{source}'"
+    fix = "give a JSON report written by lipcheck audit --output FILE.json"
+    if not source.is_file():
+        problem = "is not a file" if source.exists() else "does not exist"
+        raise InputError(f"{where} {problem}: {fix}")
+    try:
+        data = json.loads(source.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        detail = (
+            f"{error.msg} at line {error.lineno}" if isinstance(error, json.JSONDecodeError) else "binary"
+        )
+        raise InputError(f"{where} is not JSON ({detail}): {fix}") from None
+    if not isinstance(data, dict) or "schema_version" not in data or "summary" not in data:
+        raise InputError(f"{where} is not a lipcheck report (no schema_version and summary): {fix}")
+    version = data["schema_version"]
+    if isinstance(version, int) and version > SCHEMA_VERSION:
+        raise InputError(
+            f"{where} has schema version {version}, newer than this lipcheck reads ({SCHEMA_VERSION}): "
+            "upgrade lipcheck"
+        )
+    try:
+        report = Report.from_dict(data)
+        _check_figures(report)
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        detail = f"no {error}" if isinstance(error, KeyError) else str(error)
+        raise InputError(f"{where} is not a complete lipcheck report ({detail}): {fix}") from None
+    return report
+
+
+def _check_figures(report: Report) -> None:
+    """TypeError or ValueError where a figure that the gate and the comparison use is not a number."""
+    if not report.samples:
+        raise ValueError("no samples")
+    for row in report.samples:
+        if not _is_number(row.sigma) or not isinstance(row.index, int) or not isinstance(row.converged, bool):
+            raise TypeError(f"sample row {row} is not index, sigma, converged")
+    for name in ("count", "converged", "max", "mean", "min", "median", "p95", "value", "argmax"):
+        if not _is_number(getattr(report.summary, name)):
+            raise TypeError(f"summary {name} is not a number")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def report_schema() -> dict[str, Any]:
