@@ -157,9 +157,23 @@ def export(module: nn.Module, path: Path, example: Tensor) -> Path:
 runner = CliRunner()
 
 
-def run(*args: Any) -> Any:
-    """Invoke the CLI in-process; the result has exit_code, stdout and stderr."""
-    return runner.invoke(app, [str(a) for a in args])
+def run(*args: Any, env: dict[str, str] | None = None) -> Any:
+    """Invoke the CLI in-process (with `env` added to the environment); the result has exit_code,
+    stdout and stderr."""
+    return runner.invoke(app, [str(a) for a in args], env=env)
+
+
+def exported_mlp(folder: Path) -> tuple[Path, Path]:
+    """The MLP exported to folder/mlp.pt2 and its inputs (`mlp_inputs()`) in folder/inputs.npy."""
+    np.save(folder / "inputs.npy", mlp_inputs())
+    return export(MLP(), folder / "mlp.pt2", torch.from_numpy(mlp_inputs(2))), folder / "inputs.npy"
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A report written by the CLI, checked against the schema."""
+    report = json.loads(Path(path).read_text())
+    jsonschema.validate(report, report_schema())
+    return report
 
 
 def audit_json(*args: Any) -> dict[str, Any]:

@@ -257,7 +257,7 @@ def test_inspect(files: dict[str, Path]) -> None:
 
 
 def test_help_shows_examples() -> None:
-    for command in ("audit", "inspect"):
+    for command in ("audit", "inspect", "gate", "compare"):
         result = run(command, "--help")
         assert (
             result.exit_code == 0 and "Examples" in result.stdout and f"lipcheck {command}" in result.stdout
