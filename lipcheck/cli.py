@@ -257,14 +257,16 @@ class _Baseline:
     percent: float
     allow_mismatch: bool
 
-    def rule(self, settings: Settings, data: DataSection, quiet: bool) -> MaxIncrease:
-        """The max_increase rule for figures measured with `settings` on `data`; InputError when they
-        do not compare with the baseline's, unless --allow-mismatch (then a warning on stderr)."""
+    def rule(self, settings: Settings, data: DataSection, judged: str, quiet: bool) -> MaxIncrease:
+        """The max_increase rule for figures measured with `settings` on `data` (`judged` names them);
+        InputError when they do not compare with the baseline's, unless --allow-mismatch (then a
+        warning on stderr)."""
         from lipcheck.compare import mismatches
         from lipcheck.gate import MaxIncrease
 
         found = mismatches(self.report, settings, data)
-        _check_comparable(found, f"baseline report '{self.path}' and this one", self.allow_mismatch, quiet)
+        what = f"baseline report '{self.path}' and {judged}"
+        _check_comparable(found, what, self.allow_mismatch, quiet)
         return MaxIncrease(self.percent, self.report.summary.value, str(self.path), tuple(found))
 
 
@@ -564,7 +566,7 @@ def audit(
             model_kwargs=model_kwargs,
         )
         if compared is not None:  # hashes the data now, so a mismatch stops before the audit
-            rules.append(compared.rule(settings, data_section(dataset), quiet))
+            rules.append(compared.rule(settings, data_section(dataset), "this audit", quiet))
         show_progress = not quiet and sys.stderr.isatty() and (fmt == "table" or bool(outputs))
         with _progress(show_progress, len(dataset)) as progress:
             report = run_audit(
@@ -707,7 +709,7 @@ def gate(
             )
         saved = read_report(report_path)
         if compared is not None:
-            rules.append(compared.rule(saved.settings, saved.data, quiet))
+            rules.append(compared.rule(saved.settings, saved.data, f"report '{report_path}'", quiet))
         judged = replace(saved, gate=judge(rules, saved))
         _write(
             outputs,

@@ -189,8 +189,8 @@ def test_all_rules_combine_on_audit(mlp: dict[str, Path], tmp_path: Path) -> Non
 def test_a_baseline_of_other_settings_or_data_is_refused(mlp: dict[str, Path], tmp_path: Path) -> None:
     args = ("--baseline", mlp["baseline"], "--max-increase", 5)
     result = run("audit", mlp["model"], "--data", mlp["data"], *args, "--tol", "1e-5", "--reduction", "mean")
-    assert_one_line_error(result, "baseline.json", "--tol 0.0001 vs 1e-05", "--reduction max vs mean",
-                          "--allow-mismatch")  # fmt: skip
+    assert_one_line_error(result, "baseline.json' and this audit differ", "--tol 0.0001 vs 1e-05",
+                          "--reduction max vs mean", "--allow-mismatch")  # fmt: skip
     result = run("audit", mlp["model"], "--data", mlp["data"], *args, "--limit", 6)
     assert_one_line_error(result, "baseline.json", "10 vs 6 samples")
     other = mlp_inputs()
@@ -365,7 +365,7 @@ def test_gate_with_a_baseline(mlp: dict[str, Path], tmp_path: Path) -> None:
     other["settings"]["method"] = "power"
     (tmp_path / "power.json").write_text(json.dumps(other))
     result = run("gate", mlp["baseline"], "--baseline", tmp_path / "power.json", "--max-increase", 12)
-    assert_one_line_error(result, "power.json", "--method power vs lanczos", "--allow-mismatch")
+    assert_one_line_error(result, "power.json' and report", "--method power vs lanczos", "--allow-mismatch")
     result = run("gate", mlp["baseline"], "--baseline", tmp_path / "power.json", "--max-increase", 12,
                  "--allow-mismatch")  # fmt: skip
     assert result.exit_code == 0 and "warning: comparing despite: --method power vs lanczos" in result.stderr
