@@ -280,6 +280,13 @@ def _check_comparable(found: Sequence[str], what: str, allow_mismatch: bool, qui
         typer.echo(f"lipcheck: warning: comparing despite: {'; '.join(found)}", err=True)
 
 
+def _check_thresholds(thresholds: dict[str, float | None]) -> None:
+    """InputError naming the flag of a threshold that is negative or not finite."""
+    for flag, value in thresholds.items():
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise InputError(f"{flag} must be a number >= 0, got {value:g}")
+
+
 def _gate_rules(
     fail_above: float | None,
     fail_above_sample: float | None,
@@ -293,13 +300,9 @@ def _gate_rules(
     from lipcheck.gate import FailAbove, FailAboveSample, RequireConverged
     from lipcheck.report import read_report
 
-    for flag, value in (
-        ("--fail-above", fail_above),
-        ("--fail-above-sample", fail_above_sample),
-        ("--max-increase", max_increase),
-    ):
-        if value is not None and not (math.isfinite(value) and value >= 0):
-            raise InputError(f"{flag} must be a number >= 0, got {value:g}")
+    _check_thresholds(
+        {"--fail-above": fail_above, "--fail-above-sample": fail_above_sample, "--max-increase": max_increase}
+    )
     if max_increase is not None and baseline is None:
         raise InputError("--max-increase needs --baseline REPORT.json, the report to compare with")
     if baseline is not None and max_increase is None:
@@ -357,6 +360,18 @@ def _write(
         table(Console())
     else:
         sys.stdout.write(text(fmt))
+
+
+def _write_report(report: Report, outputs: Sequence[Path], fmt: str, quiet: bool) -> None:
+    from lipcheck.render import render_table, render_text
+
+    _write(
+        outputs,
+        fmt,
+        quiet,
+        lambda name: render_text(report, name),
+        lambda console: render_table(report, console),
+    )
 
 
 def _exit_on_gate(verdicts: Sequence[RuleVerdict], quiet: bool) -> None:
@@ -524,7 +539,6 @@ def audit(
     from lipcheck.audit import check_converged, data_section, run_audit
     from lipcheck.datasets import open_dataset, parse_shape, random_dataset
     from lipcheck.models import load_model
-    from lipcheck.render import render_table, render_text
     from lipcheck.report import Settings
 
     with _errors_to_exit_codes(debug):
@@ -573,13 +587,7 @@ def audit(
                 loaded, dataset, settings, rules=rules, progress=progress, load_seconds=load_seconds
             )
 
-        _write(
-            outputs,
-            fmt,
-            quiet,
-            lambda name: render_text(report, name),
-            lambda console: render_table(report, console),
-        )
+        _write_report(report, outputs, fmt, quiet)
         check_converged(report)
     _exit_on_gate(report.gate.rules, quiet)
 
@@ -693,7 +701,6 @@ def gate(
     with --output, so one audit can be gated several ways.
     """
     from lipcheck.gate import judge
-    from lipcheck.render import render_table, render_text
     from lipcheck.report import read_report
 
     with _errors_to_exit_codes(debug):
@@ -711,13 +718,7 @@ def gate(
         if compared is not None:
             rules.append(compared.rule(saved.settings, saved.data, f"report '{report_path}'", quiet))
         judged = replace(saved, gate=judge(rules, saved))
-        _write(
-            outputs,
-            fmt,
-            quiet,
-            lambda name: render_text(judged, name),
-            lambda console: render_table(judged, console),
-        )
+        _write_report(judged, outputs, fmt, quiet)
     _exit_on_gate(judged.gate.rules, quiet)
 
 
@@ -786,8 +787,7 @@ def compare(
     with _errors_to_exit_codes(debug):
         outputs = output or []
         fmt = _output_format(output_format, outputs)
-        if max_increase is not None and not (math.isfinite(max_increase) and max_increase >= 0):
-            raise InputError(f"--max-increase must be a number >= 0, got {max_increase:g}")
+        _check_thresholds({"--max-increase": max_increase})
         base, new = read_report(base_path), read_report(new_path)
         found = mismatches(base, new.settings, new.data)
         _check_comparable(found, f"reports '{base_path}' and '{new_path}'", allow_mismatch, quiet)
