@@ -327,7 +327,7 @@ def _gate_rules(
 def _output_format(output_format: Format | None, outputs: Sequence[Path]) -> str:
     """--format, else table on a terminal, else json; InputError for an --output in no folder."""
     for target in outputs:
-        if target.is_dir() or not (target.parent if str(target.parent) else Path(".")).is_dir():
+        if target.is_dir() or not target.parent.is_dir():
             raise InputError(
                 f"--output '{target}' cannot be written: it is a folder, or its folder does not exist"
             )
