@@ -155,7 +155,7 @@ def test_github_actions_recipe(checkout: Path) -> None:
     assert installs == 2
     check_reports(checkout, "lipcheck-junit.xml")
     text = summary.read_text()
-    assert "### lipcheck audit" in text and "**Gate: passed**" in text and "### lipcheck compare" in text
+    assert "### lipcheck audit" in text and "**Gate: passed**" in text and "`max_increase` | passed" in text
     (uploaded,) = [v for v in values(workflow, "path") if "lipcheck" in v]
     assert all((checkout / name).is_file() for name in uploaded.split())
 
