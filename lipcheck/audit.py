@@ -247,6 +247,15 @@ def model_section(model: LoadedModel) -> ModelSection:
     )
 
 
+def data_section(data: Dataset) -> DataSection:
+    """What was audited, with the hash of the samples (free after an audit read them in order)."""
+    info = data.info
+    return DataSection(
+        info.path, info.kind, info.key, info.count, info.total, info.sample_shape, info.dtype, info.seed,
+        data.sha256(),
+    )  # fmt: skip
+
+
 def run_audit(
     model: LoadedModel,
     data: Dataset,
@@ -284,13 +293,9 @@ def run_audit(
     begin = time.perf_counter()
     audit_rows(model, data, settings, indices=range(len(data)), sink=rows.extend, progress=progress)
     seconds = time.perf_counter() - begin
-    summary = summarise(rows, settings.reduction)
-    info = data.info
-    return Report(
+    report = Report(
         model=model_section(model),
-        data=DataSection(
-            info.path, info.kind, info.key, info.count, info.total, info.sample_shape, info.dtype, info.seed
-        ),
+        data=data_section(data),
         settings=settings,
         environment=environment(device),
         timing=Timing(
@@ -301,11 +306,11 @@ def run_audit(
             samples_per_second=len(rows) / seconds if seconds > 0 else 0.0,
         ),
         samples=tuple(rows),
-        summary=summary,
-        gate=judge(rules, summary),
+        summary=summarise(rows, settings.reduction),
         lipcheck_version=__version__,
         bound=bound,
     )
+    return replace(report, gate=judge(rules, report))
 
 
 def check_search_settings(settings: Settings) -> None:

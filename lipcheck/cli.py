@@ -2,19 +2,23 @@
 
 Exit codes: 0 success (gate passed or no gate), 1 the gate failed, 2 a usage or input error (one line
 on stderr, no traceback unless --debug), 3 the audit itself failed (NaN output, no sample converged).
+`audit`, `gate` and `compare` share the gate's rule flags and the way reports are written.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 import typer.core
@@ -70,6 +74,10 @@ class _OneLineUsageErrors(typer.core.TyperGroup):
         sys.exit(result if isinstance(result, int) else 0)
 
 
+if TYPE_CHECKING:
+    from lipcheck.gate import MaxIncrease, Rule
+    from lipcheck.report import DataSection, Report, RuleVerdict, Settings
+
 app = typer.Typer(
     cls=_OneLineUsageErrors,
     name="lipcheck",
@@ -109,6 +117,7 @@ class Format(str, Enum):
     table = "table"
     json = "json"
     markdown = "markdown"
+    junit = "junit"
 
 
 def _print_version(value: bool) -> None:
@@ -221,6 +230,222 @@ def _progress(enabled: bool, total: int) -> Iterator[Callable[[int], None] | Non
         yield lambda done: bar.advance(task, done)
 
 
+# The gate's rule flags and the report files, shared by `audit`, `gate` and `compare`.
+
+FailAboveOption = Annotated[
+    float | None,
+    typer.Option(
+        "--fail-above",
+        help="Fail (exit 1) when the reduced sigma (see --reduction) exceeds X.",
+        metavar="X",
+        show_default=False,
+    ),
+]
+FailAboveSampleOption = Annotated[
+    float | None,
+    typer.Option(
+        "--fail-above-sample",
+        help="Fail when any one sample's sigma exceeds X; the report lists the failing samples.",
+        metavar="X",
+        show_default=False,
+    ),
+]
+RequireConvergedOption = Annotated[
+    bool,
+    typer.Option(
+        "--require-converged",
+        help="Fail when a sample did not converge within --max-iter; the report lists them.",
+    ),
+]
+BaselineOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--baseline",
+        help="A JSON report of the same data and settings (e.g. the last release's) to compare with; "
+        "needs --max-increase.",
+        metavar="REPORT.json",
+        show_default=False,
+    ),
+]
+MaxIncreaseOption = Annotated[
+    float | None,
+    typer.Option(
+        "--max-increase",
+        help="Fail when the reduced sigma is more than PCT percent above the --baseline's (0: any rise).",
+        metavar="PCT",
+        show_default=False,
+    ),
+]
+AllowMismatchOption = Annotated[
+    bool,
+    typer.Option(
+        "--allow-mismatch",
+        help="Compare with a report of other data or settings anyway (a warning says what differs).",
+    ),
+]
+OutputOption = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--output",
+        "-o",
+        help="Write the report to FILE (atomically) instead of stdout; repeatable. The suffix sets the "
+        "format: .json, .md (Markdown), .xml (JUnit), .txt (table); any other takes --format (json).",
+        metavar="FILE",
+        show_default=False,
+    ),
+]
+FormatOption = Annotated[
+    Format | None,
+    typer.Option(
+        "--format",
+        "-f",
+        help="Report format. Default: table on a terminal, json when stdout is a pipe or with --output.",
+        show_default=False,
+    ),
+]
+
+
+@dataclass(frozen=True)
+class _Baseline:
+    """`--baseline PATH --max-increase PERCENT [--allow-mismatch]`, the baseline report loaded."""
+
+    path: Path
+    report: Report
+    percent: float
+    allow_mismatch: bool
+
+    def rule(self, settings: Settings, data: DataSection, judged: str, quiet: bool) -> MaxIncrease:
+        """The max_increase rule for figures measured with `settings` on `data` (`judged` names them);
+        InputError when they do not compare with the baseline's, unless --allow-mismatch (then a
+        warning on stderr)."""
+        from lipcheck.compare import mismatches
+        from lipcheck.gate import MaxIncrease
+
+        found = mismatches(self.report, settings, data)
+        what = f"baseline report '{self.path}' and {judged}"
+        _check_comparable(found, what, self.allow_mismatch, quiet)
+        return MaxIncrease(self.percent, self.report.summary.value, str(self.path), tuple(found))
+
+
+def _check_comparable(found: Sequence[str], what: str, allow_mismatch: bool, quiet: bool) -> None:
+    if found and not allow_mismatch:
+        raise InputError(
+            f"{what} differ: {'; '.join(found)}: audit the same data with the same settings, or pass "
+            "--allow-mismatch to compare anyway"
+        )
+    if found and not quiet:
+        typer.echo(f"lipcheck: warning: comparing despite: {'; '.join(found)}", err=True)
+
+
+def _check_thresholds(thresholds: dict[str, float | None]) -> None:
+    """InputError naming the flag of a threshold that is negative or not finite."""
+    for flag, value in thresholds.items():
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise InputError(f"{flag} must be a number >= 0, got {value:g}")
+
+
+def _gate_rules(
+    fail_above: float | None,
+    fail_above_sample: float | None,
+    require_converged: bool,
+    baseline: Path | None,
+    max_increase: float | None,
+    allow_mismatch: bool,
+) -> tuple[list[Rule], _Baseline | None]:
+    """The rules of the gate flags, and the baseline to build the max_increase rule from once the
+    judged figures' settings and data are known; InputError for flags that do not go together."""
+    from lipcheck.gate import FailAbove, FailAboveSample, RequireConverged
+    from lipcheck.report import read_report
+
+    _check_thresholds(
+        {"--fail-above": fail_above, "--fail-above-sample": fail_above_sample, "--max-increase": max_increase}
+    )
+    if max_increase is not None and baseline is None:
+        raise InputError("--max-increase needs --baseline REPORT.json, the report to compare with")
+    if baseline is not None and max_increase is None:
+        raise InputError(
+            "--baseline needs --max-increase PCT, how many percent the reduced sigma may rise (0: none)"
+        )
+    if allow_mismatch and baseline is None:
+        raise InputError("--allow-mismatch goes with --baseline REPORT.json --max-increase PCT")
+    rules: list[Rule] = []
+    if fail_above is not None:
+        rules.append(FailAbove(fail_above))
+    if fail_above_sample is not None:
+        rules.append(FailAboveSample(fail_above_sample))
+    if require_converged:
+        rules.append(RequireConverged())
+    if baseline is None or max_increase is None:
+        return rules, None
+    report = read_report(baseline, "baseline report (--baseline)")
+    return rules, _Baseline(baseline, report, max_increase, allow_mismatch)
+
+
+def _output_format(output_format: Format | None, outputs: Sequence[Path]) -> str:
+    """--format, else table on a terminal, else json; InputError for an --output in no folder."""
+    for target in outputs:
+        if target.is_dir() or not target.parent.is_dir():
+            raise InputError(
+                f"--output '{target}' cannot be written: it is a folder, or its folder does not exist"
+            )
+    if output_format is not None:
+        return output_format.value
+    return "table" if not outputs and _is_terminal() else "json"
+
+
+def _write(
+    outputs: Sequence[Path],
+    fmt: str,
+    quiet: bool,
+    text: Callable[[str], str],
+    table: Callable[[Console], None],
+) -> None:
+    """Write `text(format)` to each output (its format from its suffix, else `fmt`), or to stdout."""
+    from lipcheck.render import format_for
+    from lipcheck.report import write_atomic
+
+    for target in outputs:
+        try:
+            write_atomic(target, text(format_for(target, fmt)))
+        except OSError as error:
+            raise InputError(f"--output '{target}' cannot be written ({error.strerror})") from error
+        if not quiet:
+            typer.echo(f"lipcheck: report written to {target}", err=True)
+    if outputs:
+        return
+    if fmt == "table":
+        table(Console())
+    else:
+        sys.stdout.write(text(fmt))
+
+
+def _write_report(report: Report, outputs: Sequence[Path], fmt: str, quiet: bool) -> None:
+    from lipcheck.render import render_table, render_text
+
+    _write(
+        outputs,
+        fmt,
+        quiet,
+        lambda name: render_text(report, name),
+        lambda console: render_table(report, console),
+    )
+
+
+def _exit_on_gate(verdicts: Sequence[RuleVerdict], quiet: bool) -> None:
+    """Exit 1 when a rule failed, after one line on stderr (and `::error::` lines in GitHub Actions)."""
+    from lipcheck.render import github_annotations
+
+    failed = [verdict for verdict in verdicts if not verdict.passed]
+    if os.environ.get("GITHUB_ACTIONS") == "true":
+        for line in github_annotations(failed):
+            typer.echo(line, err=True)
+    if failed:
+        typer.echo(f"lipcheck: gate failed: {'; '.join(v.message for v in failed)}", err=True)
+        raise typer.Exit(1)
+    if verdicts and not quiet:
+        typer.echo(f"lipcheck: gate passed: {', '.join(v.name for v in verdicts)}", err=True)
+
+
 AUDIT_EPILOG = """\
 **Examples**
 
@@ -231,9 +456,11 @@ lipcheck audit weights.safetensors --arch nets.py:make_denoiser --arch-kwargs '{
 lipcheck audit model.pt2 --random 3x32x32 --num-samples 256 --seed 1 --dtype float64
 lipcheck audit model.pt2 --data inputs.npy --search-steps 10 --search-radius 0.5 --bound
 lipcheck audit model.pt2 --data images/ --fail-above 2.5 --output report.json
+lipcheck audit model.pt2 --data x.npy --baseline release.json --max-increase 5 --require-converged \\
+    -o report.json -o junit.xml -o summary.md
 ```
 
-Exit codes: 0 done (gate passed), 1 gate failed (--fail-above), 2 bad input or usage,
+Exit codes: 0 done (gate passed), 1 gate failed (a rule failed), 2 bad input or usage,
 3 the audit failed (NaN output, no sample converged).
 """
 
@@ -397,46 +624,28 @@ def audit(
             show_default=False,
         ),
     ] = None,
-    output_format: Annotated[
-        Format | None,
-        typer.Option(
-            "--format",
-            "-f",
-            help="Report format. Default: table on a terminal, json when stdout is a pipe or with --output.",
-            show_default=False,
-        ),
-    ] = None,
-    output: Annotated[
-        Path | None,
-        typer.Option(
-            "--output",
-            "-o",
-            help="Write the report to this file (atomically) instead of stdout.",
-            show_default=False,
-        ),
-    ] = None,
+    output_format: FormatOption = None,
+    output: OutputOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or notes on stderr.")] = False,
-    fail_above: Annotated[
-        float | None,
-        typer.Option(
-            "--fail-above",
-            help="Exit 1 when the reduced sigma exceeds this value (recorded in the report's gate).",
-            metavar="X",
-            show_default=False,
-        ),
-    ] = None,
+    fail_above: FailAboveOption = None,
+    fail_above_sample: FailAboveSampleOption = None,
+    require_converged: RequireConvergedOption = False,
+    baseline: BaselineOption = None,
+    max_increase: MaxIncreaseOption = None,
+    allow_mismatch: AllowMismatchOption = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an error.")] = False,
 ) -> None:
     """Audit MODEL on a data set: the spectral norm of its Jacobian at every sample.
 
-    Prints the worst samples and a summary (table), or the full report (json, markdown).
+    Prints the worst samples and a summary (table), or the full report (json, markdown, junit). The
+    gate flags (--fail-above, --fail-above-sample, --require-converged, --baseline with
+    --max-increase) are rules recorded in the report; any failed rule exits 1.
     """
-    from lipcheck.audit import bound_model, check_converged, check_search_settings, run_audit
+    from lipcheck.audit import bound_model, check_converged, check_search_settings, data_section, run_audit
     from lipcheck.datasets import open_dataset, parse_shape, random_dataset
-    from lipcheck.gate import FailAbove, FailAboveBound
+    from lipcheck.gate import FailAboveBound
     from lipcheck.models import load_model
-    from lipcheck.render import render_table, render_text
-    from lipcheck.report import Settings, write_atomic
+    from lipcheck.report import Settings
 
     with _errors_to_exit_codes(debug):
         if (data is None) == (random is None):
@@ -454,10 +663,11 @@ def audit(
         assumed = parse_assumptions(assume)
         if assumed and not with_bound:
             raise InputError("--assume goes with --bound (or --fail-above-bound): it is used by the bound")
-        fmt = (
-            output_format.value
-            if output_format
-            else ("table" if output is None and _is_terminal() else "json")
+        _check_thresholds({"--fail-above-bound": fail_above_bound})
+        outputs = output or []
+        fmt = _output_format(output_format, outputs)
+        rules, compared = _gate_rules(
+            fail_above, fail_above_sample, require_converged, baseline, max_increase, allow_mismatch
         )
 
         begin = time.perf_counter()
@@ -489,10 +699,11 @@ def audit(
             if with_bound
             else None
         )
-        rules = [FailAbove(fail_above)] if fail_above is not None else []
         if fail_above_bound is not None and certified is not None:
             rules.append(FailAboveBound(fail_above_bound, certified.upper_bound))
-        show_progress = not quiet and sys.stderr.isatty() and (fmt == "table" or output is not None)
+        if compared is not None:  # hashes the data now, so a mismatch stops before the audit
+            rules.append(compared.rule(settings, data_section(dataset), "this audit", quiet))
+        show_progress = not quiet and sys.stderr.isatty() and (fmt == "table" or bool(outputs))
         with _progress(show_progress, len(dataset)) as progress:
             report = run_audit(
                 loaded,
@@ -504,19 +715,9 @@ def audit(
                 bound=certified,
             )
 
-        if output is not None:
-            write_atomic(output, render_text(report, fmt))
-            if not quiet:
-                typer.echo(f"lipcheck: report written to {output}", err=True)
-        elif fmt == "table":
-            render_table(report, Console())
-        else:
-            sys.stdout.write(render_text(report, fmt))
+        _write_report(report, outputs, fmt, quiet)
         check_converged(report)
-    if report.gate.passed is False:
-        failed = "; ".join(v.message for v in report.gate.rules if not v.passed)
-        typer.echo(f"lipcheck: gate failed: {failed}", err=True)
-        raise typer.Exit(1)
+    _exit_on_gate(report.gate.rules, quiet)
 
 
 def _is_terminal() -> bool:
@@ -715,6 +916,156 @@ def inspect(
                 "yes (loading executed code from the file)" if value else "no (nothing from the file was run)"
             )
         typer.echo(f"{name + ':':<13} {'-' if value is None else value}")
+
+
+GATE_EPILOG = """\
+**Examples**
+
+```
+lipcheck gate report.json --fail-above 2.5
+lipcheck gate report.json --fail-above-sample 3 --require-converged -o junit.xml
+lipcheck gate report.json --baseline release.json --max-increase 5 -o gate.json -o summary.md
+```
+
+Exit codes: 0 every rule passed, 1 a rule failed, 2 bad input or usage (a missing or corrupt report,
+a baseline of other data or settings without --allow-mismatch).
+"""
+
+
+@app.command(epilog=GATE_EPILOG)
+def gate(
+    report_path: Annotated[
+        Path,
+        typer.Argument(
+            metavar="REPORT.json",
+            help="A JSON report written by `lipcheck audit --output`.",
+            show_default=False,
+        ),
+    ],
+    fail_above: FailAboveOption = None,
+    fail_above_sample: FailAboveSampleOption = None,
+    require_converged: RequireConvergedOption = False,
+    baseline: BaselineOption = None,
+    max_increase: MaxIncreaseOption = None,
+    allow_mismatch: AllowMismatchOption = False,
+    output_format: FormatOption = None,
+    output: OutputOption = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No notes on stderr.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an error.")] = False,
+) -> None:
+    """Judge a saved audit report by the gate's rules again, without recomputing anything.
+
+    The report's gate is replaced by these rules' verdicts; write it (JSON, Markdown, JUnit, table)
+    with --output, so one audit can be gated several ways.
+    """
+    from lipcheck.gate import judge
+    from lipcheck.report import read_report
+
+    with _errors_to_exit_codes(debug):
+        outputs = output or []
+        fmt = _output_format(output_format, outputs)
+        rules, compared = _gate_rules(
+            fail_above, fail_above_sample, require_converged, baseline, max_increase, allow_mismatch
+        )
+        if not rules and compared is None:
+            raise InputError(
+                "give at least one rule: --fail-above X, --fail-above-sample X, --require-converged, "
+                "or --baseline REPORT.json --max-increase PCT"
+            )
+        saved = read_report(report_path)
+        if compared is not None:
+            rules.append(compared.rule(saved.settings, saved.data, f"report '{report_path}'", quiet))
+        judged = replace(saved, gate=judge(rules, saved))
+        _write_report(judged, outputs, fmt, quiet)
+    _exit_on_gate(judged.gate.rules, quiet)
+
+
+COMPARE_EPILOG = """\
+**Examples**
+
+```
+lipcheck compare release.json report.json
+lipcheck compare release.json report.json --max-increase 5 --top 20
+lipcheck compare release.json report.json --format markdown >> "$GITHUB_STEP_SUMMARY"
+lipcheck compare old.json new.json --allow-mismatch -o diff.json
+```
+
+Exit codes: 0 compared (no regression past --max-increase), 1 the reduced sigma rose more than
+--max-increase percent, 2 bad input or usage (the reports are not comparable without --allow-mismatch).
+"""
+
+
+@app.command(epilog=COMPARE_EPILOG)
+def compare(
+    base_path: Annotated[
+        Path,
+        typer.Argument(metavar="BASE.json", help="The report to compare with.", show_default=False),
+    ],
+    new_path: Annotated[
+        Path,
+        typer.Argument(metavar="NEW.json", help="The report compared with BASE.json.", show_default=False),
+    ],
+    max_increase: Annotated[
+        float | None,
+        typer.Option(
+            "--max-increase",
+            help="Exit 1 when NEW's reduced sigma is more than PCT percent above BASE's.",
+            metavar="PCT",
+            show_default=False,
+        ),
+    ] = None,
+    top: Annotated[
+        int, typer.Option("--top", min=0, help="Show the K samples whose sigma rose most.", metavar="K")
+    ] = 10,
+    allow_mismatch: Annotated[
+        bool,
+        typer.Option(
+            "--allow-mismatch",
+            help="Compare reports of other data or settings anyway, on the sample indices both have.",
+        ),
+    ] = False,
+    output_format: Annotated[
+        Format | None,
+        typer.Option(
+            "--format", "-f", help="Format. Default: table on a terminal, else json.", show_default=False
+        ),
+    ] = None,
+    output: OutputOption = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No notes on stderr.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an error.")] = False,
+) -> None:
+    """Compare two audit reports: per-sample changes matched by index, the samples that rose most, the
+    change of every summary figure.
+    """
+    from lipcheck.compare import compare_reports, mismatches
+    from lipcheck.gate import MaxIncrease
+    from lipcheck.render import render_comparison, render_comparison_table
+    from lipcheck.report import read_report
+
+    with _errors_to_exit_codes(debug):
+        outputs = output or []
+        fmt = _output_format(output_format, outputs)
+        _check_thresholds({"--max-increase": max_increase})
+        base, new = read_report(base_path), read_report(new_path)
+        found = mismatches(base, new.settings, new.data)
+        _check_comparable(found, f"reports '{base_path}' and '{new_path}'", allow_mismatch, quiet)
+        rules = (
+            [MaxIncrease(max_increase, base.summary.value, str(base_path), tuple(found))]
+            if max_increase is not None
+            else []
+        )
+        comparison = compare_reports(
+            base, new, base_path=str(base_path), new_path=str(new_path), top=top, rules=rules,
+            mismatched=found,
+        )  # fmt: skip
+        _write(
+            outputs,
+            fmt,
+            quiet,
+            lambda name: render_comparison(comparison, name),
+            lambda console: render_comparison_table(comparison, console),
+        )
+    _exit_on_gate(comparison.gate.rules, quiet)
 
 
 def main() -> None:

@@ -7,11 +7,17 @@ path's content through a small table (`DATA_KINDS`, each with `detect` and `open
 decode one file per sample, and random data is generated per sample from the seed (so a sample does
 not depend on which batch it is read in). Only `.npz` arrays are read whole, once, because numpy
 cannot map a member of a zip archive.
+
+`Dataset.sha256` fingerprints the audited samples (what a baseline comparison needs to know the data
+is the same). It is streamed from the reads an audit makes anyway, so it costs no extra pass over the
+data unless it is asked for before the samples were read.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import math
 import mmap
 import pickle
 import struct
@@ -33,6 +39,8 @@ _ZIP_MAGIC = b"PK\x03\x04"
 
 # Reads samples [start, stop) as a numpy array or a tensor of the stored dtype.
 Reader = Callable[[int, int], "np.ndarray | Tensor"]
+
+_HASH_CHUNK_BYTES = 1 << 25  # samples hashed per read when the hash is asked for before the audit
 
 
 @dataclass(frozen=True)
@@ -68,6 +76,8 @@ class Dataset:
     def __init__(self, info: DataInfo, reader: Reader) -> None:
         self.info = info
         self._reader = reader
+        self._digest = hashlib.sha256()
+        self._digested = 0  # samples [0, _digested) are in _digest
 
     def __len__(self) -> int:
         return self.info.count
@@ -81,6 +91,8 @@ class Dataset:
         if not 0 <= start < stop <= self.info.count:
             raise IndexError(f"samples [{start}, {stop}) are outside [0, {self.info.count})")
         chunk = self._reader(start, stop)
+        if start == self._digested:
+            self._digest_chunk(chunk, stop)
         if isinstance(chunk, np.ndarray):
             owned = chunk.flags.owndata and chunk.flags.writeable
             x = torch.from_numpy(np.array(chunk, dtype=_NUMPY_DTYPES[dtype], copy=None if owned else True))
@@ -92,6 +104,26 @@ class Dataset:
             fix = f"fix or remove it, or audit the samples before it with --limit {bad}" if bad else "fix it"
             raise InputError(f"{self.name} has NaN or Inf at sample {bad} (the first, 0-based): {fix}")
         return x
+
+    def sha256(self) -> str:
+        """The sha256 of the audited samples' bytes: samples [0, count) as stored, in C order.
+
+        The dtype and the sample shape as stored are in `info`, beside it. Reads in order from sample 0
+        (an audit's) feed the hash as they go; whatever was not read that way is read here.
+        """
+        per_sample = 8 * math.prod(self.info.sample_shape)
+        step = max(1, _HASH_CHUNK_BYTES // max(per_sample, 1))
+        for start in range(self._digested, self.info.count, step):
+            stop = min(start + step, self.info.count)
+            self._digest_chunk(self._reader(start, stop), stop)
+        return self._digest.hexdigest()
+
+    def _digest_chunk(self, chunk: np.ndarray | Tensor, stop: int) -> None:
+        if isinstance(chunk, np.ndarray):
+            self._digest.update(np.ascontiguousarray(chunk).data)
+        else:  # a flat byte view also covers dtypes numpy lacks (bfloat16)
+            self._digest.update(chunk.detach().contiguous().reshape(-1).view(torch.uint8).numpy().data)
+        self._digested = stop
 
     def batches(
         self, indices: range, batch_size: int, dtype: torch.dtype = torch.float32

@@ -1,7 +1,8 @@
 """Verdicts on an audit: the rules a report must pass for a CI gate, each a small named object.
 
-A rule looks at the report's summary and returns a `RuleVerdict`; `judge` combines the verdicts into
-the report's `Gate`. Adding a rule (a baseline comparison, a per-sample bound) is one class here.
+A rule looks at a report and returns a `RuleVerdict` (`value` judged against `threshold`, passed when
+`value <= threshold`); `judge` combines the verdicts into the report's `Gate`. Rules judge a finished
+report, so `lipcheck gate` judges a saved one again without recomputing. Adding a rule is one class.
 """
 
 from __future__ import annotations
@@ -10,15 +11,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from lipcheck.report import Gate, RuleVerdict, Summary
+from lipcheck.report import Gate, Report, RuleVerdict, largest_sigma
+
+LISTED = 10  # failing sample indices named in a message; the verdict's `failing_samples` has them all
 
 
 class Rule(Protocol):
-    """A named check of an audit's summary."""
+    """A named check of an audit report."""
 
     name: str
 
-    def judge(self, summary: Summary) -> RuleVerdict: ...
+    def judge(self, report: Report) -> RuleVerdict: ...
 
 
 @dataclass(frozen=True)
@@ -28,7 +31,8 @@ class FailAbove:
     threshold: float
     name: str = "fail_above"
 
-    def judge(self, summary: Summary) -> RuleVerdict:
+    def judge(self, report: Report) -> RuleVerdict:
+        summary = report.summary
         passed = summary.value <= self.threshold
         relation = "<=" if passed else ">"
         return RuleVerdict(
@@ -54,7 +58,7 @@ class FailAboveBound:
     upper_bound: float
     name: str = "fail_above_bound"
 
-    def judge(self, summary: Summary | None = None) -> RuleVerdict:
+    def judge(self, report: Report | None = None) -> RuleVerdict:
         passed = self.upper_bound <= self.threshold
         relation = "<=" if passed else ">"
         return RuleVerdict(
@@ -66,7 +70,118 @@ class FailAboveBound:
         )
 
 
-def judge(rules: Sequence[Rule], summary: Summary) -> Gate:
+@dataclass(frozen=True)
+class FailAboveSample:
+    """Fails when any one sample's sigma exceeds `threshold` (`--fail-above-sample`); value: the max.
+
+    After a worst-case search a sample's sigma is the largest found around it (`largest_sigma`).
+    """
+
+    threshold: float
+    name: str = "fail_above_sample"
+
+    def judge(self, report: Report) -> RuleVerdict:
+        failing = tuple(s.index for s in report.samples if largest_sigma(s) > self.threshold)
+        worst = f"max {report.summary.max:.6g} at sample {report.summary.argmax}"
+        if failing:
+            message = (
+                f"{_samples(len(failing))} of {report.summary.count} above {self.threshold:.6g}: "
+                f"{listed(failing)} ({worst})"
+            )
+        else:
+            message = f"every sample's sigma <= {self.threshold:.6g} ({worst})"
+        return RuleVerdict(
+            name=self.name,
+            threshold=self.threshold,
+            value=report.summary.max,
+            passed=not failing,
+            message=message,
+            failing_samples=failing,
+        )
+
+
+@dataclass(frozen=True)
+class RequireConverged:
+    """Fails when a sample did not converge (`--require-converged`); value: how many did not."""
+
+    name: str = "require_converged"
+
+    def judge(self, report: Report) -> RuleVerdict:
+        failing = tuple(s.index for s in report.samples if not s.converged)
+        count = report.summary.count
+        settings = report.settings
+        if failing:
+            message = (
+                f"{_samples(len(failing))} of {count} did not converge within --max-iter "
+                f"{settings.max_iter} at --tol {settings.tol:g}: {listed(failing)}"
+            )
+        else:
+            message = f"all {count} samples converged"
+        return RuleVerdict(
+            name=self.name,
+            threshold=0,
+            value=len(failing),
+            passed=not failing,
+            message=message,
+            failing_samples=failing,
+        )
+
+
+@dataclass(frozen=True)
+class MaxIncrease:
+    """Fails when the reduced value rises more than `percent` % above a baseline report's.
+
+    The threshold is the baseline's value times 1 + percent/100 (`--baseline B --max-increase PCT`).
+    `mismatches` are the differences between the baseline and the judged report that the user chose to
+    ignore (`--allow-mismatch`); the verdict's message repeats them.
+    """
+
+    percent: float
+    baseline_value: float
+    baseline: str
+    mismatches: tuple[str, ...] = ()
+    name: str = "max_increase"
+
+    def judge(self, report: Report) -> RuleVerdict:
+        summary = report.summary
+        threshold = self.baseline_value * (1 + self.percent / 100)
+        passed = summary.value <= threshold
+        change = percent_change(self.baseline_value, summary.value)
+        changed = f"{change:+.3g}%" if change is not None else f"{summary.value - self.baseline_value:+.6g}"
+        message = (
+            f"{summary.reduction} sigma {summary.value:.6g} vs {self.baseline_value:.6g} in baseline "
+            f"'{self.baseline}' ({changed}) {'<=' if passed else '>'} +{self.percent:g}% "
+            f"({threshold:.6g})"
+        )
+        if self.mismatches:
+            message += f"; compared despite: {'; '.join(self.mismatches)}"
+        return RuleVerdict(
+            name=self.name,
+            threshold=threshold,
+            value=summary.value,
+            passed=passed,
+            message=message,
+            baseline=self.baseline,
+            baseline_value=self.baseline_value,
+        )
+
+
+def judge(rules: Sequence[Rule], report: Report) -> Gate:
     """The gate of a report: every rule's verdict, passed when all pass, None when there is no rule."""
-    verdicts = tuple(rule.judge(summary) for rule in rules)
+    verdicts = tuple(rule.judge(report) for rule in rules)
     return Gate(passed=all(v.passed for v in verdicts) if verdicts else None, rules=verdicts)
+
+
+def percent_change(base: float, new: float) -> float | None:
+    """100 (new - base) / base; None when base is 0 (no relative change exists)."""
+    return 100 * (new - base) / base if base else None
+
+
+def listed(indices: Sequence[int], most: int = LISTED) -> str:
+    """'3, 8, 12' or '3, 8, 12, ... and 40 more': a list of sample indices short enough for a line."""
+    shown = ", ".join(str(i) for i in indices[:most])
+    return f"{shown} and {len(indices) - most} more" if len(indices) > most else shown
+
+
+def _samples(count: int) -> str:
+    return f"{count} sample{'s' if count != 1 else ''}"

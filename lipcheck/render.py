@@ -1,21 +1,35 @@
-"""Present a `Report`: a rich table for people, JSON for scripts, Markdown for pull-request comments.
+"""Present a `Report`: a rich table for people, JSON for scripts, Markdown for pull-request comments,
+JUnit XML for CI systems; and the same formats for a `Comparison` of two reports.
 
-Every renderer takes the same plain `Report`, so the formats cannot disagree. The report of
-`lipcheck bound` (`ModelBoundReport`) has its own three renderers at the end.
+Every renderer takes the same plain data, so the formats cannot disagree. The report of
+`lipcheck bound` (`ModelBoundReport`) has its own three renderers.
 """
 
 from __future__ import annotations
 
 import io
+import json
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
-from rich.console import Console, Group
+from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from lipcheck.report import ModelBoundReport, ModelSection, Report, SampleResult, worst_samples
+from lipcheck.compare import Comparison
+from lipcheck.gate import listed
+from lipcheck.report import ModelBoundReport, ModelSection, Report, RuleVerdict, SampleResult, worst_samples
 
-FORMATS = ("table", "json", "markdown")
+FORMATS = ("table", "json", "markdown", "junit")
+SUFFIX_FORMATS = {".json": "json", ".md": "markdown", ".xml": "junit", ".txt": "table"}
 WORST = 10
+JUNIT_LISTED = 100  # failing sample indices in a JUnit failure's text
+
+
+def format_for(path: str | Path, default: str) -> str:
+    """The format of an output file: from its suffix (`SUFFIX_FORMATS`), else `default`."""
+    return SUFFIX_FORMATS.get(Path(path).suffix.lower(), default)
 
 
 def _number(value: float | None) -> str:
@@ -45,8 +59,10 @@ def _header(report: Report) -> Table:
     key = f", key {data.key!r}" if data.key else ""
     shape = _shape(data.sample_shape)
     of_total = f" of {data.total:,}" if data.total != data.count else ""
+    digest = f", sha256 {data.sha256[:12]}" if data.sha256 else ""
     grid.add_row(
-        "data", f"{source} ({data.kind}{key}, {data.count:,}{of_total} samples of {shape}, {data.dtype})"
+        "data",
+        f"{source} ({data.kind}{key}, {data.count:,}{of_total} samples of {shape}, {data.dtype}{digest})",
     )
     grid.add_row(
         "settings",
@@ -114,10 +130,6 @@ def _summary_rows(report: Report) -> list[tuple[str, str]]:
         ("samples/s", f"{timing.samples_per_second:.4g}"),
     ]
     rows += _bound_rows(report)
-    for verdict in report.gate.rules:
-        rows.append(
-            (f"gate {verdict.name}", f"{'passed' if verdict.passed else 'FAILED'}: {verdict.message}")
-        )
     return rows
 
 
@@ -134,22 +146,58 @@ def _bound_rows(report: Report) -> list[tuple[str, str]]:
     ]
 
 
+def _gate_rows(verdicts: Sequence[RuleVerdict]) -> list[tuple[str, str]]:
+    return [(f"gate {v.name}", f"{'passed' if v.passed else 'FAILED'}: {v.message}") for v in verdicts]
+
+
+def _pairs(title: str, rows: Sequence[tuple[str, str]]) -> Table:
+    table = Table(title=title, title_justify="left", show_header=False)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    for name, value in rows:
+        style = "bold red" if value.startswith("FAILED") else None
+        table.add_row(name, Text(value, style=style) if style else value)
+    return table
+
+
 def render_table(report: Report, console: Console) -> None:
     """Print the header, the worst samples and the summary to `console`."""
-    summary = Table(title="Summary", title_justify="left", show_header=False)
-    summary.add_column(style="bold")
-    summary.add_column(justify="right")
-    for name, value in _summary_rows(report):
-        style = "bold red" if value.startswith("FAILED") else None
-        summary.add_row(name, Text(value, style=style) if style else value)
+    summary = _pairs("Summary", _summary_rows(report) + _gate_rows(report.gate.rules))
     console.print(Group(_header(report), Text(""), _worst_table(report), Text(""), summary))
+
+
+def _plain(render: Callable[[Console], None], width: int = 100) -> str:
+    buffer = io.StringIO()
+    render(Console(file=buffer, width=width, color_system=None, force_terminal=False))
+    return buffer.getvalue()
 
 
 def table_text(report: Report, width: int = 100) -> str:
     """The table as plain text (no colour), for a file."""
-    buffer = io.StringIO()
-    render_table(report, Console(file=buffer, width=width, color_system=None, force_terminal=False))
-    return buffer.getvalue()
+    return _plain(lambda console: render_table(report, console), width)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _markdown_gate(verdicts: Sequence[RuleVerdict]) -> list[str]:
+    if not verdicts:
+        return []
+    failed = sum(1 for v in verdicts if not v.passed)
+    verdict = f"failed ({failed} of {len(verdicts)} rules)" if failed else "passed"
+    lines = [
+        f"**Gate: {verdict}**",
+        "",
+        "| rule | verdict | value | threshold | details |",
+        "| --- | --- | ---: | ---: | --- |",
+    ]
+    for v in verdicts:
+        lines.append(
+            f"| `{v.name}` | {'passed' if v.passed else '**FAILED**'} | {_number(v.value)} "
+            f"| {_number(v.threshold)} | {_cell(v.message)} |"
+        )
+    return [*lines, ""]
 
 
 def render_markdown(report: Report) -> str:
@@ -163,6 +211,7 @@ def render_markdown(report: Report) -> str:
         f"({data.count} samples); {settings.method}, tol {settings.tol:g}, {settings.dtype}"
         f"{_search_note(report)}.",
         "",
+        *_markdown_gate(report.gate.rules),
         "| summary | value |",
         "| --- | ---: |",
     ]
@@ -180,9 +229,77 @@ def render_markdown(report: Report) -> str:
             f"| {row.index} | {_number(row.sigma)} | {row.iterations} | {'yes' if row.converged else 'no'} "
             f"| {_number(row.residual)} |" + "".join(f" {cell} |" for cell in _search_cells(report, row))
         )
-    if report.gate.passed is not None:
-        lines += ["", f"**Gate: {'passed' if report.gate.passed else 'failed'}**"]
     return "\n".join(lines) + "\n"
+
+
+def render_junit(report: Report) -> str:
+    """JUnit XML: one testsuite named after the model, one testcase per gate rule."""
+    model, data = report.model, report.data
+    return junit_xml(
+        report.model.path,
+        report.gate.rules,
+        seconds=report.timing.total_seconds,
+        timestamp=report.timing.started,
+        properties={
+            "model_sha256": model.sha256,
+            "data": data.path if data.path is not None else f"random (seed {data.seed})",
+            "data_sha256": data.sha256 or "",
+            "samples": str(data.count),
+            "reduction": report.summary.reduction,
+            "value": repr(report.summary.value),
+        },
+    )
+
+
+def junit_xml(
+    suite: str,
+    verdicts: Sequence[RuleVerdict],
+    *,
+    seconds: float = 0.0,
+    timestamp: str | None = None,
+    properties: Mapping[str, str] | None = None,
+) -> str:
+    """A JUnit document of one testsuite `suite` with a testcase per verdict; a failed rule's testcase
+    holds a <failure> whose message and text give the measured value and the threshold."""
+    failures = sum(1 for v in verdicts if not v.passed)
+    counts = {"tests": str(len(verdicts)), "failures": str(failures), "errors": "0"}
+    root = ET.Element("testsuites", name="lipcheck", **counts, time=f"{seconds:.3f}")
+    node = ET.SubElement(root, "testsuite", name=suite, **counts, skipped="0", time=f"{seconds:.3f}")
+    if timestamp:
+        node.set("timestamp", timestamp)
+    if properties:
+        listing = ET.SubElement(node, "properties")
+        for name, value in properties.items():
+            ET.SubElement(listing, "property", name=name, value=value)
+    for verdict in verdicts:
+        case = ET.SubElement(node, "testcase", classname=suite, name=verdict.name, time="0")
+        if verdict.passed:
+            ET.SubElement(case, "system-out").text = verdict.message
+            continue
+        lines = [f"value: {verdict.value:.6g}", f"threshold: {verdict.threshold:.6g}"]
+        if verdict.baseline is not None:
+            lines.append(f"baseline: {verdict.baseline} ({_number(verdict.baseline_value)})")
+        if verdict.failing_samples:
+            failing = verdict.failing_samples
+            lines.append(f"failing samples ({len(failing)}): {listed(failing, JUNIT_LISTED)}")
+        failure = ET.SubElement(case, "failure", message=verdict.message, type=verdict.name)
+        failure.text = "\n".join(lines)
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+def github_annotations(verdicts: Sequence[RuleVerdict]) -> list[str]:
+    """`::error::` workflow commands for the failed rules, so GitHub Actions marks them on the run."""
+    return [
+        f"::error title={_escape(f'lipcheck {v.name}', property=True)}::{_escape(v.message)}"
+        for v in verdicts
+        if not v.passed
+    ]
+
+
+def _escape(text: str, property: bool = False) -> str:
+    text = text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    return text.replace(":", "%3A").replace(",", "%2C") if property else text
 
 
 def render_text(report: Report, format: str) -> str:
@@ -191,6 +308,8 @@ def render_text(report: Report, format: str) -> str:
         return report.to_json()
     if format == "markdown":
         return render_markdown(report)
+    if format == "junit":
+        return render_junit(report)
     return table_text(report)
 
 
@@ -263,3 +382,86 @@ def render_bound_text(report: ModelBoundReport, format: str) -> str:
     buffer = io.StringIO()
     render_bound_table(report, Console(file=buffer, width=120, color_system=None, force_terminal=False))
     return buffer.getvalue()
+
+
+# A comparison of two reports.
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.3g}%"
+
+
+def _comparison_lines(comparison: Comparison) -> list[tuple[str, str]]:
+    c = comparison
+    unchanged = c.matched - c.rose - c.fell
+    rows = [
+        ("base", c.base),
+        ("new", f"{c.new} (model {c.model})"),
+        ("matched", f"{c.matched:,} samples by index: {c.rose:,} rose, {c.fell:,} fell, {unchanged:,} same"),
+    ]
+    if c.mismatches:
+        rows.append(("compared despite", "; ".join(c.mismatches)))
+    return rows
+
+
+def _change_rows(comparison: Comparison) -> tuple[list[list[str]], list[list[str]]]:
+    figures = [
+        [f"{f.figure} ({comparison.reduction})" if f.figure == "value" else f.figure, _number(f.base),
+         _number(f.new), f"{f.change:+.6g}", _percent(f.change_percent)]
+        for f in comparison.figures
+    ]  # fmt: skip
+    samples = [
+        [str(s.index), _number(s.base), _number(s.new), f"{s.change:+.6g}", _percent(s.change_percent)]
+        for s in comparison.top
+    ]
+    return figures, samples
+
+
+def render_comparison_table(comparison: Comparison, console: Console) -> None:
+    """Print what was compared, the change of every summary figure and the samples that rose most."""
+    header = Table.grid(padding=(0, 2))
+    header.add_column(style="bold")
+    header.add_column()
+    for name, value in _comparison_lines(comparison):
+        header.add_row(name, value)
+    figures, samples = _change_rows(comparison)
+    parts: list[RenderableType] = [header, Text("")]
+    for title, first, rows in (
+        ("Summary", "figure", figures),
+        (f"Samples that rose most ({len(samples)} of {comparison.rose})", "index", samples),
+    ):
+        table = Table(title=title, title_justify="left")
+        for name in (first, "base", "new", "change", "change %"):
+            table.add_column(name, justify="left" if name == "figure" else "right")
+        for row in rows:
+            table.add_row(*row)
+        parts += [table, Text("")]
+    if comparison.gate.rules:
+        parts.append(_pairs("Gate", _gate_rows(comparison.gate.rules)))
+    console.print(Group(*parts))
+
+
+def render_comparison_markdown(comparison: Comparison) -> str:
+    """The comparison in GitHub Markdown, for a step summary or a pull-request comment."""
+    figures, samples = _change_rows(comparison)
+    lines = ["### lipcheck compare", ""]
+    lines += [f"- {name}: {_cell(value)}" for name, value in _comparison_lines(comparison)]
+    lines += ["", *_markdown_gate(comparison.gate.rules)]
+    for first, rows in (("figure", figures), ("sample that rose most", samples)):
+        if rows:
+            lines += [f"| {first} | base | new | change | change % |", "| --- | ---: | ---: | ---: | ---: |"]
+            lines += ["| " + " | ".join(row) + " |" for row in rows] + [""]
+    if not samples:
+        lines.append("No sample rose.")
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def render_comparison(comparison: Comparison, format: str) -> str:
+    """The comparison as text in `format` (one of `FORMATS`); junit holds its gate's rules."""
+    if format == "json":
+        return json.dumps(comparison.to_dict(), indent=2) + "\n"
+    if format == "markdown":
+        return render_comparison_markdown(comparison)
+    if format == "junit":
+        return junit_xml(comparison.model, comparison.gate.rules)
+    return _plain(lambda console: render_comparison_table(comparison, console))

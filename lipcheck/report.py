@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from lipcheck.errors import InputError
+
 SCHEMA_VERSION = 1
 
 REDUCTIONS: dict[str, Callable[[np.ndarray], float]] = {
@@ -66,7 +68,11 @@ class ModelSection:
 
 @dataclass(frozen=True)
 class DataSection:
-    """`count` samples were audited, the first of `total` in the source; `path` is None for random data."""
+    """`count` samples were audited, the first of `total` in the source; `path` is None for random data.
+
+    `sha256` is the hash of the audited samples' bytes as stored (`Dataset.sha256`); None only in
+    reports written before lipcheck recorded it.
+    """
 
     path: str | None
     kind: str
@@ -76,6 +82,7 @@ class DataSection:
     sample_shape: tuple[int, ...]
     dtype: str
     seed: int | None = None
+    sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -140,13 +147,20 @@ class Summary:
 
 @dataclass(frozen=True)
 class RuleVerdict:
-    """One gate rule's verdict: `passed` when `value` is within `threshold`."""
+    """One gate rule's verdict: `passed` when `value` is within `threshold`.
+
+    `failing_samples` are the data indices that failed a per-sample rule (all of them, in data order);
+    `baseline` and `baseline_value` name the report and the figure a baseline rule compared with.
+    """
 
     name: str
     threshold: float
     value: float
     passed: bool
     message: str
+    failing_samples: tuple[int, ...] = ()
+    baseline: str | None = None
+    baseline_value: float | None = None
 
 
 @dataclass(frozen=True)
@@ -225,7 +239,7 @@ class Report:
             gate=_build(
                 Gate,
                 data["gate"],
-                rules=lambda rules: tuple(_build(RuleVerdict, rule) for rule in rules),
+                rules=lambda rules: tuple(_build(RuleVerdict, rule, failing_samples=tuple) for rule in rules),
             ),
             lipcheck_version=data["lipcheck_version"],
             schema_version=data["schema_version"],
@@ -287,6 +301,58 @@ def largest_sigma(sample: SampleResult) -> float:
 def worst_samples(report: Report, count: int = 10) -> list[SampleResult]:
     """The `count` samples with the largest sigma (searched, when searched), largest first (ties by index)."""
     return sorted(report.samples, key=lambda s: (-largest_sigma(s), s.index))[:count]
+
+
+def read_report(path: str | Path, what: str = "report") -> Report:
+    """The report saved at `path` (by `lipcheck audit --output`).
+
+    InputError naming `what` and the path when the file is missing, is not JSON, is not a lipcheck
+    report, or was written with a newer schema.
+    """
+    source = Path(path)
+    where = f"{what} '{source}'"
+    fix = "give a JSON report written by lipcheck audit --output FILE.json"
+    if not source.is_file():
+        problem = "is not a file" if source.exists() else "does not exist"
+        raise InputError(f"{where} {problem}: {fix}")
+    try:
+        data = json.loads(source.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        detail = (
+            f"{error.msg} at line {error.lineno}" if isinstance(error, json.JSONDecodeError) else "binary"
+        )
+        raise InputError(f"{where} is not JSON ({detail}): {fix}") from None
+    if not isinstance(data, dict) or "schema_version" not in data or "summary" not in data:
+        raise InputError(f"{where} is not a lipcheck report (no schema_version and summary): {fix}")
+    version = data["schema_version"]
+    if isinstance(version, int) and version > SCHEMA_VERSION:
+        raise InputError(
+            f"{where} has schema version {version}, newer than this lipcheck reads ({SCHEMA_VERSION}): "
+            "upgrade lipcheck"
+        )
+    try:
+        report = Report.from_dict(data)
+        _check_figures(report)
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        detail = f"no {error}" if isinstance(error, KeyError) else str(error)
+        raise InputError(f"{where} is not a complete lipcheck report ({detail}): {fix}") from None
+    return report
+
+
+def _check_figures(report: Report) -> None:
+    """TypeError or ValueError where a figure that the gate and the comparison use is not a number."""
+    if not report.samples:
+        raise ValueError("no samples")
+    for row in report.samples:
+        if not _is_number(row.sigma) or not isinstance(row.index, int) or not isinstance(row.converged, bool):
+            raise TypeError(f"sample row {row} is not index, sigma, converged")
+    for name in ("count", "converged", "max", "mean", "min", "median", "p95", "value", "argmax"):
+        if not _is_number(getattr(report.summary, name)):
+            raise TypeError(f"summary {name} is not a number")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def report_schema() -> dict[str, Any]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,18 @@ from torch import Tensor, nn
 from typer.testing import CliRunner
 
 from lipcheck.cli import app
-from lipcheck.report import report_schema
+from lipcheck.gate import FailAbove, judge
+from lipcheck.report import (
+    DataSection,
+    Environment,
+    ModelSection,
+    Report,
+    SampleResult,
+    Settings,
+    Timing,
+    report_schema,
+    summarise,
+)
 
 ARCH = Path(__file__).resolve()
 IN_FEATURES = 6
@@ -145,9 +157,23 @@ def export(module: nn.Module, path: Path, example: Tensor) -> Path:
 runner = CliRunner()
 
 
-def run(*args: Any) -> Any:
-    """Invoke the CLI in-process; the result has exit_code, stdout and stderr."""
-    return runner.invoke(app, [str(a) for a in args])
+def run(*args: Any, env: dict[str, str] | None = None) -> Any:
+    """Invoke the CLI in-process (with `env` added to the environment); the result has exit_code,
+    stdout and stderr."""
+    return runner.invoke(app, [str(a) for a in args], env=env)
+
+
+def exported_mlp(folder: Path) -> tuple[Path, Path]:
+    """The MLP exported to folder/mlp.pt2 and its inputs (`mlp_inputs()`) in folder/inputs.npy."""
+    np.save(folder / "inputs.npy", mlp_inputs())
+    return export(MLP(), folder / "mlp.pt2", torch.from_numpy(mlp_inputs(2))), folder / "inputs.npy"
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A report written by the CLI, checked against the schema."""
+    report = json.loads(Path(path).read_text())
+    jsonschema.validate(report, report_schema())
+    return report
 
 
 def audit_json(*args: Any) -> dict[str, Any]:
@@ -173,3 +199,29 @@ def assert_one_line_error(result: Any, *fragments: str, code: int = 2) -> None:
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
     assert result.stdout == ""
+
+
+def make_report(sigma: list[float], reduction: str = "max", threshold: float | None = None) -> Report:
+    """A report of samples 10, 11, ... of these sigmas (even positions converged), gated by --fail-above."""
+    rows = tuple(
+        SampleResult(10 + i, s, 3, i % 2 == 0, None if i == 1 else 1e-6) for i, s in enumerate(sigma)
+    )
+    report = Report(
+        model=ModelSection(
+            "m.pt2",
+            "torch.export",
+            "0" * 64,
+            10,
+            5,
+            False,
+            input_spec=({"name": "x", "shape": ["s0", 4], "dtype": "float32"},),
+        ),  # fmt: skip
+        data=DataSection("d.npy", "npy", None, len(rows), 100, (4,), "float32", sha256="1" * 64),
+        settings=Settings(reduction=reduction, model_kwargs={"sr": 16000}),
+        environment=Environment("3.11", "linux", "2.13", "cpu", 2),
+        timing=Timing("2025-01-01T00:00:00+00:00", 0.1, 1.0, 1.1, len(rows)),
+        samples=rows,
+        summary=summarise(rows, reduction),
+        lipcheck_version="0.1.0",
+    )
+    return replace(report, gate=judge([FailAbove(threshold)] if threshold is not None else [], report))

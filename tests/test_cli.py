@@ -3,6 +3,7 @@ dense Jacobians, the output formats and exit codes, and one test per bad-input c
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pathlib
 import subprocess
@@ -134,6 +135,7 @@ def test_random_data_is_seeded_and_matches_dense_jacobians(files: dict[str, Path
     assert report["data"] == {
         "path": None, "kind": "random", "key": None, "count": 7, "total": 7,
         "sample_shape": [6], "dtype": "float64", "seed": 3,
+        "sha256": hashlib.sha256(samples.numpy().tobytes()).hexdigest(),
     }  # fmt: skip
     assert sigmas(audit_json(*args)).tolist() == sigmas(report).tolist()
     assert sigmas(audit_json(*args[:-6], "--seed", "4", *EXACT)).tolist() != sigmas(report).tolist()
@@ -245,7 +247,7 @@ def test_json_is_the_default_when_stdout_is_not_a_terminal(files: dict[str, Path
 def test_inspect(files: dict[str, Path]) -> None:
     result = run("inspect", files["export"])
     assert result.exit_code == 0
-    assert "torch.export" in result.stdout and "x (s" in result.stdout
+    assert "torch.export" in result.stdout and "x (1..65536, 6) float32" in result.stdout
     described = json.loads(
         run("inspect", files["safetensors"], "--arch", f"{ARCH}:make_mlp", "--json").stdout
     )
@@ -255,7 +257,7 @@ def test_inspect(files: dict[str, Path]) -> None:
 
 
 def test_help_shows_examples() -> None:
-    for command in ("audit", "inspect"):
+    for command in ("audit", "bound", "inspect", "gate", "compare"):
         result = run(command, "--help")
         assert (
             result.exit_code == 0 and "Examples" in result.stdout and f"lipcheck {command}" in result.stdout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import tracemalloc
 from pathlib import Path
 
@@ -73,3 +74,37 @@ def test_parse_shape(text: str, shape: tuple[int, ...]) -> None:
 def test_parse_shape_refuses(text: str) -> None:
     with pytest.raises(InputError, match="--random"):
         parse_shape(text)
+
+
+def test_sha256_is_the_hash_of_the_audited_samples_as_stored(tmp_path: Path) -> None:
+    x = np.arange(40, dtype=np.int16).reshape(10, 2, 2)
+    np.save(tmp_path / "x.npy", x)
+    expected = hashlib.sha256(x[:7].tobytes()).hexdigest()
+    streamed = open_dataset(tmp_path / "x.npy", limit=7)
+    for _ in streamed.batches(range(7), 3, torch.float64):  # an audit's reads feed the hash
+        pass
+    assert streamed.sha256() == expected
+    assert open_dataset(tmp_path / "x.npy", limit=7).sha256() == expected  # asked first: read here
+    shuffled = open_dataset(tmp_path / "x.npy", limit=7)
+    shuffled.read(4, 7)
+    shuffled.read(0, 2)
+    assert shuffled.sha256() == expected
+    assert open_dataset(tmp_path / "x.npy").sha256() != expected  # other samples, another hash
+    torch.save({"x": torch.from_numpy(x[:7])}, tmp_path / "x.pt")
+    assert open_dataset(tmp_path / "x.pt").sha256() == expected  # the same content in another format
+
+
+def test_sha256_after_an_audit_reads_nothing_more_and_covers_bfloat16() -> None:
+    from lipcheck.datasets import DataInfo, Dataset
+
+    x = torch.arange(6, dtype=torch.bfloat16).reshape(3, 2)
+    reads: list[tuple[int, int]] = []
+
+    def reader(start: int, stop: int) -> torch.Tensor:
+        reads.append((start, stop))
+        return x[start:stop]
+
+    dataset = Dataset(DataInfo(None, "pt", None, (), 3, 3, (2,), "bfloat16"), reader)
+    list(dataset.batches(range(3), 2))
+    assert dataset.sha256() == hashlib.sha256(x.view(torch.int16).numpy().tobytes()).hexdigest()
+    assert reads == [(0, 2), (2, 3)]

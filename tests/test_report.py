@@ -9,51 +9,22 @@ from pathlib import Path
 import jsonschema
 import numpy as np
 import pytest
+from cli_fixtures import make_report
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lipcheck.gate import FailAbove, FailAboveBound, judge
+from lipcheck.gate import FailAboveBound
 from lipcheck.report import (
     BoundReport,
-    DataSection,
-    Environment,
     LayerBound,
-    ModelSection,
     Report,
     SampleResult,
     Settings,
-    Timing,
     report_schema,
     summarise,
     worst_samples,
     write_atomic,
 )
-
-
-def make_report(sigma: list[float], reduction: str = "max", threshold: float | None = None) -> Report:
-    rows = tuple(
-        SampleResult(10 + i, s, 3, i % 2 == 0, None if i == 1 else 1e-6) for i, s in enumerate(sigma)
-    )
-    summary = summarise(rows, reduction)
-    return Report(
-        model=ModelSection(
-            "m.pt2",
-            "torch.export",
-            "0" * 64,
-            10,
-            5,
-            False,
-            input_spec=({"name": "x", "shape": ["s0", 4], "dtype": "float32"},),
-        ),  # fmt: skip
-        data=DataSection("d.npy", "npy", None, len(rows), 100, (4,), "float32"),
-        settings=Settings(reduction=reduction, model_kwargs={"sr": 16000}),
-        environment=Environment("3.11", "linux", "2.13", "cpu", 2),
-        timing=Timing("2025-01-01T00:00:00+00:00", 0.1, 1.0, 1.1, len(rows)),
-        samples=rows,
-        summary=summary,
-        gate=judge([FailAbove(threshold)] if threshold is not None else [], summary),
-        lipcheck_version="0.1.0",
-    )
 
 
 @settings(max_examples=40, deadline=None)

@@ -1,0 +1,73 @@
+"""Renderers for CI: the format of an output file, JUnit XML, Markdown gate tables, GitHub annotations."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from dataclasses import replace
+
+import pytest
+from cli_fixtures import make_report
+
+from lipcheck.gate import FailAbove, FailAboveSample, judge
+from lipcheck.render import format_for, github_annotations, render_junit, render_markdown, render_text
+from lipcheck.report import Report, RuleVerdict
+
+
+def judged(report: Report, *rules: object) -> Report:
+    return replace(report, gate=judge(rules, report))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [("r.json", "json"), ("R.JSON", "json"), ("s.md", "markdown"), ("j.xml", "junit"), ("t.txt", "table"),
+     ("r.out", "markdown"), ("report", "markdown")],
+)  # fmt: skip
+def test_the_format_of_an_output_follows_its_suffix(name: str, expected: str) -> None:
+    assert format_for(name, "markdown") == expected
+
+
+def test_junit_has_one_suite_named_after_the_model_and_one_case_per_rule() -> None:
+    report = replace(
+        make_report([1.0, 3.0, 2.0] * 50), model=replace(make_report([1.0]).model, path='a&b<"c">.pt2')
+    )
+    text = render_text(judged(report, FailAbove(5.0), FailAboveSample(1.5)), "junit")
+    root = ET.fromstring(text)
+    suites = root.findall("testsuite")
+    assert len(suites) == 1 and suites[0].get("name") == 'a&b<"c">.pt2'
+    cases = suites[0].findall("testcase")
+    assert [(c.get("name"), c.find("failure") is None) for c in cases] == [
+        ("fail_above", True), ("fail_above_sample", False),
+    ]  # fmt: skip
+    failure = cases[1].find("failure")
+    assert failure is not None and failure.get("type") == "fail_above_sample"
+    lines = (failure.text or "").splitlines()
+    assert lines[:2] == ["value: 3", "threshold: 1.5"]
+    assert lines[2].startswith("failing samples (100): 11, 12, 14, 15,")
+    assert len(lines[2].split(": ")[1].split(", ")) == 100  # all of them, up to JUNIT_LISTED
+    assert (root.get("tests"), root.get("failures"), suites[0].get("failures")) == ("2", "1", "1")
+    assert {p.get("name"): p.get("value") for p in suites[0].iter("property")}["samples"] == "150"
+
+
+def test_junit_without_rules_is_an_empty_suite() -> None:
+    suite = ET.fromstring(render_junit(make_report([1.0]))).find("testsuite")
+    assert suite is not None and suite.get("tests") == "0" and suite.findall("testcase") == []
+
+
+def test_markdown_puts_the_gate_first_with_each_rule() -> None:
+    report = judged(make_report([1.0, 3.0]), FailAbove(2.0), FailAboveSample(5.0))
+    text = render_markdown(report)
+    assert text.index("**Gate: failed (1 of 2 rules)**") < text.index("| summary | value |")
+    assert "| `fail_above` | **FAILED** | 3 | 2 | max sigma 3 > 2 |" in text
+    assert "| `fail_above_sample` | passed | 3 | 5 |" in text
+    verdict = RuleVerdict("fail_above", 1.0, 2.0, False, "a | b")
+    piped = render_markdown(replace(report, gate=replace(report.gate, rules=(verdict,))))
+    assert "| a \\| b |" in piped
+    assert "Gate" not in render_markdown(make_report([1.0]))
+
+
+def test_github_annotations_escape_the_workflow_command() -> None:
+    failed = RuleVerdict("fail_above", 1.0, 2.0, False, "100% over,\nline: two")
+    passed = RuleVerdict("require_converged", 0, 0, True, "fine")
+    assert github_annotations([failed, passed]) == [
+        "::error title=lipcheck fail_above::100%25 over,%0Aline: two"
+    ]
