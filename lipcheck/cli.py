@@ -241,6 +241,16 @@ FailAboveOption = Annotated[
         show_default=False,
     ),
 ]
+FailAboveBoundOption = Annotated[
+    float | None,
+    typer.Option(
+        "--fail-above-bound",
+        help="Exit 1 when the certified upper bound exceeds X (audit: implies --bound; gate: the report's "
+        "bound): the one rule that proves a property of the model rather than samples it.",
+        metavar="X",
+        show_default=False,
+    ),
+]
 FailAboveSampleOption = Annotated[
     float | None,
     typer.Option(
@@ -614,16 +624,7 @@ def audit(
             show_default=False,
         ),
     ] = None,
-    fail_above_bound: Annotated[
-        float | None,
-        typer.Option(
-            "--fail-above-bound",
-            help="Exit 1 when the certified upper bound exceeds this value (implies --bound): the one rule "
-            "that proves a property of the model rather than samples it.",
-            metavar="X",
-            show_default=False,
-        ),
-    ] = None,
+    fail_above_bound: FailAboveBoundOption = None,
     output_format: FormatOption = None,
     output: OutputOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or notes on stderr.")] = False,
@@ -948,6 +949,7 @@ def gate(
     baseline: BaselineOption = None,
     max_increase: MaxIncreaseOption = None,
     allow_mismatch: AllowMismatchOption = False,
+    fail_above_bound: FailAboveBoundOption = None,
     output_format: FormatOption = None,
     output: OutputOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No notes on stderr.")] = False,
@@ -958,21 +960,29 @@ def gate(
     The report's gate is replaced by these rules' verdicts; write it (JSON, Markdown, JUnit, table)
     with --output, so one audit can be gated several ways.
     """
-    from lipcheck.gate import judge
+    from lipcheck.gate import FailAboveBound, judge
     from lipcheck.report import read_report
 
     with _errors_to_exit_codes(debug):
         outputs = output or []
         fmt = _output_format(output_format, outputs)
+        _check_thresholds({"--fail-above-bound": fail_above_bound})
         rules, compared = _gate_rules(
             fail_above, fail_above_sample, require_converged, baseline, max_increase, allow_mismatch
         )
-        if not rules and compared is None:
+        if not rules and compared is None and fail_above_bound is None:
             raise InputError(
                 "give at least one rule: --fail-above X, --fail-above-sample X, --require-converged, "
-                "or --baseline REPORT.json --max-increase PCT"
+                "--fail-above-bound X, or --baseline REPORT.json --max-increase PCT"
             )
         saved = read_report(report_path)
+        if fail_above_bound is not None:
+            if saved.bound is None:
+                raise InputError(
+                    f"--fail-above-bound: report '{report_path}' holds no certified bound; "
+                    "write it with lipcheck audit --bound"
+                )
+            rules.append(FailAboveBound(fail_above_bound, saved.bound.upper_bound))
         if compared is not None:
             rules.append(compared.rule(saved.settings, saved.data, f"report '{report_path}'", quiet))
         judged = replace(saved, gate=judge(rules, saved))

@@ -233,6 +233,16 @@ def test_fail_above_bound_gate(files: dict[str, Path], tmp_path: Path) -> None:
     # The bound fails the gate although every sample is far below the threshold.
     assert failed["summary"]["max"] < upper * 0.99
 
+    # `lipcheck gate` judges the saved bound again, without the model.
+    regated = tmp_path / "regated.json"
+    assert run("gate", target, "--fail-above-bound", upper * 1.01, "-o", regated).exit_code == 0
+    verdict = json.loads(regated.read_text())["gate"]["rules"][0]
+    assert verdict["name"] == "fail_above_bound" and verdict["value"] == pytest.approx(upper)
+    assert run("gate", target, "--fail-above-bound", upper * 0.99, "-q").exit_code == 1
+    unbounded = tmp_path / "unbounded.json"
+    assert run("audit", files["export"], "--data", files["data"], "-o", unbounded).exit_code == 0
+    assert_one_line_error(run("gate", unbounded, "--fail-above-bound", 1), "--fail-above-bound", "--bound")
+
 
 def test_audit_bound_refusals(files: dict[str, Path]) -> None:
     result = run("audit", files["torchscript"], "--data", files["data"], "--bound")
