@@ -13,7 +13,7 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from enum import Enum
@@ -407,10 +407,11 @@ def _write(
     outputs: Sequence[Path],
     fmt: str,
     quiet: bool,
-    text: Callable[[str], str],
+    text: Callable[[str], str | Iterable[str]],
     table: Callable[[Console], None],
 ) -> None:
-    """Write `text(format)` to each output (its format from its suffix, else `fmt`), or to stdout."""
+    """Write `text(format)` (a string or its pieces) to each output (its format from its suffix, else
+    `fmt`), or to stdout."""
     from lipcheck.render import format_for
     from lipcheck.report import write_atomic
 
@@ -425,18 +426,20 @@ def _write(
         return
     if fmt == "table":
         table(Console())
-    else:
-        sys.stdout.write(text(fmt))
+        return
+    pieces = text(fmt)
+    for piece in [pieces] if isinstance(pieces, str) else pieces:
+        sys.stdout.write(piece)
 
 
 def _write_report(report: Report, outputs: Sequence[Path], fmt: str, quiet: bool) -> None:
-    from lipcheck.render import render_table, render_text
+    from lipcheck.render import render_chunks, render_table
 
     _write(
         outputs,
         fmt,
         quiet,
-        lambda name: render_text(report, name),
+        lambda name: render_chunks(report, name),
         lambda console: render_table(report, console),
     )
 

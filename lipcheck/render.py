@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import json
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from rich.console import Console, Group, RenderableType
@@ -300,6 +300,11 @@ def github_annotations(verdicts: Sequence[RuleVerdict]) -> list[str]:
 def _escape(text: str, property: bool = False) -> str:
     text = text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
     return text.replace(":", "%3A").replace(",", "%2C") if property else text
+
+
+def render_chunks(report: Report, format: str) -> Iterable[str]:
+    """`render_text` in pieces to write as they come (JSON is streamed; the other formats are small)."""
+    return report.json_chunks() if format == "json" else [render_text(report, format)]
 
 
 def render_text(report: Report, format: str) -> str:

@@ -13,7 +13,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
@@ -215,16 +215,28 @@ class Report:
         }
 
     def to_json(self) -> str:
-        """Indented JSON with one line per sample: readable, and no dict per sample is kept in memory."""
-        parts = []
-        for name, value in self._sections(samples=None).items():
-            if name == "samples":
-                rows = ",\n    ".join(json.dumps(_sample_dict(row)) for row in self.samples)
-                text = f"[\n    {rows}\n  ]" if rows else "[]"
+        """Indented JSON with one line per sample (`json_chunks` joined)."""
+        return "".join(self.json_chunks())
+
+    def json_chunks(self, rows_per_chunk: int = 4096) -> Iterator[str]:
+        """The JSON of `to_json` in pieces, a few thousand sample lines each, to write as they come: the
+        text of a report of millions of samples is never whole in memory, nor is a dict per sample."""
+        yield "{\n"
+        for position, (name, value) in enumerate(self._sections(samples=None).items()):
+            comma = ",\n" if position else ""
+            yield f"{comma}  {json.dumps(name)}: "
+            if name != "samples":
+                yield json.dumps(value, indent=2).replace("\n", "\n  ")
+            elif not self.samples:
+                yield "[]"
             else:
-                text = json.dumps(value, indent=2).replace("\n", "\n  ")
-            parts.append(f"  {json.dumps(name)}: {text}")
-        return "{\n" + ",\n".join(parts) + "\n}\n"
+                yield "[\n    "
+                for start in range(0, len(self.samples), rows_per_chunk):
+                    chunk = self.samples[start : start + rows_per_chunk]
+                    separator = ",\n    " if start else ""
+                    yield separator + ",\n    ".join(json.dumps(_sample_dict(row)) for row in chunk)
+                yield "\n  ]"
+        yield "\n}\n"
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Report:
@@ -367,14 +379,16 @@ def bound_schema() -> dict[str, Any]:
     return json.loads(text)
 
 
-def write_atomic(path: str | Path, text: str) -> None:
-    """Write `text` to `path` so that the file is either complete or untouched (temp file + os.replace)."""
+def write_atomic(path: str | Path, text: str | Iterable[str]) -> None:
+    """Write `text` (a string, or pieces of one) to `path` so that the file is either complete or
+    untouched (temp file + os.replace)."""
     target = Path(path)
     folder = target.parent if str(target.parent) else Path(".")
     handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
+            for piece in [text] if isinstance(text, str) else text:
+                stream.write(piece)
             stream.flush()
             os.fsync(stream.fileno())
         os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes the file private; give it the usual mode

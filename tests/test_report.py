@@ -97,3 +97,13 @@ def test_write_atomic_replaces_whole_or_leaves_the_old_file(tmp_path: Path) -> N
     with pytest.raises(TypeError):
         write_atomic(target, 12)  # type: ignore[arg-type]
     assert target.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["report.json"]
+
+
+@pytest.mark.parametrize("count", [1, 2, 5, 6])
+def test_json_is_written_in_pieces_that_make_the_same_report(count: int, tmp_path: Path) -> None:
+    report = make_report([float(i) for i in range(1, count + 1)], threshold=3.0)
+    pieces = list(report.json_chunks(rows_per_chunk=2))
+    assert len(pieces) > 3 and "".join(pieces) == report.to_json()
+    assert Report.from_json(report.to_json()) == report
+    write_atomic(tmp_path / "r.json", iter(pieces))
+    assert (tmp_path / "r.json").read_text() == report.to_json()
