@@ -230,6 +230,34 @@ def _progress(enabled: bool, total: int) -> Iterator[Callable[[int], None] | Non
         yield lambda done: bar.advance(task, done)
 
 
+# The flags that load a model, shared by `audit`, `bound` and `inspect`.
+
+ArchOption = Annotated[
+    str | None,
+    typer.Option(
+        "--arch",
+        help="Architecture for weight-only files: path/to/file.py:factory or package.module:factory, "
+        "a function returning the nn.Module (runs that code).",
+        show_default=False,
+    ),
+]
+ArchKwargsOption = Annotated[
+    str | None,
+    typer.Option(
+        "--arch-kwargs",
+        help="Keyword arguments of the --arch factory as a JSON object.",
+        show_default=False,
+    ),
+]
+TrustPickleOption = Annotated[
+    bool,
+    typer.Option(
+        "--trust-pickle",
+        help="Load a whole pickled module. This EXECUTES CODE from the model file: only for files "
+        "from a source you trust.",
+    ),
+]
+
 # The gate's rule flags and the report files, shared by `audit`, `gate` and `compare`.
 
 FailAboveOption = Annotated[
@@ -525,31 +553,9 @@ def audit(
             "--limit", min=1, help="Audit only the first N samples.", metavar="N", show_default=False
         ),
     ] = None,
-    arch: Annotated[
-        str | None,
-        typer.Option(
-            "--arch",
-            help="Architecture for weight-only files: path/to/file.py:factory or package.module:factory, "
-            "a function returning the nn.Module (runs that code).",
-            show_default=False,
-        ),
-    ] = None,
-    arch_kwargs: Annotated[
-        str | None,
-        typer.Option(
-            "--arch-kwargs",
-            help="Keyword arguments of the --arch factory as a JSON object.",
-            show_default=False,
-        ),
-    ] = None,
-    trust_pickle: Annotated[
-        bool,
-        typer.Option(
-            "--trust-pickle",
-            help="Load a whole pickled module. This EXECUTES CODE from the model file: only for files "
-            "from a source you trust.",
-        ),
-    ] = False,
+    arch: ArchOption = None,
+    arch_kwargs: ArchKwargsOption = None,
+    trust_pickle: TrustPickleOption = False,
     model_arg: Annotated[
         list[str] | None,
         typer.Option(
@@ -764,31 +770,9 @@ def bound(
             show_default=False,
         ),
     ] = None,
-    arch: Annotated[
-        str | None,
-        typer.Option(
-            "--arch",
-            help="Architecture for weight-only files: path/to/file.py:factory or package.module:factory, "
-            "a function returning the nn.Module (runs that code).",
-            show_default=False,
-        ),
-    ] = None,
-    arch_kwargs: Annotated[
-        str | None,
-        typer.Option(
-            "--arch-kwargs",
-            help="Keyword arguments of the --arch factory as a JSON object.",
-            show_default=False,
-        ),
-    ] = None,
-    trust_pickle: Annotated[
-        bool,
-        typer.Option(
-            "--trust-pickle",
-            help="Load a whole pickled module. This EXECUTES CODE from the model file: only for files "
-            "from a source you trust.",
-        ),
-    ] = False,
+    arch: ArchOption = None,
+    arch_kwargs: ArchKwargsOption = None,
+    trust_pickle: TrustPickleOption = False,
     assume: Annotated[
         list[str] | None,
         typer.Option(
@@ -877,14 +861,7 @@ def inspect(
             "--arch", help="Architecture factory for weight-only files (runs that code).", show_default=False
         ),
     ] = None,
-    arch_kwargs: Annotated[
-        str | None,
-        typer.Option(
-            "--arch-kwargs",
-            help="Keyword arguments of the --arch factory as a JSON object.",
-            show_default=False,
-        ),
-    ] = None,
+    arch_kwargs: ArchKwargsOption = None,
     trust_pickle: Annotated[
         bool,
         typer.Option("--trust-pickle", help="Load a whole pickled module (EXECUTES CODE from the file)."),
