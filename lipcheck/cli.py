@@ -61,7 +61,7 @@ class _OneLineUsageErrors(typer.core.TyperGroup):
                 typer.echo(context.get_help(), err=True)
                 sys.exit(2)
             command = context.command_path if context is not None else "lipcheck"
-            message = " ".join(error.format_message().split())
+            message = " ".join(error.format_message().replace("Value error, ", "").split())
             typer.echo(f"lipcheck: error: {message} (see '{command} --help')", err=True)
             sys.exit(error.exit_code)
         except typer.Abort:
