@@ -107,3 +107,23 @@ def test_json_is_written_in_pieces_that_make_the_same_report(count: int, tmp_pat
     assert Report.from_json(report.to_json()) == report
     write_atomic(tmp_path / "r.json", iter(pieces))
     assert (tmp_path / "r.json").read_text() == report.to_json()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    index=st.integers(0, 10**9),
+    sigma=st.floats(allow_nan=True, allow_infinity=True),
+    iterations=st.integers(0, 10**4),
+    converged=st.booleans(),
+    residual=st.none() | st.floats(allow_nan=False, allow_infinity=False),
+    searched=st.none() | st.floats(0, 1e6),
+)
+def test_sample_lines_are_exactly_what_json_writes(
+    index: int, sigma: float, iterations: int, converged: bool, residual: float | None, searched: float | None
+) -> None:
+    from lipcheck.report import _sample_dict, _sample_json
+
+    row = SampleResult(
+        index, sigma, iterations, converged, residual, search_sigma=searched, search_distance=searched
+    )
+    assert _sample_json(row) == json.dumps(_sample_dict(row))
