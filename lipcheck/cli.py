@@ -120,6 +120,14 @@ class Format(str, Enum):
     junit = "junit"
 
 
+class BoundFormat(str, Enum):
+    """The formats of `lipcheck bound`'s report (it has no rules, so no JUnit)."""
+
+    table = "table"
+    json = "json"
+    markdown = "markdown"
+
+
 def _print_version(value: bool) -> None:
     if value:
         typer.echo(f"lipcheck {__version__}")
@@ -784,7 +792,7 @@ def bound(
         ),
     ] = None,
     output_format: Annotated[
-        Format | None,
+        BoundFormat | None,
         typer.Option(
             "--format",
             "-f",
@@ -824,11 +832,7 @@ def bound(
         shape = parse_shape(input_shape, "--input-shape")
         assumed = parse_assumptions(assume)
         kwargs = _parse_json_object(arch_kwargs, "--arch-kwargs")
-        fmt = (
-            output_format.value
-            if output_format
-            else ("table" if output is None and _is_terminal() else "json")
-        )
+        fmt = _bound_format(output_format, output)
         begin = time.perf_counter()
         loaded = load_model(model, arch=arch, arch_kwargs=kwargs, trust_pickle=trust_pickle)
         report = run_bound(loaded, shape, assume=assumed, load_seconds=time.perf_counter() - begin)
@@ -840,6 +844,21 @@ def bound(
             render_bound_table(report, Console())
         else:
             sys.stdout.write(render_bound_text(report, fmt))
+
+
+def _bound_format(output_format: BoundFormat | None, output: Path | None) -> str:
+    """--format, else the --output file's suffix (.json, .md, .txt), else table on a terminal, else json."""
+    suffixes = {".json": "json", ".md": "markdown", ".txt": "table"}
+    if output is not None and output.suffix.lower() == ".xml" and output_format is None:
+        raise InputError(
+            f"--output '{output}': a bound report has no JUnit form (it has no rules); "
+            "write .json, .md or .txt, or gate it with lipcheck audit --fail-above-bound"
+        )
+    if output_format is not None:
+        return output_format.value
+    if output is not None:
+        return suffixes.get(output.suffix.lower(), "json")
+    return "table" if _is_terminal() else "json"
 
 
 INSPECT_EPILOG = """\

@@ -130,6 +130,14 @@ def test_bound_output_file(files: dict[str, Path], tmp_path: Path) -> None:
     assert result.exit_code == 0 and result.stdout == "" and result.stderr == ""
     jsonschema.validate(json.loads(target.read_text()), bound_schema())
     assert [p.name for p in tmp_path.iterdir()] == ["bound.json"]
+    # The suffix picks the format, as for audit; there is no JUnit form of a bound (and no `junit` format).
+    markdown = tmp_path / "bound.md"
+    assert run("bound", files["export"], "--input-shape", "6", "-o", markdown, "-q").exit_code == 0
+    assert markdown.read_text().count("| layer | kind | bound | method |") == 1
+    assert_one_line_error(
+        run("bound", files["export"], "--input-shape", "6", "-o", tmp_path / "b.xml"), "JUnit"
+    )
+    assert_one_line_error(run("bound", files["export"], "--input-shape", "6", "-f", "junit"), "--format")
 
 
 def test_assume_supplies_a_constant_and_is_recorded(files: dict[str, Path]) -> None:
