@@ -427,7 +427,7 @@ def _gate_rules(
     return rules, _Baseline(baseline, report, max_increase, allow_mismatch)
 
 
-def _output_format(output_format: Format | None, outputs: Sequence[Path]) -> str:
+def _output_format(output_format: Format | BoundFormat | None, outputs: Sequence[Path]) -> str:
     """--format, else table on a terminal, else json; InputError for an --output in no folder."""
     for target in outputs:
         if target.is_dir() or not target.parent.is_dir():
@@ -821,8 +821,7 @@ def bound(
     from lipcheck.audit import run_bound
     from lipcheck.datasets import parse_shape
     from lipcheck.models import load_model
-    from lipcheck.render import render_bound_table, render_bound_text
-    from lipcheck.report import write_atomic
+    from lipcheck.render import format_for, render_bound_table, render_bound_text
 
     with _errors_to_exit_codes(debug):
         if input_shape is None:
@@ -832,33 +831,23 @@ def bound(
         shape = parse_shape(input_shape, "--input-shape")
         assumed = parse_assumptions(assume)
         kwargs = _parse_json_object(arch_kwargs, "--arch-kwargs")
-        fmt = _bound_format(output_format, output)
+        outputs = [output] if output is not None else []
+        fmt = _output_format(output_format, outputs)
+        if outputs and format_for(output, fmt) == "junit":
+            raise InputError(
+                f"--output '{output}': a bound report has no JUnit form (it has no rules); "
+                "write .json, .md or .txt, or gate it with lipcheck audit --fail-above-bound"
+            )
         begin = time.perf_counter()
         loaded = load_model(model, arch=arch, arch_kwargs=kwargs, trust_pickle=trust_pickle)
         report = run_bound(loaded, shape, assume=assumed, load_seconds=time.perf_counter() - begin)
-        if output is not None:
-            write_atomic(output, render_bound_text(report, fmt))
-            if not quiet:
-                typer.echo(f"lipcheck: report written to {output}", err=True)
-        elif fmt == "table":
-            render_bound_table(report, Console())
-        else:
-            sys.stdout.write(render_bound_text(report, fmt))
-
-
-def _bound_format(output_format: BoundFormat | None, output: Path | None) -> str:
-    """--format, else the --output file's suffix (.json, .md, .txt), else table on a terminal, else json."""
-    suffixes = {".json": "json", ".md": "markdown", ".txt": "table"}
-    if output is not None and output.suffix.lower() == ".xml" and output_format is None:
-        raise InputError(
-            f"--output '{output}': a bound report has no JUnit form (it has no rules); "
-            "write .json, .md or .txt, or gate it with lipcheck audit --fail-above-bound"
+        _write(
+            outputs,
+            fmt,
+            quiet,
+            lambda name: render_bound_text(report, name),
+            lambda console: render_bound_table(report, console),
         )
-    if output_format is not None:
-        return output_format.value
-    if output is not None:
-        return suffixes.get(output.suffix.lower(), "json")
-    return "table" if _is_terminal() else "json"
 
 
 INSPECT_EPILOG = """\

@@ -138,6 +138,8 @@ def test_bound_output_file(files: dict[str, Path], tmp_path: Path) -> None:
         run("bound", files["export"], "--input-shape", "6", "-o", tmp_path / "b.xml"), "JUnit"
     )
     assert_one_line_error(run("bound", files["export"], "--input-shape", "6", "-f", "junit"), "--format")
+    missing = tmp_path / "no_folder" / "b.json"
+    assert_one_line_error(run("bound", files["export"], "--input-shape", "6", "-o", missing), "no_folder")
 
 
 def test_assume_supplies_a_constant_and_is_recorded(files: dict[str, Path]) -> None:
