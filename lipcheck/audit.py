@@ -159,18 +159,16 @@ def audit_rows(
 
         try:
             if settings.search_steps is not None:
-                found = _search(call, x.to(device), settings)
-                result = found.start
-            else:
-                result = spectral_norm(
+                found = worst_case_search(
                     call,
                     x.to(device),
-                    method=settings.method,  # type: ignore[arg-type]
-                    max_iter=settings.max_iter,
-                    tol=settings.tol,
-                    seed=settings.seed,
-                    krylov_dim=settings.krylov_dim,
+                    radius=float(settings.search_radius or 0.0),
+                    steps=settings.search_steps,
+                    **_engine_options(settings),
                 )
+                result = found.start
+            else:
+                result = spectral_norm(call, x.to(device), **_engine_options(settings))
         except LipcheckError as error:
             raise type(error)(f"model '{model.path}' on {where}: {error}") from error
         except Exception as error:
@@ -193,19 +191,15 @@ def audit_rows(
             progress(len(batch))
 
 
-def _search(call: Callable[[Tensor], Any], x: Tensor, settings: Settings) -> SearchResult:
-    """The worst-case search around a batch (`--search-steps`, `--search-radius`), audit settings."""
-    return worst_case_search(
-        call,
-        x,
-        radius=float(settings.search_radius or 0.0),
-        steps=int(settings.search_steps or 0),
-        method=settings.method,  # type: ignore[arg-type]
-        max_iter=settings.max_iter,
-        tol=settings.tol,
-        seed=settings.seed,
-        krylov_dim=settings.krylov_dim,
-    )
+def _engine_options(settings: Settings) -> dict[str, Any]:
+    """The engine's keyword arguments from the audit's settings (for `spectral_norm` and the search)."""
+    return {
+        "method": settings.method,
+        "max_iter": settings.max_iter,
+        "tol": settings.tol,
+        "seed": settings.seed,
+        "krylov_dim": settings.krylov_dim,
+    }
 
 
 def _with_search(rows: list[SampleResult], found: SearchResult) -> list[SampleResult]:
