@@ -384,9 +384,7 @@ def render_bound_text(report: ModelBoundReport, format: str) -> str:
         return report.to_json()
     if format == "markdown":
         return render_bound_markdown(report)
-    buffer = io.StringIO()
-    render_bound_table(report, Console(file=buffer, width=120, color_system=None, force_terminal=False))
-    return buffer.getvalue()
+    return _plain(lambda console: render_bound_table(report, console), 120)
 
 
 # A comparison of two reports.
