@@ -8,7 +8,9 @@ dot product and stopping decision is taken per sample.
 The model is evaluated once. `JacobianOperator` keeps that evaluation's autograd graph and gives
 J^T v (one backward pass) and J u (the double-backward trick: g(w) = J^T w is linear in w, so
 differentiating <g(w), u> with respect to w gives J u). Both solvers iterate on the Gram operator
-J^T J, whose largest eigenvalue is sigma^2.
+J^T J, whose largest eigenvalue is sigma^2. While the engine evaluates the model, its convolutions
+build graphs whose double backward is one convolution (lipcheck.convolution), which brings J u on a
+convolutional net from about a forward+backward pass down to about a forward.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from lipcheck.convolution import linearisable_convolutions
 from lipcheck.errors import BatchCouplingError, InputError, ModelOutputError
 
 Method = Literal["lanczos", "power"]
@@ -84,7 +87,7 @@ class JacobianOperator:
     ) -> JacobianOperator:
         """Evaluate f once at x (B, ...) and keep the graph. f(x, *args, **kwargs) must return (B, ...)."""
         x = x.detach().requires_grad_(True)
-        with torch.enable_grad():
+        with torch.enable_grad(), linearisable_convolutions():
             y = f(x, *args, **(kwargs or {}))
         if not isinstance(y, Tensor):
             raise ModelOutputError(

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lipcheck.convolution import linearisable_convolutions
 from lipcheck.engine import (
     DEFAULT_KRYLOV_DIM,
     JacobianOperator,
@@ -186,5 +187,6 @@ class FNEJacobianSpectralNorm(nn.Module):
         else:
             x = y_in.detach()
         x.requires_grad_()
-        out = model(x, *args_model, **kwargs_model)
+        with linearisable_convolutions():
+            out = model(x, *args_model, **kwargs_model)
         return self.spectral_norm_module(2.0 * out - x, x)
