@@ -115,10 +115,20 @@ class JacobianOperator:
         full[: self.samples] = v
         return full
 
-    def vjp(self, v: Tensor, *, create_graph: bool = False) -> Tensor:
-        """J^T v for v of the output's shape; one backward pass through the kept graph."""
+    def vjp(self, v: Tensor, *, create_graph: bool = False, keep_for_jvp: bool = False) -> Tensor:
+        """J^T v for v of the output's shape; one backward pass through the kept graph.
+
+        keep_for_jvp: when J u has no graph to differentiate yet, build it by this very backward,
+        so the products that follow reuse it without a backward of their own (J u, the derivative
+        of the linear map w -> J^T w, is the same whichever w the graph is built at).
+        """
         if not self.y.requires_grad:
             return torch.zeros(self.input_shape, dtype=self.x.dtype, device=self.x.device)
+        if keep_for_jvp and self._transpose is None:
+            g = self._build_transpose(self._pad(v, self.y).detach())
+            if g is None:
+                return torch.zeros(self.input_shape, dtype=self.x.dtype, device=self.x.device)
+            return g[: self.samples].detach()
         (g,) = torch.autograd.grad(
             self.y,
             self.x,
@@ -131,12 +141,18 @@ class JacobianOperator:
             return torch.zeros(self.input_shape, dtype=self.x.dtype, device=self.x.device)
         return g[: self.samples]
 
+    def _build_transpose(self, w: Tensor) -> Tensor | None:
+        """J^T w for w of the output's (full) shape, with the graph of w -> J^T w kept for `jvp`."""
+        dual = w.clone().requires_grad_(True)
+        with torch.enable_grad():
+            (transpose,) = torch.autograd.grad(self.y, self.x, dual, create_graph=True, allow_unused=True)
+        self._dual, self._transpose = dual, transpose
+        return transpose
+
     def jvp(self, u: Tensor, *, create_graph: bool = False) -> Tensor:
         """J u for u of the input's shape, by differentiating w -> J^T w, which is linear in w."""
         if self._transpose is None and self.y.requires_grad:
-            dual = torch.zeros_like(self.y, requires_grad=True)
-            (transpose,) = torch.autograd.grad(self.y, self.x, dual, create_graph=True, allow_unused=True)
-            self._dual, self._transpose = dual, transpose
+            self._build_transpose(torch.zeros_like(self.y))
         if self._transpose is None or not self._transpose.requires_grad:
             return torch.zeros(self.output_shape, dtype=self.y.dtype, device=self.y.device)
         (ju,) = torch.autograd.grad(
@@ -161,6 +177,7 @@ def check_batch_coupling(operator: JacobianOperator, seed: int | None = None) ->
 
     One backward pass with a random probe on the outputs of the even-indexed samples: for a model
     that treats samples independently, the inputs of the odd-indexed samples receive exact zeros.
+    That backward also builds the graph that the operator's J u products differentiate.
     This catches BatchNorm in training mode, attention or pooling across the batch, and running
     sums over it (for batches of three or more).
     """
@@ -171,7 +188,7 @@ def check_batch_coupling(operator: JacobianOperator, seed: int | None = None) ->
     probe = torch.randn(operator.output_shape, generator=generator, dtype=torch.float64)
     probe[1::2] = 0
     probe = probe.to(dtype=operator.y.dtype, device=operator.y.device)
-    pulled = operator.vjp(probe).flatten(1)
+    pulled = operator.vjp(probe, keep_for_jvp=True).flatten(1)
     kept = pulled[0::2].norm()
     leaked = pulled[1::2].norm()
     threshold = 64 * torch.finfo(pulled.dtype).eps * (kept + leaked)

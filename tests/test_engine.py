@@ -17,6 +17,7 @@ from lipcheck import (
     ModelOutputError,
     spectral_norm,
 )
+from lipcheck.engine import check_batch_coupling
 
 METHODS = ["lanczos", "power"]
 # (dtype, tol given to the solver, relative error allowed against the exact norm)
@@ -269,6 +270,24 @@ def test_operator_products_are_adjoint() -> None:
     left = (operator.jvp(u) * v).sum()
     right = (u * operator.vjp(v)).sum()
     torch.testing.assert_close(left, right)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_coupling_check_builds_the_graph_of_the_products_without_changing_them(
+    zoo_name: str, dtype: torch.dtype
+) -> None:
+    model, x = make_model(zoo_name)
+    model, x = model.to(dtype), x.to(dtype)
+    checked = JacobianOperator.from_function(model, x)
+    check_batch_coupling(checked)  # its probe's backward builds the graph of w -> J^T w
+    assert checked._transpose is not None
+    unchecked = JacobianOperator.from_function(model, x)
+    u = torch.randn(x.shape, dtype=dtype, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(checked.jvp(u), unchecked.jvp(u))
+    with_check = spectral_norm(model, x, check_coupling=True)
+    without = spectral_norm(model, x, check_coupling=False)
+    assert torch.equal(with_check.sigma, without.sigma)
+    assert torch.equal(with_check.vector, without.vector)
 
 
 # Properties.
