@@ -249,6 +249,11 @@ def _safe_divide(v: Tensor, norms: Tensor) -> Tensor:
     return v * scale.unsqueeze(1)
 
 
+def _combine(vectors: Tensor, coefficients: Tensor) -> Tensor:
+    """sum_k coefficients[b, k] vectors[b, k] for vectors (B, K, n) and coefficients (B, K): (B, n)."""
+    return torch.bmm(coefficients.unsqueeze(1), vectors).squeeze(1)
+
+
 def power_method(
     gram: Callable[[Tensor], Tensor],
     u0: Tensor,
@@ -343,11 +348,12 @@ def lanczos(
         active = ~converged
         span = basis[:, : column + 1]
         w = gram(basis[:, column])
-        coefficients = torch.einsum("bkn,bn->bk", span, w)
-        w = w - torch.einsum("bkn,bk->bn", span, coefficients)
-        correction = torch.einsum("bkn,bn->bk", span, w)
-        w = w - torch.einsum("bkn,bk->bn", span, correction)
-        projected[:, : column + 1, column] = (coefficients + correction).double()
+        w = w.unsqueeze(1)  # (B, 1, n); batched row-vector products are the fast layout for bmm
+        coefficients = torch.bmm(w, span.transpose(1, 2))
+        w = torch.baddbmm(w, coefficients, span, alpha=-1)
+        correction = torch.bmm(w, span.transpose(1, 2))
+        w = torch.baddbmm(w, correction, span, alpha=-1).squeeze(1)
+        projected[:, : column + 1, column] = (coefficients + correction).squeeze(1).double()
         beta = _row_norm(w).double()
 
         block = projected[:, : column + 1, : column + 1]
@@ -370,7 +376,7 @@ def lanczos(
         residual = torch.where(active, new_residual, residual)
         iterations = torch.where(active, iteration, iterations)
         if bool(stopped.any()):
-            ritz_vector = torch.einsum("bkn,bk->bn", span, ritz.to(dtype))
+            ritz_vector = _combine(span, ritz.to(dtype))
             vector = torch.where(
                 stopped.unsqueeze(1), _safe_divide(ritz_vector, _row_norm(ritz_vector)), vector
             )
@@ -388,7 +394,7 @@ def lanczos(
             continue
         # Thick restart: keep the `kept` leading Ritz pairs and the next direction.
         leading = vectors[:, :, -kept:] if kept else vectors[:, :, :0]
-        compressed = torch.einsum("bkn,bkp->bpn", span, leading.to(dtype))
+        compressed = torch.bmm(leading.to(dtype).transpose(1, 2), span)
         coupling = beta.unsqueeze(1) * leading[:, -1, :]
         projected.zero_()
         index = torch.arange(kept, device=device)
@@ -402,7 +408,7 @@ def lanczos(
 
     active = ~converged
     if bool(active.any()):
-        ritz_vector = torch.einsum("bkn,bk->bn", basis[:, : ritz.shape[1]], ritz.to(dtype))
+        ritz_vector = _combine(basis[:, : ritz.shape[1]], ritz.to(dtype))
         vector = torch.where(active.unsqueeze(1), _safe_divide(ritz_vector, _row_norm(ritz_vector)), vector)
     return sigma, iterations, converged, residual, vector
 
