@@ -11,6 +11,7 @@ import io
 import json
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 
 from rich.console import Console, Group, RenderableType
@@ -251,6 +252,17 @@ def render_junit(report: Report) -> str:
     )
 
 
+def _junit_timestamp(iso: str) -> str:
+    """An ISO 8601 time as JUnit's schema wants it: UTC, to the second, without a zone suffix."""
+    try:
+        moment = datetime.fromisoformat(iso)
+    except ValueError:
+        return iso
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S")
+
+
 def junit_xml(
     suite: str,
     verdicts: Sequence[RuleVerdict],
@@ -266,7 +278,7 @@ def junit_xml(
     root = ET.Element("testsuites", name="lipcheck", **counts, time=f"{seconds:.3f}")
     node = ET.SubElement(root, "testsuite", name=suite, **counts, skipped="0", time=f"{seconds:.3f}")
     if timestamp:
-        node.set("timestamp", timestamp)
+        node.set("timestamp", _junit_timestamp(timestamp))
     if properties:
         listing = ET.SubElement(node, "properties")
         for name, value in properties.items():

@@ -71,3 +71,17 @@ def test_github_annotations_escape_the_workflow_command() -> None:
     assert github_annotations([failed, passed]) == [
         "::error title=lipcheck fail_above::100%25 over,%0Aline: two"
     ]
+
+
+@pytest.mark.parametrize(
+    ("started", "expected"),
+    [
+        ("2026-11-25T11:30:05.123456+00:00", "2026-11-25T11:30:05"),
+        ("2026-11-25T12:30:05+01:00", "2026-11-25T11:30:05"),
+    ],
+)
+def test_junit_timestamp_is_utc_without_a_zone_as_its_schema_wants(started: str, expected: str) -> None:
+    report = make_report([1.0])
+    report = replace(report, timing=replace(report.timing, started=started))
+    suite = ET.fromstring(render_junit(report)).find("testsuite")
+    assert suite is not None and suite.get("timestamp") == expected
