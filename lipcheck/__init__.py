@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from lipcheck.bounds import BoundReport, LayerBound, upper_bound
-from lipcheck.engine import JacobianOperator, SpectralNormResult, spectral_norm
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from lipcheck.errors import (
     AuditFailedError,
     BatchCouplingError,
@@ -12,10 +13,29 @@ from lipcheck.errors import (
     ModelOutputError,
     UnsupportedOperationError,
 )
-from lipcheck.regularisers import FNEJacobianSpectralNorm, JacobianSpectralNorm
-from lipcheck.search import SearchResult, worst_case_search
+
+if TYPE_CHECKING:
+    from lipcheck.bounds import BoundReport, LayerBound, upper_bound
+    from lipcheck.engine import JacobianOperator, SpectralNormResult, spectral_norm
+    from lipcheck.regularisers import FNEJacobianSpectralNorm, JacobianSpectralNorm
+    from lipcheck.search import SearchResult, worst_case_search
 
 __version__ = "0.1.0"
+
+# Exports that need torch, imported on first use: `lipcheck gate` and `lipcheck compare` read saved
+# reports and start in a fraction of a second without it.
+_LAZY = {
+    "BoundReport": "lipcheck.bounds",
+    "LayerBound": "lipcheck.bounds",
+    "upper_bound": "lipcheck.bounds",
+    "JacobianOperator": "lipcheck.engine",
+    "SpectralNormResult": "lipcheck.engine",
+    "spectral_norm": "lipcheck.engine",
+    "FNEJacobianSpectralNorm": "lipcheck.regularisers",
+    "JacobianSpectralNorm": "lipcheck.regularisers",
+    "SearchResult": "lipcheck.search",
+    "worst_case_search": "lipcheck.search",
+}
 
 __all__ = [
     "AuditFailedError",
@@ -36,3 +56,16 @@ __all__ = [
     "upper_bound",
     "worst_case_search",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'lipcheck' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from dataclasses import replace
 from pathlib import Path
@@ -374,3 +376,23 @@ def test_gate_with_a_baseline(mlp: dict[str, Path], tmp_path: Path) -> None:
 def test_gate_needs_a_rule(mlp: dict[str, Path]) -> None:
     assert_one_line_error(run("gate", mlp["baseline"]), "at least one rule", "--fail-above")
     assert run("gate", "--help").exit_code == 0
+
+
+def test_gate_and_compare_read_reports_without_importing_torch(tmp_path: Path) -> None:
+    saved = tmp_path / "report.json"
+    saved.write_text(make_report([1.0, 2.0, 3.0]).to_json())
+    script = (
+        "import sys\n"
+        "from lipcheck.cli import app\n"
+        "saved = sys.argv[1]\n"
+        "for command in (['gate', saved, '--fail-above', '5'], ['compare', saved, saved]):\n"
+        "    try:\n"
+        "        app(command, standalone_mode=False)\n"
+        "    except SystemExit as exit:\n"
+        "        assert not exit.code, exit.code\n"
+        "print('torch' in sys.modules)\n"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", script, str(saved)], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert completed.stdout.strip().splitlines()[-1] == "False"
