@@ -266,19 +266,7 @@ def run_audit(
     [largest sigma found, bound]. Moves the model to the settings' device and dtype (in place). Raises
     InputError for bad input, AuditFailedError when the audit itself fails (see `audit_rows`).
     """
-    if settings.method not in ("lanczos", "power"):
-        raise InputError(f"--method {settings.method!r} is not one of lanczos, power")
-    if settings.dtype not in DTYPES:
-        raise InputError(f"--dtype {settings.dtype!r} is not one of {', '.join(DTYPES)}")
-    if not 0 < settings.tol < 1:
-        raise InputError(f"--tol must be in (0, 1), got {settings.tol:g}")
-    if settings.max_iter < 1:
-        raise InputError(f"--max-iter must be at least 1, got {settings.max_iter}")
-    if settings.reduction not in REDUCTIONS:
-        raise InputError(f"--reduction {settings.reduction!r} is not one of {', '.join(REDUCTIONS)}")
-    if settings.batch_size < 1:
-        raise InputError(f"--batch-size must be at least 1, got {settings.batch_size}")
-    check_search_settings(settings)
+    check_settings(settings)
     device = resolve_device(settings.device)
     if isinstance(model.module, torch.nn.Module):
         model.module.to(device=device, dtype=DTYPES[settings.dtype])
@@ -305,6 +293,23 @@ def run_audit(
         bound=bound,
     )
     return replace(report, gate=judge(rules, report))
+
+
+def check_settings(settings: Settings) -> None:
+    """InputError naming the flag of the first setting out of range."""
+    if settings.method not in ("lanczos", "power"):
+        raise InputError(f"--method {settings.method!r} is not one of lanczos, power")
+    if settings.dtype not in DTYPES:
+        raise InputError(f"--dtype {settings.dtype!r} is not one of {', '.join(DTYPES)}")
+    if not 0 < settings.tol < 1:
+        raise InputError(f"--tol must be in (0, 1), got {settings.tol:g}")
+    if settings.max_iter < 1:
+        raise InputError(f"--max-iter must be at least 1, got {settings.max_iter}")
+    if settings.reduction not in REDUCTIONS:
+        raise InputError(f"--reduction {settings.reduction!r} is not one of {', '.join(REDUCTIONS)}")
+    if settings.batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {settings.batch_size}")
+    check_search_settings(settings)
 
 
 def check_search_settings(settings: Settings) -> None:

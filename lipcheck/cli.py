@@ -659,7 +659,7 @@ def audit(
     gate flags (--fail-above, --fail-above-sample, --require-converged, --baseline with
     --max-increase) are rules recorded in the report; any failed rule exits 1.
     """
-    from lipcheck.audit import bound_model, check_converged, check_search_settings, data_section, run_audit
+    from lipcheck.audit import bound_model, check_converged, check_settings, data_section, run_audit
     from lipcheck.datasets import open_dataset, parse_shape, random_dataset
     from lipcheck.gate import FailAboveBound
     from lipcheck.models import load_model
@@ -676,7 +676,21 @@ def audit(
             raise InputError("--num-samples goes with --random; with --data use --limit N")
         kwargs = _parse_json_object(arch_kwargs, "--arch-kwargs")
         model_kwargs = parse_model_args(model_arg)
-        check_search_settings(Settings(search_steps=search_steps, search_radius=search_radius))
+        settings = Settings(
+            method=method.value,
+            tol=tol,
+            max_iter=max_iter,
+            seed=seed,
+            batch_size=batch_size,
+            device=device.value,
+            dtype=dtype.value,
+            reduction=reduction.value,
+            search_steps=search_steps,
+            search_radius=search_radius,
+            output_key=output_key,
+            model_kwargs=model_kwargs,
+        )
+        check_settings(settings)
         with_bound = with_bound or fail_above_bound is not None
         assumed = parse_assumptions(assume)
         if assumed and not with_bound:
@@ -697,20 +711,6 @@ def audit(
         else:
             dataset = open_dataset(data or Path(), key=data_key, limit=limit)
         load_seconds = time.perf_counter() - begin
-        settings = Settings(
-            method=method.value,
-            tol=tol,
-            max_iter=max_iter,
-            seed=seed,
-            batch_size=batch_size,
-            device=device.value,
-            dtype=dtype.value,
-            reduction=reduction.value,
-            search_steps=search_steps,
-            search_radius=search_radius,
-            output_key=output_key,
-            model_kwargs=model_kwargs,
-        )
         # Bounded before the audit: a model that cannot be bounded fails in seconds, not after the audit.
         certified = (
             bound_model(loaded, dataset.info.sample_shape, assume=assumed, settings=settings)

@@ -420,6 +420,21 @@ def test_usage_errors(files: dict[str, Path]) -> None:
     assert_one_line_error(
         run("audit", files["export"], "--data", files["data"], "--arch", "x.py:f"), "drop --arch"
     )
+    # A setting out of range is named before the baseline is read and compared with the settings.
+    missing = files["data"].parent / "no-baseline.json"
+    ranged = run(
+        "audit",
+        files["export"],
+        "--data",
+        files["data"],
+        "--tol",
+        "2",
+        "--baseline",
+        missing,
+        "--max-increase",
+        "5",
+    )
+    assert_one_line_error(ranged, "--tol must be in (0, 1)")
 
 
 def test_usage_errors_are_one_line_naming_the_flag(files: dict[str, Path]) -> None:
