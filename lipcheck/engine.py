@@ -20,11 +20,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from lipcheck.convolution import linearisable_convolutions
-from lipcheck.errors import BatchCouplingError, InputError, ModelOutputError
+from lipcheck.errors import AuditFailedError, BatchCouplingError, InputError, ModelOutputError
 
 Method = Literal["lanczos", "power"]
 METHODS: tuple[str, ...] = ("lanczos", "power")
@@ -239,6 +240,14 @@ def start_vector(shape: torch.Size, seed: int | None, dtype: torch.dtype, device
     return u.expand(shape[0], n).clone()
 
 
+def _non_finite_products(samples: list[int]) -> AuditFailedError:
+    many = f" (and {len(samples) - 1} more)" if len(samples) > 1 else ""
+    return AuditFailedError(
+        f"the Jacobian products are NaN or Inf at sample {samples[0]}{many} although the model's "
+        "output is finite there: its derivative is not finite at that input"
+    )
+
+
 def _row_norm(v: Tensor) -> Tensor:
     return torch.linalg.vector_norm(v, dim=1)
 
@@ -280,6 +289,9 @@ def power_method(
     for iteration in range(1, max_iter + 1):
         active = ~converged
         v = gram(u)
+        broken = active & ~torch.isfinite(v).all(1)
+        if bool(broken.any()):
+            raise _non_finite_products(broken.nonzero().flatten().tolist())
         theta = (u * v).sum(1).double().clamp_min(0)
         new_sigma = theta.sqrt()
         new_residual = _row_norm(v - theta.to(v.dtype).unsqueeze(1) * u).double()
@@ -325,27 +337,28 @@ def lanczos(
     theta), the relative error of sigma = sqrt(theta), is at most tol, or when the Krylov space is
     exhausted (beta_j = 0 to rounding, the Ritz value is then exact).
 
-    u0: (B, n) unit rows. Returns sigma, iterations, converged, residual (all (B,)) and vectors (B, n).
+    The vectors stay on u0's device in its dtype. The projected problem, at most (krylov_dim + 1)^2
+    numbers per sample, is solved on the host in float64 (`_RitzProblem`), only for the samples still
+    running: one small transfer per iteration, and NumPy operations on a few numbers, which cost a
+    microsecond where a tensor operation costs several; on small models this bookkeeping cost as much
+    as the product itself.
+
+    Raises AuditFailedError when a product is NaN or Inf for a running sample.
+
+    u0: (B, n) unit rows. Returns sigma, iterations, converged, residual (all (B,), on u0's device)
+    and vectors (B, n).
     """
     batch, n = u0.shape
     dim = max(1, min(krylov_dim, n))
     kept = min(_KEPT_RITZ_VECTORS, dim)
     device, dtype = u0.device, u0.dtype
-    rounding = torch.finfo(dtype).eps
     basis = torch.zeros(batch, dim + 1, n, dtype=dtype, device=device)
-    projected = torch.zeros(batch, dim + 1, dim + 1, dtype=torch.float64, device=device)
     basis[:, 0] = u0
     column = 0
-
-    sigma = torch.zeros(batch, dtype=torch.float64, device=device)
-    residual = torch.full_like(sigma, math.inf)
-    iterations = torch.zeros(batch, dtype=torch.int64, device=device)
-    converged = torch.zeros(batch, dtype=torch.bool, device=device)
+    problem = _RitzProblem(batch, dim, tol, torch.finfo(dtype).eps)
     vector = u0.clone()
-    ritz: Tensor = torch.zeros(batch, 1, dtype=torch.float64, device=device)
 
     for iteration in range(1, max_iter + 1):
-        active = ~converged
         span = basis[:, : column + 1]
         w = gram(basis[:, column])
         w = w.unsqueeze(1)  # (B, 1, n); batched row-vector products are the fast layout for bmm
@@ -353,64 +366,129 @@ def lanczos(
         w = torch.baddbmm(w, coefficients, span, alpha=-1)
         correction = torch.bmm(w, span.transpose(1, 2))
         w = torch.baddbmm(w, correction, span, alpha=-1).squeeze(1)
-        projected[:, : column + 1, column] = (coefficients + correction).squeeze(1).double()
-        beta = _row_norm(w).double()
-
-        block = projected[:, : column + 1, : column + 1]
-        values, vectors = torch.linalg.eigh((block + block.transpose(1, 2)) / 2)
-        theta = values[:, -1].clamp_min(0)
-        ritz = vectors[:, :, -1]
-        estimate = beta * ritz[:, -1].abs()
-        error = estimate
-        if column > 0:
-            gap = (theta - values[:, -2]).clamp_min(0)
-            error = torch.minimum(
-                estimate, torch.where(gap > 0, estimate**2 / torch.where(gap > 0, gap, 1), estimate)
-            )
-        scale = torch.where(theta > 0, theta, 1)
-        exhausted = beta <= 16 * rounding * values.abs().amax(1).clamp_min(rounding)
-        stopped = active & ((error <= 2 * tol * theta) | exhausted | (theta == 0) & (beta == 0))
-
-        new_residual = torch.where(theta > 0, estimate / scale, 0)
-        sigma = torch.where(active, theta.sqrt(), sigma)
-        residual = torch.where(active, new_residual, residual)
-        iterations = torch.where(active, iteration, iterations)
-        if bool(stopped.any()):
-            ritz_vector = _combine(span, ritz.to(dtype))
-            vector = torch.where(
-                stopped.unsqueeze(1), _safe_divide(ritz_vector, _row_norm(ritz_vector)), vector
-            )
-        converged |= stopped
+        beta = _row_norm(w)
+        # One transfer: the new column of H and the norm of the next direction.
+        new_column = torch.cat([(coefficients + correction).squeeze(1), beta.unsqueeze(1)], 1)
+        stopped = problem.extend(column, new_column)
+        if stopped.any():
+            ritz_vector = _combine(span, problem.ritz_on(device, dtype))
+            mask = torch.from_numpy(stopped).to(device).unsqueeze(1)
+            vector = torch.where(mask, _safe_divide(ritz_vector, _row_norm(ritz_vector)), vector)
         if callback is not None:
-            callback(iteration, sigma, ~converged)
-        if bool(converged.all()) or iteration == max_iter:
+            callback(iteration, torch.from_numpy(problem.sigma.copy()), torch.from_numpy(~problem.converged))
+        if problem.converged.all() or iteration == max_iter:
             break
 
-        following = _safe_divide(w, beta.to(dtype))
+        following = _safe_divide(w, beta)
         if column + 1 < dim:
             column += 1
             basis[:, column] = following
-            projected[:, column, column - 1] = beta
+            problem.advance(column)
             continue
         # Thick restart: keep the `kept` leading Ritz pairs and the next direction.
-        leading = vectors[:, :, -kept:] if kept else vectors[:, :, :0]
-        compressed = torch.bmm(leading.to(dtype).transpose(1, 2), span)
-        coupling = beta.unsqueeze(1) * leading[:, -1, :]
-        projected.zero_()
-        index = torch.arange(kept, device=device)
-        projected[:, index, index] = values[:, -kept:] if kept else values[:, :0]
-        projected[:, kept, :kept] = coupling
-        projected[:, :kept, kept] = coupling
+        leading = problem.restart(kept)
+        compressed = torch.bmm(torch.from_numpy(leading).to(device=device, dtype=dtype).transpose(1, 2), span)
         basis.zero_()
         basis[:, :kept] = compressed
         basis[:, kept] = following
         column = kept
 
-    active = ~converged
-    if bool(active.any()):
-        ritz_vector = _combine(basis[:, : ritz.shape[1]], ritz.to(dtype))
-        vector = torch.where(active.unsqueeze(1), _safe_divide(ritz_vector, _row_norm(ritz_vector)), vector)
-    return sigma, iterations, converged, residual, vector
+    active = ~problem.converged
+    if active.any():
+        ritz = problem.ritz_on(device, dtype)
+        ritz_vector = _combine(basis[:, : ritz.shape[1]], ritz)
+        mask = torch.from_numpy(active).to(device).unsqueeze(1)
+        vector = torch.where(mask, _safe_divide(ritz_vector, _row_norm(ritz_vector)), vector)
+
+    def out(values: np.ndarray) -> Tensor:
+        return torch.from_numpy(values).to(device)
+
+    return out(problem.sigma), out(problem.iterations), out(problem.converged), out(problem.residual), vector
+
+
+class _RitzProblem:
+    """The projected matrices H = Q^T A Q of a batch of Lanczos runs and their per-sample state.
+
+    Host-side float64 (NumPy): H is at most (krylov_dim + 1) square per sample, and every decision
+    made from it (Ritz pairs, error estimates, stopping) is a few operations on (B,) arrays.
+    """
+
+    def __init__(self, batch: int, dim: int, tol: float, rounding: float) -> None:
+        self.tol = tol
+        self.rounding = rounding
+        self.projected = np.zeros((batch, dim + 1, dim + 1))
+        self.sigma = np.zeros(batch)
+        self.residual = np.full(batch, math.inf)
+        self.iterations = np.zeros(batch, dtype=np.int64)
+        self.converged = np.zeros(batch, dtype=bool)
+        self.iteration = 0
+        self.values = np.zeros((batch, 1))
+        self.vectors = np.ones((batch, 1, 1))
+        self.beta = np.zeros(batch)
+
+    def extend(self, column: int, transferred: Tensor) -> np.ndarray:
+        """Add column `column` of H and beta, the norm of the next direction, both in `transferred`
+        (B, column + 2); update every active sample's values. Returns the samples that stop now."""
+        self.iteration += 1
+        numbers = transferred.detach().to(device="cpu", dtype=torch.float64).numpy()
+        beta = numbers[:, -1]
+        active = ~self.converged
+        finite = np.isfinite(numbers).all(1)
+        if not finite[active].all():
+            raise _non_finite_products(np.flatnonzero(active & ~finite).tolist())
+        projected = self.projected
+        projected[:, : column + 1, column] = numbers[:, :-1]
+        # Stopped samples keep their values: their Ritz problems are not solved again (an eigh of a
+        # 13 x 13 matrix costs tens of microseconds, a sizeable part of a product on small models).
+        # Their rows hold an identity decomposition, which a restart applies harmlessly.
+        block = projected[:, : column + 1, : column + 1]
+        if active.all():
+            values, vectors = np.linalg.eigh((block + block.transpose(0, 2, 1)) / 2)
+        else:
+            block = block[active]
+            values = np.zeros((len(active), column + 1))
+            vectors = np.broadcast_to(np.eye(column + 1), (len(active), column + 1, column + 1)).copy()
+            values[active], vectors[active] = np.linalg.eigh((block + block.transpose(0, 2, 1)) / 2)
+        theta = np.maximum(values[:, -1], 0)
+        estimate = beta * np.abs(vectors[:, -1, -1])
+        error = estimate
+        if column > 0:
+            gap = np.maximum(theta - values[:, -2], 0)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                error = np.where(gap > 0, np.minimum(estimate, estimate**2 / gap), estimate)
+        exhausted = beta <= 16 * self.rounding * np.maximum(np.abs(values).max(1), self.rounding)
+        stopped = active & ((error <= 2 * self.tol * theta) | exhausted | ((theta == 0) & (beta == 0)))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            residual = np.where(theta > 0, estimate / theta, 0)
+        self.sigma = np.where(active, np.sqrt(theta), self.sigma)
+        self.residual = np.where(active, residual, self.residual)
+        self.iterations = np.where(active, self.iteration, self.iterations)
+        self.converged = self.converged | stopped
+        self.values, self.vectors, self.beta = values, vectors, beta
+        return stopped
+
+    def ritz_on(self, device: torch.device, dtype: torch.dtype) -> Tensor:
+        """(B, column + 1) coefficients of each sample's leading Ritz vector in its basis."""
+        return torch.from_numpy(np.ascontiguousarray(self.vectors[:, :, -1])).to(device=device, dtype=dtype)
+
+    def restart(self, kept: int) -> np.ndarray:
+        """Compress H to the `kept` leading Ritz pairs, coupled to the next direction by beta times
+        the last components of their vectors (the arrow). Returns (B, column + 1, kept), the Ritz
+        vectors' coefficients, which the caller applies to the basis."""
+        leading = self.vectors[:, :, -kept:]
+        coupling = self.beta[:, None] * leading[:, -1, :]
+        projected = self.projected
+        projected[:] = 0
+        index = np.arange(kept)
+        projected[:, index, index] = self.values[:, -kept:]
+        projected[:, kept, :kept] = coupling
+        projected[:, :kept, kept] = coupling
+        return leading
+
+    def advance(self, column: int) -> None:
+        """The basis gained column `column`, the normalised last direction: H's subdiagonal is its beta."""
+        projected = self.projected
+        projected[:, column, column - 1] = self.beta
 
 
 def solve(

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from torch import Tensor, nn
 
 from lipcheck import (
+    AuditFailedError,
     BatchCouplingError,
     InputError,
     JacobianOperator,
@@ -260,6 +261,14 @@ def test_bad_input_is_refused_clearly(x, f, options, error, message) -> None:
     with pytest.raises(error, match=message):
         spectral_norm(f, x, **options)
     assert issubclass(error, LipcheckError)
+
+
+@pytest.mark.parametrize("method", ["lanczos", "power"])
+def test_a_derivative_that_is_not_finite_is_an_error_not_a_value(method) -> None:
+    # sqrt(|z|) is finite at z = 0 but its derivative is not: the products are NaN there.
+    x = torch.tensor([[1.0, 2.0], [0.0, 1.0]])
+    with pytest.raises(AuditFailedError, match="NaN or Inf at sample 1 although"):
+        spectral_norm(lambda z: z.abs().sqrt(), x, method=method, check_coupling=False)
 
 
 def test_operator_products_are_adjoint() -> None:
