@@ -9,8 +9,10 @@
     stopping by itself, with the largest tol that gives that accuracy, against deepinv's
     JacobianSpectralNorm given the smallest max_iter that does (same global seed for its start).
 
-Workloads: a DnCNN-like residual denoiser (7 conv layers, 32 channels, 3x3, ReLU, He-initialised,
-B=4 at 1x24x24), an MLP, and the seed's diagonal 1..50 example. deepinv is optional.
+Workloads: a DnCNN-like residual denoiser (7 conv layers, 32 channels, 3x3, ReLU, B=4 at 1x24x24)
+twice, with its He-initialised random weights and after a short training to remove noise from
+synthetic images (about 20 s, seeded); an MLP; and the seed's diagonal 1..50 example. deepinv is
+optional.
 
     python benchmarks/engine.py            # the figures of docs/benchmarks.md, a few minutes
     python benchmarks/engine.py --quick    # fewer repeats and smaller searches, well under a minute
@@ -46,6 +48,9 @@ LIPCHECK_TOLS = (1e-4, 3e-5, 1e-5, 3e-6, 1e-6, 3e-7, 1e-7)
 TARGET_PRODUCT_COST = 1.3
 TARGET_PRODUCT_RATIO = 8.0
 TARGET_SPEEDUP = 15.0
+TRAINING_STEPS = 300  # of the trained denoiser
+NOISE = 0.1  # standard deviation of the noise it learns to remove
+DENOISERS = ("denoiser", "trained denoiser")
 
 
 class ResidualDenoiser(nn.Module):
@@ -98,16 +103,58 @@ def exact_sigma(model: nn.Module, x: Tensor) -> Tensor:
     return torch.stack(norms)
 
 
+def synthetic_images(count: int, generator: torch.Generator) -> Tensor:
+    """(count, 1, 24, 24) piecewise-smooth images in [0, 1]: a bicubically upsampled 6x6 random field
+    with three flat rectangles of random grey levels pasted on it."""
+    field = torch.randn(count, 1, 6, 6, generator=generator)
+    images = nn.functional.interpolate(field, size=(24, 24), mode="bicubic", align_corners=False)
+    low, high = images.amin((2, 3), keepdim=True), images.amax((2, 3), keepdim=True)
+    images = (images - low) / (high - low)
+    corners = torch.randint(0, 20, (count, 3, 2), generator=generator)
+    sizes = torch.randint(3, 12, (count, 3, 2), generator=generator)
+    levels = torch.rand(count, 3, generator=generator)
+    for image in range(count):
+        for corner, size, level in zip(corners[image], sizes[image], levels[image], strict=True):
+            (row, column), (height, width) = corner.tolist(), size.tolist()
+            images[image, 0, row : row + height, column : column + width] = level
+    return images
+
+
+def trained_denoiser(steps: int = TRAINING_STEPS) -> tuple[ResidualDenoiser, Tensor]:
+    """The denoiser trained with Adam (lr 1e-3, batches of 16) to remove Gaussian noise of standard
+    deviation NOISE from synthetic images, and a batch of 4 noisy images of the same kind.
+
+    Training shrinks the gaps at the top of the Jacobian's spectrum (a denoiser's Jacobian is close to
+    a smoothing projection), which is where the power method is slowest.
+    """
+    torch.manual_seed(SEED)
+    model = ResidualDenoiser()
+    generator = torch.Generator().manual_seed(SEED + 1)
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for _ in range(steps):
+        clean = synthetic_images(16, generator)
+        noisy = clean + NOISE * torch.randn(clean.shape, generator=generator)
+        loss = nn.functional.mse_loss(model(noisy), clean)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    model.requires_grad_(False)
+    clean = synthetic_images(4, generator)
+    return model.eval(), clean + NOISE * torch.randn(clean.shape, generator=generator)
+
+
 def workloads() -> list[Workload]:
     generator = torch.Generator().manual_seed(SEED)
     torch.manual_seed(SEED)
     denoiser = ResidualDenoiser().eval()
+    trained, noisy = trained_denoiser()
     torch.manual_seed(SEED)
     mlp = nn.Sequential(
         nn.Linear(64, 256), nn.GELU(), nn.Linear(256, 256), nn.GELU(), nn.Linear(256, 64)
     ).eval()  # fmt: skip
     cases = [
         ("denoiser", denoiser, torch.rand(4, 1, 24, 24, generator=generator)),
+        ("trained denoiser", trained, noisy),
         ("mlp", mlp, torch.randn(8, 64, generator=generator)),
         ("diagonal", Diagonal().eval(), torch.randn(1, 1, 50, generator=generator)),
     ]
@@ -513,21 +560,27 @@ def report_end_to_end(
     return speedups
 
 
-def report_targets(product: float, products: float | None, speedups: dict[str, float]) -> None:
-    print("\ntargets (DnCNN-like denoiser)")
-    rows = [
-        ["one product / fwd+bwd", f"{product:.2f}", f"<= {TARGET_PRODUCT_COST:g}",
-         _status(product, TARGET_PRODUCT_COST, at_most=True)],
-        ["power / lanczos products to 1e-4", _number(products, ".1f"), f">= {TARGET_PRODUCT_RATIO:g}",
-         _status(products, TARGET_PRODUCT_RATIO, at_most=False)],
-    ]  # fmt: skip
-    for name in ("seed 0", "median", "any start"):
-        speedup = speedups.get(name)
+def report_targets(
+    costs: dict[str, float], ratios: dict[str, float | None], speedups: dict[str, dict[str, float]]
+) -> None:
+    print("\ntargets (DnCNN-like denoisers)")
+    rows = []
+    for model in DENOISERS:
         rows.append(
-            [f"end to end vs deepinv ({name})", _number(speedup, ".1f", "x"), f">= {TARGET_SPEEDUP:g}x",
-             _status(speedup, TARGET_SPEEDUP, at_most=False)]
+            [model, "one product / fwd+bwd", f"{costs[model]:.2f}", f"<= {TARGET_PRODUCT_COST:g}",
+             _status(costs[model], TARGET_PRODUCT_COST, at_most=True)]
         )  # fmt: skip
-    print(_table(["target", "measured", "goal", "status"], rows))
+        rows.append(
+            [model, "power / lanczos products to 1e-4", _number(ratios[model], ".1f"),
+             f">= {TARGET_PRODUCT_RATIO:g}", _status(ratios[model], TARGET_PRODUCT_RATIO, at_most=False)]
+        )  # fmt: skip
+        for name in ("seed 0", "median", "any start"):
+            speedup = speedups[model].get(name)
+            rows.append(
+                [model, f"end to end vs deepinv ({name})", _number(speedup, ".1f", "x"),
+                 f">= {TARGET_SPEEDUP:g}x", _status(speedup, TARGET_SPEEDUP, at_most=False)]
+            )  # fmt: skip
+    print(_table(["model", "target", "measured", "goal", "status"], rows))
 
 
 def cpu_name() -> str:
@@ -574,7 +627,7 @@ def main() -> None:
     ratios = report_products(cases, power_limit)
     seeds = list(range(3 if arguments.quick else 8))
     speedups = report_end_to_end(cases, repeats, deepinv_limit, seeds)
-    report_targets(costs["denoiser"], ratios["denoiser"], speedups["denoiser"])
+    report_targets(costs, ratios, speedups)
     print(f"\n(total {time.perf_counter() - started:.0f} s)")
 
 
