@@ -124,8 +124,8 @@ def trained_denoiser(steps: int = TRAINING_STEPS) -> tuple[ResidualDenoiser, Ten
     """The denoiser trained with Adam (lr 1e-3, batches of 16) to remove Gaussian noise of standard
     deviation NOISE from synthetic images, and a batch of 4 noisy images of the same kind.
 
-    Training shrinks the gaps at the top of the Jacobian's spectrum (a denoiser's Jacobian is close to
-    a smoothing projection), which is where the power method is slowest.
+    Training crowds the top of the Jacobian's spectrum (sample 0: 1.0700, 1.0629, 1.0619, where the
+    random weights give 4.7788, 4.6959, 4.4890), which is where the power method is slowest.
     """
     torch.manual_seed(SEED)
     model = ResidualDenoiser()
