@@ -14,8 +14,9 @@ twice, with its He-initialised random weights and after a short training to remo
 synthetic images (about 20 s, seeded); an MLP; and the seed's diagonal 1..50 example. deepinv is
 optional.
 
-    python benchmarks/engine.py            # the figures of docs/benchmarks.md, a few minutes
-    python benchmarks/engine.py --quick    # fewer repeats and smaller searches, well under a minute
+    python benchmarks/engine.py            # the figures of docs/benchmarks.md, about 17 minutes
+    python benchmarks/engine.py --quick    # fewer repeats and smaller searches: about a minute
+                                           # without deepinv, a few with it
 """
 
 from __future__ import annotations
