@@ -289,10 +289,12 @@ def power_method(
     for iteration in range(1, max_iter + 1):
         active = ~converged
         v = gram(u)
-        broken = active & ~torch.isfinite(v).all(1)
+        theta = (u * v).sum(1).double()
+        # A NaN or Inf anywhere in a row of v makes its <u, v> NaN or Inf: (B,) numbers to check.
+        broken = active & ~torch.isfinite(theta)
         if bool(broken.any()):
             raise _non_finite_products(broken.nonzero().flatten().tolist())
-        theta = (u * v).sum(1).double().clamp_min(0)
+        theta = theta.clamp_min(0)
         new_sigma = theta.sqrt()
         new_residual = _row_norm(v - theta.to(v.dtype).unsqueeze(1) * u).double()
         new_residual = torch.where(theta > 0, new_residual / torch.where(theta > 0, theta, 1), 0)
@@ -369,11 +371,9 @@ def lanczos(
         beta = _row_norm(w)
         # One transfer: the new column of H and the norm of the next direction.
         new_column = torch.cat([(coefficients + correction).squeeze(1), beta.unsqueeze(1)], 1)
-        stopped = problem.extend(column, new_column)
+        stopped = problem.extend(iteration, column, new_column)
         if stopped.any():
-            ritz_vector = _combine(span, problem.ritz_on(device, dtype))
-            mask = torch.from_numpy(stopped).to(device).unsqueeze(1)
-            vector = torch.where(mask, _safe_divide(ritz_vector, _row_norm(ritz_vector)), vector)
+            vector = _with_ritz_vectors(vector, span, problem, stopped)
         if callback is not None:
             callback(iteration, torch.from_numpy(problem.sigma.copy()), torch.from_numpy(~problem.converged))
         if problem.converged.all() or iteration == max_iter:
@@ -395,15 +395,20 @@ def lanczos(
 
     active = ~problem.converged
     if active.any():
-        ritz = problem.ritz_on(device, dtype)
-        ritz_vector = _combine(basis[:, : ritz.shape[1]], ritz)
-        mask = torch.from_numpy(active).to(device).unsqueeze(1)
-        vector = torch.where(mask, _safe_divide(ritz_vector, _row_norm(ritz_vector)), vector)
+        vector = _with_ritz_vectors(vector, basis[:, : problem.vectors.shape[1]], problem, active)
 
     def out(values: np.ndarray) -> Tensor:
         return torch.from_numpy(values).to(device)
 
     return out(problem.sigma), out(problem.iterations), out(problem.converged), out(problem.residual), vector
+
+
+def _with_ritz_vectors(vector: Tensor, span: Tensor, problem: _RitzProblem, samples: np.ndarray) -> Tensor:
+    """`vector` (B, n) with the rows of `samples` replaced by their unit leading Ritz vectors, the
+    combinations of `span` (B, k, n) by the current Ritz coefficients."""
+    ritz_vector = _combine(span, problem.ritz_on(span.device, span.dtype))
+    mask = torch.from_numpy(samples).to(span.device).unsqueeze(1)
+    return torch.where(mask, _safe_divide(ritz_vector, _row_norm(ritz_vector)), vector)
 
 
 class _RitzProblem:
@@ -421,15 +426,14 @@ class _RitzProblem:
         self.residual = np.full(batch, math.inf)
         self.iterations = np.zeros(batch, dtype=np.int64)
         self.converged = np.zeros(batch, dtype=bool)
-        self.iteration = 0
         self.values = np.zeros((batch, 1))
         self.vectors = np.ones((batch, 1, 1))
         self.beta = np.zeros(batch)
 
-    def extend(self, column: int, transferred: Tensor) -> np.ndarray:
+    def extend(self, iteration: int, column: int, transferred: Tensor) -> np.ndarray:
         """Add column `column` of H and beta, the norm of the next direction, both in `transferred`
-        (B, column + 2); update every active sample's values. Returns the samples that stop now."""
-        self.iteration += 1
+        (B, column + 2), at Lanczos iteration `iteration`; update every active sample's values.
+        Returns the samples that stop now."""
         numbers = transferred.detach().to(device="cpu", dtype=torch.float64).numpy()
         beta = numbers[:, -1]
         active = ~self.converged
@@ -442,13 +446,13 @@ class _RitzProblem:
         # 13 x 13 matrix costs tens of microseconds, a sizeable part of a product on small models).
         # Their rows hold an identity decomposition, which a restart applies harmlessly.
         block = projected[:, : column + 1, : column + 1]
+        symmetric = (block + block.transpose(0, 2, 1)) / 2
         if active.all():
-            values, vectors = np.linalg.eigh((block + block.transpose(0, 2, 1)) / 2)
+            values, vectors = np.linalg.eigh(symmetric)
         else:
-            block = block[active]
             values = np.zeros((len(active), column + 1))
             vectors = np.broadcast_to(np.eye(column + 1), (len(active), column + 1, column + 1)).copy()
-            values[active], vectors[active] = np.linalg.eigh((block + block.transpose(0, 2, 1)) / 2)
+            values[active], vectors[active] = np.linalg.eigh(symmetric[active])
         theta = np.maximum(values[:, -1], 0)
         estimate = beta * np.abs(vectors[:, -1, -1])
         error = estimate
@@ -462,7 +466,7 @@ class _RitzProblem:
             residual = np.where(theta > 0, estimate / theta, 0)
         self.sigma = np.where(active, np.sqrt(theta), self.sigma)
         self.residual = np.where(active, residual, self.residual)
-        self.iterations = np.where(active, self.iteration, self.iterations)
+        self.iterations = np.where(active, iteration, self.iterations)
         self.converged = self.converged | stopped
         self.values, self.vectors, self.beta = values, vectors, beta
         return stopped
