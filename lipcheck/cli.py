@@ -659,7 +659,7 @@ def audit(
     gate flags (--fail-above, --fail-above-sample, --require-converged, --baseline with
     --max-increase) are rules recorded in the report; any failed rule exits 1.
     """
-    from lipcheck.audit import bound_model, check_converged, check_settings, data_section, run_audit
+    from lipcheck.auditing import bound_model, check_converged, check_settings, data_section, run_audit
     from lipcheck.datasets import open_dataset, parse_shape, random_dataset
     from lipcheck.gate import FailAboveBound
     from lipcheck.models import load_model
@@ -818,7 +818,7 @@ def bound(
     graph gets a rule (exact spectral norms where the layer allows it), composed over the graph:
     products along a path, sums at residual connections. Prints every layer factor and the total.
     """
-    from lipcheck.audit import run_bound
+    from lipcheck.auditing import run_bound
     from lipcheck.datasets import parse_shape
     from lipcheck.models import load_model
     from lipcheck.render import format_for, render_bound_table, render_bound_text
@@ -878,7 +878,7 @@ def inspect(
     debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an error.")] = False,
 ) -> None:
     """Load MODEL and print what was loaded (format, sha256, size, parameters, input spec); no audit."""
-    from lipcheck.audit import model_section
+    from lipcheck.auditing import model_section
     from lipcheck.models import load_model
 
     with _errors_to_exit_codes(debug):

@@ -6,7 +6,7 @@ import pytest
 import torch
 from cli_fixtures import MLP
 
-from lipcheck.audit import audit_rows, run_audit
+from lipcheck.auditing import audit_rows, run_audit
 from lipcheck.datasets import random_dataset
 from lipcheck.models import LoadedModel
 from lipcheck.report import SampleResult, Settings
