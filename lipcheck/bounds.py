@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 from torch.fx import Node
 
-from lipcheck.errors import InputError, UnsupportedOperationError
+from lipcheck.errors import InputError, UnsupportedOperationError, first_line
 from lipcheck.report import BoundReport, LayerBound
 
 __all__ = ["BoundReport", "LayerBound", "upper_bound"]
@@ -127,7 +127,7 @@ def _export(model: Any, shape: tuple[int, ...]) -> torch.export.ExportedProgram:
     try:
         return torch.export.export(model, (example,), strict=False)
     except Exception as error:  # export raises many unrelated types; all mean "no graph to walk"
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = first_line(error) or type(error).__name__
         raise UnsupportedOperationError(
             f"cannot bound {type(model).__name__}: torch.export could not trace it at input shape "
             f"{(1, *shape)} ({reason}); only models torch.export can capture as one graph can be bounded"

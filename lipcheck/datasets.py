@@ -20,8 +20,6 @@ import hashlib
 import math
 import mmap
 import pickle
-import struct
-import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,11 +29,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lipcheck.errors import InputError
+from lipcheck.errors import InputError, describe
+from lipcheck.file_formats import is_npy, is_npz, is_safetensors, is_torch_save, read_head
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-_NPY_MAGIC = b"\x93NUMPY"
-_ZIP_MAGIC = b"PK\x03\x04"
 
 # Reads samples [start, stop) as a numpy array or a tensor of the stored dtype.
 Reader = Callable[[int, int], "np.ndarray | Tensor"]
@@ -319,38 +316,6 @@ def _open_images(path: Path, key: str | None) -> _Array:
     return _Array(None, (), len(files), tuple(first.shape), "uint8", reader)
 
 
-def _is_npy(path: Path, head: bytes) -> bool:
-    return path.is_file() and head.startswith(_NPY_MAGIC)
-
-
-def _zip_names(path: Path) -> list[str]:
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return archive.namelist()
-    except (zipfile.BadZipFile, OSError):
-        return []
-
-
-def _is_npz(path: Path, head: bytes) -> bool:
-    names = _zip_names(path) if path.is_file() and head.startswith(_ZIP_MAGIC) else []
-    return bool(names) and all(name.endswith(".npy") for name in names)
-
-
-def _is_pt(path: Path, head: bytes) -> bool:
-    if not path.is_file():
-        return False
-    if head.startswith(_ZIP_MAGIC):
-        return any(name.endswith("/data.pkl") or name == "data.pkl" for name in _zip_names(path))
-    return len(head) > 1 and head[0] == 0x80
-
-
-def _is_safetensors(path: Path, head: bytes) -> bool:
-    if not path.is_file() or len(head) < 9:
-        return False
-    (length,) = struct.unpack("<Q", head[:8])
-    return 2 <= length <= 100_000_000 and head[8:9] == b"{"
-
-
 @dataclass(frozen=True)
 class DataKind:
     """One kind of data source: `detect` looks at the path, `open` maps it without reading it whole."""
@@ -361,10 +326,10 @@ class DataKind:
 
 
 DATA_KINDS: tuple[DataKind, ...] = (
-    DataKind("npy", _is_npy, _open_npy),
-    DataKind("npz", _is_npz, _open_npz),
-    DataKind("safetensors", _is_safetensors, _open_safetensors),
-    DataKind("pt", _is_pt, _open_pt),
+    DataKind("npy", is_npy, _open_npy),
+    DataKind("npz", is_npz, _open_npz),
+    DataKind("safetensors", is_safetensors, _open_safetensors),
+    DataKind("pt", is_torch_save, _open_pt),
     DataKind("images", lambda path, head: path.is_dir(), _open_images),
 )
 
@@ -387,10 +352,7 @@ def open_dataset(path: str | Path, *, key: str | None = None, limit: int | None 
     source = Path(path)
     if not source.exists():
         raise InputError(f"data path '{source}' does not exist: check the path given to --data")
-    head = b""
-    if source.is_file():
-        with source.open("rb") as handle:
-            head = handle.read(64)
+    head = read_head(source)
     where = f"data file '{source}'" if source.is_file() else f"image folder '{source}'"
     for kind in DATA_KINDS:
         if kind.detect(source, head):
@@ -399,10 +361,9 @@ def open_dataset(path: str | Path, *, key: str | None = None, limit: int | None 
             except InputError:
                 raise
             except Exception as error:
-                text = str(error).strip().splitlines()
                 raise InputError(
-                    f"{where} looks like {kind.name} but cannot be read ({type(error).__name__}: "
-                    f"{text[0] if text else ''}): it may be truncated or corrupt, write it again"
+                    f"{where} looks like {kind.name} but cannot be read ({describe(error)}): it may be "
+                    "truncated or corrupt, write it again"
                 ) from error
             count = _limited(array, limit, where)
             info = DataInfo(

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lipcheck.linearised_convolution import linearisable_convolutions
+from lipcheck.double_backward import linearisable_convolutions
 from lipcheck.errors import AuditFailedError, BatchCouplingError, InputError, ModelOutputError
 
 Method = Literal["lanczos", "power"]

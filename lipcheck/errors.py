@@ -1,8 +1,9 @@
 """The one exception family of lipcheck.
 
 Low-level code raises these with short facts; the public entry points add the context (the file, the
-flag) the user needs. The command line turns any of them into one line on stderr and exit code 2,
-except `AuditFailedError`, which is exit code 3.
+flag, the samples) the user needs, once, with `raise error.with_context(...) from error`. The command
+line maps them to exit codes in one place (`cli.ExitStatus`): `AuditFailedError` is 3 (the audit
+itself failed), every other one 2 (a usage or input error).
 """
 
 from __future__ import annotations
@@ -10,6 +11,17 @@ from __future__ import annotations
 
 class LipcheckError(Exception):
     """Base class of every error lipcheck raises on purpose."""
+
+    def with_context(self, context: str) -> LipcheckError:
+        """The same error (class and attributes) with `context: ` before its message.
+
+        Built without calling the constructor, so a subclass with another signature keeps working;
+        raise it `from` the original.
+        """
+        error = type(self).__new__(type(self))
+        error.__dict__.update(self.__dict__)
+        error.args = (f"{context}: {self}",)
+        return error
 
 
 class InputError(LipcheckError, ValueError):
@@ -25,8 +37,19 @@ class BatchCouplingError(LipcheckError):
 
 
 class AuditFailedError(LipcheckError):
-    """The computation itself failed (every sample diverged, the model produced NaN)."""
+    """The computation itself failed (every sample diverged, the model produced NaN, out of memory)."""
 
 
 class UnsupportedOperationError(LipcheckError):
     """A model cannot be bounded: it holds an operation without a Lipschitz rule, or has no graph to walk."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message, for a one-line report of an exception lipcheck did not raise."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def describe(error: BaseException) -> str:
+    """'TypeName: first line of the message', how messages quote an exception they wrap."""
+    return f"{type(error).__name__}: {first_line(error)}"

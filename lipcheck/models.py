@@ -21,9 +21,7 @@ import importlib.util
 import json
 import pickle
 import re
-import struct
 import sys
-import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,10 +30,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from lipcheck.errors import InputError
+from lipcheck.errors import InputError, describe
+from lipcheck.file_formats import ZIP_MAGIC, is_safetensors, is_torch_save, read_head, zip_members
 
-_ZIP_MAGIC = b"PK\x03\x04"
-_PICKLE_PROTOCOL_MARK = 0x80
 _STATE_DICT_KEYS = ("state_dict", "model_state_dict")
 _FIX_FORMAT = "save it with torch.export.save (recommended), torch.jit.save or safetensors"
 
@@ -86,41 +83,12 @@ class _Loaded:
     input_spec: tuple[InputSpec, ...] = ()
 
 
-def _zip_names(path: Path) -> list[str] | None:
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return archive.namelist()
-    except (zipfile.BadZipFile, OSError):
-        return None
-
-
-def _members(names: list[str]) -> set[str]:
-    """Member names without the archive's top folder, which torch names after the file."""
-    return {name.split("/", 1)[1] if "/" in name else name for name in names}
-
-
 def _is_export(path: Path, head: bytes) -> bool:
-    names = _zip_names(path) if head.startswith(_ZIP_MAGIC) else None
-    return names is not None and bool({"archive_format", "models/model.json"} & _members(names))
+    return bool({"archive_format", "models/model.json"} & zip_members(path, head))
 
 
 def _is_torchscript(path: Path, head: bytes) -> bool:
-    names = _zip_names(path) if head.startswith(_ZIP_MAGIC) else None
-    return names is not None and "constants.pkl" in _members(names)
-
-
-def _is_safetensors(path: Path, head: bytes) -> bool:
-    if len(head) < 9:
-        return False
-    (length,) = struct.unpack("<Q", head[:8])
-    return 2 <= length <= 100_000_000 and head[8:9] == b"{"
-
-
-def _is_torch_pickle(path: Path, head: bytes) -> bool:
-    if head.startswith(_ZIP_MAGIC):
-        names = _zip_names(path)
-        return names is not None and "data.pkl" in _members(names)
-    return len(head) > 1 and head[0] == _PICKLE_PROTOCOL_MARK
+    return "constants.pkl" in zip_members(path, head)
 
 
 def _load_export(path: Path) -> _Loaded:
@@ -196,21 +164,20 @@ class ModelFormat:
 FORMATS: tuple[ModelFormat, ...] = (
     ModelFormat("torch.export", _is_export, lambda path, trust: _load_export(path)),
     ModelFormat("torchscript", _is_torchscript, lambda path, trust: _load_torchscript(path)),
-    ModelFormat("safetensors", _is_safetensors, lambda path, trust: _load_safetensors(path)),
-    ModelFormat("pickle", _is_torch_pickle, _load_pickle),
+    ModelFormat("safetensors", is_safetensors, lambda path, trust: _load_safetensors(path)),
+    ModelFormat("pickle", is_torch_save, _load_pickle),
 )
 
 
 def detect_format(path: Path) -> ModelFormat:
     """The format of the model file at `path`, from its content; InputError when none fits."""
-    with path.open("rb") as handle:
-        head = handle.read(64)
+    head = read_head(path)
     for model_format in FORMATS:
         if model_format.detect(path, head):
             return model_format
     if not head:
         raise InputError(f"model file '{path}' is empty: {_FIX_FORMAT}")
-    if head.startswith(_ZIP_MAGIC):
+    if head.startswith(ZIP_MAGIC):
         raise InputError(
             f"model file '{path}' is a truncated or corrupt zip archive: save or copy the model again"
         )
@@ -250,7 +217,7 @@ def load_arch(arch: str, arch_kwargs: Mapping[str, Any]) -> nn.Module:
         raise
     except Exception as error:
         raise InputError(
-            f"--arch {arch!r} cannot be imported ({type(error).__name__}: {_first_line(error)}): "
+            f"--arch {arch!r} cannot be imported ({describe(error)}): "
             "fix the file or the module path"
         ) from error
     factory = getattr(module, name, None)
@@ -261,7 +228,7 @@ def load_arch(arch: str, arch_kwargs: Mapping[str, Any]) -> nn.Module:
     except Exception as error:
         raise InputError(
             f"--arch {arch!r} failed with --arch-kwargs {json.dumps(dict(arch_kwargs))} "
-            f"({type(error).__name__}: {_first_line(error)})"
+            f"({describe(error)})"
         ) from error
     if not isinstance(built, nn.Module):
         raise InputError(f"--arch {arch!r} returned {type(built).__name__}, expected a torch.nn.Module")
@@ -310,11 +277,6 @@ def _listing(items: list[str], most: int = 8) -> str:
     return shown + (f" and {len(items) - most} more" if len(items) > most else "")
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 def _count_parameters(module: Any) -> int:
     parameters = getattr(module, "parameters", None)
     return sum(p.numel() for p in parameters()) if callable(parameters) else 0
@@ -347,7 +309,7 @@ def load_model(
     except Exception as error:
         raise InputError(
             f"model file '{file}' looks like {model_format.name} but cannot be read, it is truncated or "
-            f"corrupt ({type(error).__name__}: {_first_line(error)}): save or copy the model again"
+            f"corrupt ({describe(error)}): save or copy the model again"
         ) from error
 
     module = loaded.module

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lipcheck.linearised_convolution import linearisable_convolutions
+from lipcheck.double_backward import linearisable_convolutions
 from lipcheck.engine import (
     DEFAULT_KRYLOV_DIM,
     JacobianOperator,

@@ -21,16 +21,17 @@ from typing import Any
 
 import numpy as np
 
+from lipcheck.choices import Device, Dtype, Method, Reduction, choose
 from lipcheck.errors import InputError
 
 SCHEMA_VERSION = 1
 
-REDUCTIONS: dict[str, Callable[[np.ndarray], float]] = {
-    "max": lambda s: float(np.max(s)),
-    "mean": lambda s: float(np.mean(s)),
-    "sum": lambda s: float(np.sum(s)),
-    "median": lambda s: float(np.median(s)),
-    "p95": lambda s: float(np.percentile(s, 95)),
+REDUCTIONS: dict[Reduction, Callable[[np.ndarray], float]] = {
+    Reduction.max: lambda s: float(np.max(s)),
+    Reduction.mean: lambda s: float(np.mean(s)),
+    Reduction.sum: lambda s: float(np.sum(s)),
+    Reduction.median: lambda s: float(np.median(s)),
+    Reduction.p95: lambda s: float(np.percentile(s, 95)),
 }
 
 
@@ -102,6 +103,30 @@ class Settings:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     search_steps: int | None = None
     search_radius: float | None = None
+
+    def validate(self) -> None:
+        """InputError naming the flag of the first setting that is not a choice or is out of range."""
+        choose(Method, self.method, "--method")
+        choose(Dtype, self.dtype, "--dtype")
+        choose(Device, self.device, "--device")
+        choose(Reduction, self.reduction, "--reduction")
+        if not 0 < self.tol < 1:
+            raise InputError(f"--tol must be in (0, 1), got {self.tol:g}")
+        if self.max_iter < 1:
+            raise InputError(f"--max-iter must be at least 1, got {self.max_iter}")
+        if self.batch_size < 1:
+            raise InputError(f"--batch-size must be at least 1, got {self.batch_size}")
+        steps, radius = self.search_steps, self.search_radius
+        if steps is not None and radius is None:
+            raise InputError(
+                "--search-steps needs --search-radius R, the l2 radius of the search around each sample"
+            )
+        if radius is not None and steps is None:
+            raise InputError("--search-radius needs --search-steps N, the number of ascent steps")
+        if steps is not None and steps < 0:
+            raise InputError(f"--search-steps must be at least 0, got {steps}")
+        if radius is not None and not (radius >= 0 and math.isfinite(radius)):
+            raise InputError(f"--search-radius must be a finite number >= 0, got {radius:g}")
 
 
 @dataclass(frozen=True)
@@ -309,8 +334,7 @@ def finite_or_none(value: float) -> float | None:
 
 def summarise(samples: Sequence[SampleResult], reduction: str) -> Summary:
     """Summary statistics of sigma over `samples` (at least one); `reduction` names `value`."""
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction {reduction!r} is not one of {', '.join(REDUCTIONS)}")
+    choose(Reduction, reduction, "reduction")
     sigma = np.array([s.sigma for s in samples], dtype=np.float64)
     found = np.array([largest_sigma(s) for s in samples], dtype=np.float64)
     worst = int(np.argmax(found))
@@ -323,7 +347,7 @@ def summarise(samples: Sequence[SampleResult], reduction: str) -> Summary:
         median=float(np.median(sigma)),
         p95=float(np.percentile(sigma, 95)),
         reduction=reduction,
-        value=REDUCTIONS[reduction](found if reduction == "max" else sigma),
+        value=REDUCTIONS[Reduction(reduction)](found if reduction == "max" else sigma),
         argmax=samples[worst].index,
     )
 

@@ -13,7 +13,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import lipcheck.regularisers
 from lipcheck import FNEJacobianSpectralNorm, spectral_norm
-from lipcheck.linearised_convolution import linearisable_convolutions
+from lipcheck.double_backward import linearisable_convolutions
 from lipcheck.engine import JacobianOperator, differentiable_sigma
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding=.same. with even kernel")

@@ -1,0 +1,76 @@
+"""Every list of choices lipcheck offers, each defined once as a str Enum.
+
+The command line's option types are these enums, `Settings.validate` checks against them, and the
+tables that act on a choice (the renderers per format in render.py, the reductions in report.py) are
+keyed by them, so adding a choice is one entry here and one in its table. Torch-free: `lipcheck
+--help`, `gate` and `compare` import this module and must start fast.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+
+from lipcheck.errors import InputError
+
+
+class Method(str, Enum):
+    """The solver of the engine: Lanczos (default) or the power method."""
+
+    lanczos = "lanczos"
+    power = "power"
+
+
+class Reduction(str, Enum):
+    """How sigma over the samples reduces to the one value a gate judges."""
+
+    max = "max"
+    mean = "mean"
+    sum = "sum"
+    median = "median"
+    p95 = "p95"
+
+
+class Dtype(str, Enum):
+    """The precision of the model and the data during an audit (the torch dtype of the same name)."""
+
+    float32 = "float32"
+    float64 = "float64"
+
+
+class Device(str, Enum):
+    """Where the audit runs; auto is CUDA when available, else the CPU."""
+
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Format(str, Enum):
+    """A report format, with the suffix of an output file that selects it."""
+
+    suffix: str
+
+    def __new__(cls, value: str, suffix: str) -> Format:
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.suffix = suffix
+        return member
+
+    table = "table", ".txt"
+    json = "json", ".json"
+    markdown = "markdown", ".md"
+    junit = "junit", ".xml"
+
+
+def format_for(path: str | Path, default: str | Format) -> Format:
+    """The format of an output file: from its suffix (.json, .md, .xml, .txt), else `default`."""
+    suffix = Path(path).suffix.lower()
+    return next((f for f in Format if f.suffix == suffix), Format(default))
+
+
+def choose(choices: type[Enum], value: object, flag: str) -> None:
+    """InputError naming `flag` unless `value` is one of the enum `choices` (a member or its value)."""
+    if value not in {member.value for member in choices}:
+        names = ", ".join(str(member.value) for member in choices)
+        raise InputError(f"{flag} {value!r} is not one of {names}")
