@@ -13,26 +13,28 @@ into messages that name the samples and the shapes involved.
 
 from __future__ import annotations
 
-import math
 import platform
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, replace
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from lipcheck import __version__
 from lipcheck.bounds import upper_bound
-from lipcheck.datasets import Dataset
+from lipcheck.choices import Device, Dtype
+from lipcheck.compare import comparable
+from lipcheck.datasets import Dataset, batches_dataset, open_dataset, random_dataset, tensor_dataset
 from lipcheck.engine import spectral_norm
-from lipcheck.errors import AuditFailedError, InputError, LipcheckError, ModelOutputError
-from lipcheck.gate import Rule, judge
-from lipcheck.models import LoadedModel
+from lipcheck.errors import AuditFailedError, InputError, LipcheckError, ModelOutputError, describe
+from lipcheck.gate import Rule, judge, rules_for
+from lipcheck.models import LoadedModel, load_model, wrap_model
 from lipcheck.report import (
-    REDUCTIONS,
     BoundReport,
     BoundTiming,
     DataSection,
@@ -46,19 +48,21 @@ from lipcheck.report import (
     finite_or_none,
     summarise,
 )
+from lipcheck.request import AuditRequest, DataSource, ModelSource
 from lipcheck.search import SearchResult, worst_case_search
-
-DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
-DEVICES = ("auto", "cpu", "cuda")
 
 RowSink = Callable[[Sequence[SampleResult]], None]
 Progress = Callable[[int], None]
 
 
+# What a model raises when the input does not fit it (a shape, a dtype, an argument; an exported
+# program's shape guards raise AssertionError): a rejected input. Anything else it raises fails the audit.
+_REJECTED_INPUT = (RuntimeError, TypeError, ValueError, IndexError, AssertionError)
+
+
 def resolve_device(name: str) -> torch.device:
     """'auto' is CUDA when available, else the CPU; 'cuda' without a GPU is an InputError."""
-    if name not in DEVICES:
-        raise InputError(f"--device {name!r} is not one of {', '.join(DEVICES)}")
+    name = Device(name).value
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
@@ -131,7 +135,7 @@ def audit_rows(
     AuditFailedError when the model's output is NaN or Inf or the Jacobian products fail.
     """
     device = resolve_device(settings.device)
-    dtype = DTYPES[settings.dtype]
+    dtype = torch_dtype(settings.dtype)
     module = model.module
     kwargs = dict(settings.model_kwargs)
     for batch, x in data.batches(indices, settings.batch_size, dtype):
@@ -141,10 +145,17 @@ def audit_rows(
         def call(inputs: Tensor, shape: tuple[int, ...] = shape, first: int = batch.start) -> Any:
             try:
                 output = module(inputs, **kwargs)
+            except LipcheckError:
+                raise
             except Exception as error:
-                raise InputError(
-                    f"rejected input of shape {shape} ({type(error).__name__}: {_first_line(error)})"
-                    f"{_expected_shape(model)}"
+                if _out_of_memory(error):
+                    raise _out_of_memory_error(error, settings) from error
+                if isinstance(error, _REJECTED_INPUT):
+                    raise InputError(
+                        f"rejected input of shape {shape} ({describe(error)}){_expected_shape(model)}"
+                    ) from error
+                raise AuditFailedError(
+                    f"the model raised {describe(error)}: check the model (--debug shows where)"
                 ) from error
             output = select_output(output, settings.output_key)
             if isinstance(output, Tensor) and output.is_floating_point() and output.dim() > 0:
@@ -170,11 +181,13 @@ def audit_rows(
             else:
                 result = spectral_norm(call, x.to(device), **_engine_options(settings))
         except LipcheckError as error:
-            raise type(error)(f"model '{model.path}' on {where}: {error}") from error
+            raise error.with_context(f"model '{model.path}' on {where}") from error
         except Exception as error:
+            if _out_of_memory(error):
+                failure = _out_of_memory_error(error, settings)
+                raise failure.with_context(f"model '{model.path}' on {where}") from error
             raise AuditFailedError(
-                f"model '{model.path}' on {where}: the Jacobian products failed "
-                f"({type(error).__name__}: {_first_line(error)})"
+                f"model '{model.path}' on {where}: the Jacobian products failed ({describe(error)})"
             ) from error
         sigma = result.sigma.double().cpu().tolist()
         iterations = result.iterations.cpu().tolist()
@@ -209,9 +222,25 @@ def _with_search(rows: list[SampleResult], found: SearchResult) -> list[SampleRe
     return [replace(row, search_sigma=searched[k], search_distance=distance[k]) for k, row in enumerate(rows)]
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else ""
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype of a `Dtype` choice ('float32' -> torch.float32)."""
+    dtype: torch.dtype = getattr(torch, Dtype(name).value)
+    return dtype
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    """A CUDA or CPU allocation failure, which a smaller batch may avoid."""
+    if isinstance(error, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and ("out of memory" in text or "DefaultCPUAllocator" in text)
+
+
+def _out_of_memory_error(error: BaseException, settings: Settings) -> AuditFailedError:
+    return AuditFailedError(
+        f"ran out of memory with batches of {settings.batch_size} samples ({describe(error)}): "
+        "lower --batch-size"
+    )
 
 
 def environment(device: torch.device) -> Environment:
@@ -266,10 +295,10 @@ def run_audit(
     [largest sigma found, bound]. Moves the model to the settings' device and dtype (in place). Raises
     InputError for bad input, AuditFailedError when the audit itself fails (see `audit_rows`).
     """
-    check_settings(settings)
+    settings.validate()
     device = resolve_device(settings.device)
     if isinstance(model.module, torch.nn.Module):
-        model.module.to(device=device, dtype=DTYPES[settings.dtype])
+        model.module.to(device=device, dtype=torch_dtype(settings.dtype))
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     rows: list[SampleResult] = []
     begin = time.perf_counter()
@@ -293,38 +322,6 @@ def run_audit(
         bound=bound,
     )
     return replace(report, gate=judge(rules, report))
-
-
-def check_settings(settings: Settings) -> None:
-    """InputError naming the flag of the first setting out of range."""
-    if settings.method not in ("lanczos", "power"):
-        raise InputError(f"--method {settings.method!r} is not one of lanczos, power")
-    if settings.dtype not in DTYPES:
-        raise InputError(f"--dtype {settings.dtype!r} is not one of {', '.join(DTYPES)}")
-    if not 0 < settings.tol < 1:
-        raise InputError(f"--tol must be in (0, 1), got {settings.tol:g}")
-    if settings.max_iter < 1:
-        raise InputError(f"--max-iter must be at least 1, got {settings.max_iter}")
-    if settings.reduction not in REDUCTIONS:
-        raise InputError(f"--reduction {settings.reduction!r} is not one of {', '.join(REDUCTIONS)}")
-    if settings.batch_size < 1:
-        raise InputError(f"--batch-size must be at least 1, got {settings.batch_size}")
-    check_search_settings(settings)
-
-
-def check_search_settings(settings: Settings) -> None:
-    """InputError naming the flag unless --search-steps and --search-radius come together, >= 0."""
-    steps, radius = settings.search_steps, settings.search_radius
-    if steps is not None and radius is None:
-        raise InputError(
-            "--search-steps needs --search-radius R, the l2 radius of the search around each sample"
-        )
-    if radius is not None and steps is None:
-        raise InputError("--search-radius needs --search-steps N, the number of ascent steps")
-    if steps is not None and steps < 0:
-        raise InputError(f"--search-steps must be at least 0, got {steps}")
-    if radius is not None and not (radius >= 0 and math.isfinite(radius)):
-        raise InputError(f"--search-radius must be a finite number >= 0, got {radius:g}")
 
 
 class _AuditedFunction(torch.nn.Module):
@@ -359,7 +356,7 @@ def bound_model(
     try:
         return upper_bound(module, tuple(input_shape), assume=assume)
     except LipcheckError as error:
-        raise type(error)(f"model '{model.path}': {error}") from error
+        raise error.with_context(f"model '{model.path}'") from error
 
 
 def run_bound(
@@ -384,9 +381,70 @@ def run_bound(
 
 
 def check_converged(report: Report) -> None:
-    """AuditFailedError when no sample converged: the figures are then not estimates of anything."""
+    """AuditFailedError (carrying the report) when no sample converged: the figures are then not
+    estimates of anything."""
     if report.summary.count and report.summary.converged == 0:
-        raise AuditFailedError(
+        error = AuditFailedError(
             f"no sample converged within --max-iter {report.settings.max_iter} at --tol "
             f"{report.settings.tol:g}: raise --max-iter or --tol (the report holds the unconverged figures)"
         )
+        error.report = report
+        raise error
+
+
+def load_source(source: ModelSource) -> LoadedModel:
+    """The model of a request: a file loaded with `load_model`, or a module in memory described."""
+    if source.is_path:
+        return load_model(
+            source.model, arch=source.arch, arch_kwargs=source.arch_kwargs, trust_pickle=source.trust_pickle
+        )
+    return wrap_model(source.model)
+
+
+def open_source(source: DataSource, seed: int) -> Dataset:
+    """The data of a request: a path, random samples, a tensor or array, or an iterable of batches."""
+    if source.random_shape is not None:
+        return random_dataset(source.random_shape, source.num_samples or 0, seed=seed)
+    if isinstance(source.data, (str, Path)):
+        return open_dataset(source.data, key=source.key, limit=source.limit)
+    if isinstance(source.data, (Tensor, np.ndarray)):
+        return tensor_dataset(source.data, limit=source.limit)
+    if isinstance(source.data, Iterable):
+        return batches_dataset(source.data, key=source.key, limit=source.limit)
+    raise InputError(
+        f"data must be a path, a tensor (N, ...) or an iterable of batches, got {type(source.data).__name__}"
+    )
+
+
+def run(request: AuditRequest, progress: Callable[[int, int], None] | None = None) -> Report:
+    """Carry out an audit request: load, bound, audit every sample, judge the rules, check convergence.
+
+    This is what `lipcheck audit` does between parsing its flags and writing the report. `progress`
+    is called after each batch with (samples done in it, samples in all). A baseline
+    that does not compare with the audited data and settings stops the run before the audit (unless
+    `rules.allow_mismatch`: then a `LipcheckWarning`). Raises InputError for bad input and
+    AuditFailedError when the audit fails; when no sample converged, the error's `report` holds the
+    unconverged figures.
+    """
+    options, settings = request.rules, request.settings
+    baseline = options.read_baseline()
+    begin = time.perf_counter()
+    model = load_source(request.model)
+    data = open_source(request.data, settings.seed)
+    load_seconds = time.perf_counter() - begin
+    # Bounded before the audit: a model that cannot be bounded fails in seconds, not after the audit.
+    certified = (
+        bound_model(model, data.info.sample_shape, assume=request.assume, settings=settings)
+        if request.with_bound
+        else None
+    )
+    mismatched: list[str] = []
+    if baseline is not None:  # hashes the data now, so a mismatch stops before the audit
+        what = f"baseline report '{options.baseline}' and this audit"
+        mismatched = comparable(baseline, settings, data_section(data), what, options.allow_mismatch)
+    advance = (lambda done: progress(done, len(data))) if progress is not None else None
+    report = run_audit(model, data, settings, progress=advance, load_seconds=load_seconds, bound=certified)
+    rules = rules_for(options, report, baseline=baseline, mismatched=mismatched)
+    report = replace(report, gate=judge(rules, report))
+    check_converged(report)
+    return report

@@ -1,22 +1,23 @@
-"""The `lipcheck` command line: parse, call, render, exit code.
+"""The `lipcheck` command line: parse, build one request, call, render; one map to exit codes.
 
-Exit codes: 0 success (gate passed or no gate), 1 the gate failed, 2 a usage or input error (one line
-on stderr, no traceback unless --debug), 3 the audit itself failed (NaN output, no sample converged).
-`audit`, `gate` and `compare` share the gate's rule flags and the way reports are written.
+Each command parses its flags, builds one value (an `AuditRequest`, rule options), calls one function,
+and renders the result. `LipcheckGroup.main` is the one place where outcomes become exit codes
+(`ExitStatus`): 0 passed, 1 a gate rule failed, 2 a usage or input error (one line on stderr, the
+traceback with --debug), 3 the audit itself failed, 130 interrupted, 70 an internal error (a bug: a
+one-line request to report it, and the traceback). `audit`, `gate` and `compare` share the gate's rule
+flags and the way reports are written.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import sys
-import time
 import traceback
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from enum import Enum
+from enum import IntEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -35,51 +36,125 @@ from rich.progress import (
 from rich.text import Text
 
 from lipcheck import __version__
-from lipcheck.errors import AuditFailedError, InputError, LipcheckError
+from lipcheck.choices import Device, Dtype, Format, Method, Reduction, format_for
+from lipcheck.errors import AuditFailedError, InputError, LipcheckError, LipcheckWarning, first_line
+
+if TYPE_CHECKING:
+    from lipcheck.gate import RuleOptions
+    from lipcheck.render import Renderers
+    from lipcheck.report import Report, RuleVerdict
+    from lipcheck.request import AuditRequest
 
 # Click's exception classes: a dependency of older typer, vendored as a private module by newer typer;
 # reached through the public BadParameter so that both work.
 _UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
 _ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
+ISSUES_URL = "https://github.com/lipcheck/lipcheck/issues"
 
-class _OneLineUsageErrors(typer.core.TyperGroup):
-    """Usage errors (an unknown flag, a bad choice, a missing argument) as one line, like every other error.
 
-    Click would print a usage box of several lines; lipcheck's contract is one line on stderr that names
-    the flag and the fix, and exit 2.
+class ExitStatus(IntEnum):
+    """Every exit code of lipcheck (README, docs/ci.md)."""
+
+    PASSED = 0  # done; every gate rule passed, or there was no rule
+    GATE_FAILED = 1  # a gate rule failed
+    USAGE_OR_INPUT = 2  # a bad flag, file or input (one line naming it and the fix)
+    AUDIT_FAILED = 3  # the audit itself failed: NaN output, no sample converged, out of memory
+    INTERNAL_ERROR = 70  # a bug in lipcheck (EX_SOFTWARE of sysexits.h): the traceback, please report it
+    INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), as shells report it
+
+
+@dataclass
+class _Invocation:
+    """The flags that change how outcomes are shown, set while parsing (--debug, --quiet)."""
+
+    debug: bool = False
+    quiet: bool = False
+
+
+_invocation = _Invocation()
+
+
+def _error(message: str) -> None:
+    typer.echo(f"lipcheck: error: {' '.join(message.split())}", err=True)
+
+
+def _exit_status(error: BaseException) -> ExitStatus:
+    """The exit status of an exception that ended a command, after saying what happened on stderr."""
+    if isinstance(error, (KeyboardInterrupt, typer.Abort)):
+        typer.echo("lipcheck: interrupted", err=True)
+        return ExitStatus.INTERRUPTED
+    if isinstance(error, LipcheckError):
+        if _invocation.debug:
+            traceback.print_exception(error, file=sys.stderr)
+        _error(str(error))
+        return ExitStatus.AUDIT_FAILED if isinstance(error, AuditFailedError) else ExitStatus.USAGE_OR_INPUT
+    traceback.print_exception(error, file=sys.stderr)
+    typer.echo(
+        f"lipcheck: internal error, please report it at {ISSUES_URL} with the traceback above: "
+        f"{type(error).__name__}: {first_line(error)}",
+        err=True,
+    )
+    return ExitStatus.INTERNAL_ERROR
+
+
+def _warnings_to_stderr(show: Callable[..., None]) -> Callable[..., None]:
+    """A `warnings.showwarning` that prints a `LipcheckWarning` as one 'lipcheck: warning:' line
+    (none with --quiet) and leaves every other warning to `show`."""
+
+    def shown(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        if not issubclass(category, LipcheckWarning):
+            show(message, category, *args, **kwargs)
+        elif not _invocation.quiet:
+            typer.echo(f"lipcheck: warning: {message}", err=True)
+
+    return shown
+
+
+class LipcheckGroup(typer.core.TyperGroup):
+    """Runs a command and maps its outcome to an `ExitStatus`: the one place exit codes are decided.
+
+    Usage errors (an unknown flag, a bad choice, a missing argument) are one line naming the flag and
+    the fix, like every other error, instead of click's usage box.
     """
 
     def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        global _invocation
+        _invocation = _Invocation()
         try:
-            result = super().main(*args, standalone_mode=False, **kwargs)
+            with warnings.catch_warnings():
+                warnings.simplefilter("always", LipcheckWarning)
+                warnings.showwarning = _warnings_to_stderr(warnings.showwarning)
+                result = super().main(*args, standalone_mode=False, **kwargs)
+            status = result if isinstance(result, int) else ExitStatus.PASSED
         except _ClickException as error:
             if not standalone_mode:
                 raise
-            context = getattr(error, "ctx", None)
-            if type(error).__name__ == "NoArgsIsHelpError" and context is not None:
-                typer.echo(context.get_help(), err=True)
-                sys.exit(2)
-            command = context.command_path if context is not None else "lipcheck"
-            message = " ".join(error.format_message().replace("Value error, ", "").split())
-            typer.echo(f"lipcheck: error: {message} (see '{command} --help')", err=True)
-            sys.exit(error.exit_code)
-        except typer.Abort:
+            status = self._usage_error(error)
+        except typer.Exit as done:
+            status = done.exit_code
+        except (Exception, KeyboardInterrupt) as error:
             if not standalone_mode:
                 raise
-            typer.echo("lipcheck: aborted", err=True)
-            sys.exit(1)
+            status = _exit_status(error)
         if not standalone_mode:
             return result
-        sys.exit(result if isinstance(result, int) else 0)
+        sys.exit(int(status))
 
+    @staticmethod
+    def _usage_error(error: Any) -> ExitStatus:
+        context = getattr(error, "ctx", None)
+        if type(error).__name__ == "NoArgsIsHelpError" and context is not None:
+            typer.echo(context.get_help(), err=True)
+            return ExitStatus.USAGE_OR_INPUT
+        command = context.command_path if context is not None else "lipcheck"
+        message = " ".join(error.format_message().replace("Value error, ", "").split())
+        typer.echo(f"lipcheck: error: {message} (see '{command} --help')", err=True)
+        return ExitStatus.USAGE_OR_INPUT
 
-if TYPE_CHECKING:
-    from lipcheck.gate import MaxIncrease, Rule
-    from lipcheck.report import DataSection, Report, RuleVerdict, Settings
 
 app = typer.Typer(
-    cls=_OneLineUsageErrors,
+    cls=LipcheckGroup,
     name="lipcheck",
     help="Audit how much a PyTorch model can amplify a perturbation of its input.",
     no_args_is_help=True,
@@ -87,45 +162,6 @@ app = typer.Typer(
     rich_markup_mode="markdown",
     pretty_exceptions_enable=False,
 )
-
-
-class Method(str, Enum):
-    lanczos = "lanczos"
-    power = "power"
-
-
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-
-
-class Dtype(str, Enum):
-    float32 = "float32"
-    float64 = "float64"
-
-
-class Reduction(str, Enum):
-    max = "max"
-    mean = "mean"
-    sum = "sum"
-    median = "median"
-    p95 = "p95"
-
-
-class Format(str, Enum):
-    table = "table"
-    json = "json"
-    markdown = "markdown"
-    junit = "junit"
-
-
-class BoundFormat(str, Enum):
-    """The formats of `lipcheck bound`'s report (it has no rules, so no JUnit)."""
-
-    table = "table"
-    json = "json"
-    markdown = "markdown"
 
 
 def _print_version(value: bool) -> None:
@@ -152,20 +188,9 @@ def version() -> None:
     typer.echo(f"lipcheck {__version__} (torch {torch.__version__})")
 
 
-@contextmanager
-def _errors_to_exit_codes(debug: bool) -> Iterator[None]:
-    """LipcheckError -> one line on stderr and exit 2 (3 for AuditFailedError); --debug adds the traceback."""
-    try:
-        yield
-    except LipcheckError as error:
-        if debug:
-            traceback.print_exc(file=sys.stderr)
-        message = " ".join(str(error).split())
-        typer.echo(f"lipcheck: error: {message}", err=True)
-        raise typer.Exit(3 if isinstance(error, AuditFailedError) else 2) from None
-
-
 def _parse_json_object(text: str | None, flag: str) -> dict[str, Any]:
+    import json
+
     if text is None:
         return {}
     try:
@@ -181,6 +206,8 @@ def _parse_json_object(text: str | None, flag: str) -> dict[str, Any]:
 
 def parse_model_args(pairs: list[str] | None) -> dict[str, Any]:
     """['sr=16000', 'mode=fast'] -> {'sr': 16000, 'mode': 'fast'}: JSON when the value parses."""
+    import json
+
     kwargs: dict[str, Any] = {}
     for pair in pairs or []:
         key, equals, value = pair.partition("=")
@@ -220,7 +247,8 @@ class _RateColumn(ProgressColumn):
 
 
 @contextmanager
-def _progress(enabled: bool, total: int) -> Iterator[Callable[[int], None] | None]:
+def _progress(enabled: bool) -> Iterator[Callable[[int, int], None] | None]:
+    """A progress bar on stderr, advanced by `run`'s calls (samples done, samples in all)."""
     if not enabled:
         yield None
         return
@@ -233,10 +261,32 @@ def _progress(enabled: bool, total: int) -> Iterator[Callable[[int], None] | Non
         console=Console(stderr=True),
         transient=True,
     )
-    task = bar.add_task("audit", total=total)
-    with bar:
-        yield lambda done: bar.advance(task, done)
+    task = bar.add_task("audit", total=None)
 
+    def advance(done: int, total: int) -> None:
+        bar.update(task, total=total, advance=done)
+
+    with bar:
+        yield advance
+
+
+def _remember_debug(value: bool) -> bool:
+    _invocation.debug = value
+    return value
+
+
+def _remember_quiet(value: bool) -> bool:
+    _invocation.quiet = value
+    return value
+
+
+DebugOption = Annotated[
+    bool,
+    typer.Option("--debug", callback=_remember_debug, help="Show the traceback of an error."),
+]
+QuietOption = Annotated[
+    bool, typer.Option("--quiet", "-q", callback=_remember_quiet, help="No notes on stderr.")
+]
 
 # The flags that load a model, shared by `audit`, `bound` and `inspect`.
 
@@ -351,109 +401,55 @@ FormatOption = Annotated[
 ]
 
 
-@dataclass(frozen=True)
-class _Baseline:
-    """`--baseline PATH --max-increase PERCENT [--allow-mismatch]`, the baseline report loaded."""
+def _rule_options(
+    fail_above: float | None = None,
+    fail_above_sample: float | None = None,
+    require_converged: bool = False,
+    fail_above_bound: float | None = None,
+    baseline: Path | None = None,
+    max_increase: float | None = None,
+    allow_mismatch: bool = False,
+) -> RuleOptions:
+    """The gate's flags as `RuleOptions`, validated (InputError naming the flag)."""
+    from lipcheck.gate import RuleOptions
 
-    path: Path
-    report: Report
-    percent: float
-    allow_mismatch: bool
-
-    def rule(self, settings: Settings, data: DataSection, judged: str, quiet: bool) -> MaxIncrease:
-        """The max_increase rule for figures measured with `settings` on `data` (`judged` names them);
-        InputError when they do not compare with the baseline's, unless --allow-mismatch (then a
-        warning on stderr)."""
-        from lipcheck.compare import mismatches
-        from lipcheck.gate import MaxIncrease
-
-        found = mismatches(self.report, settings, data)
-        what = f"baseline report '{self.path}' and {judged}"
-        _check_comparable(found, what, self.allow_mismatch, quiet)
-        return MaxIncrease(self.percent, self.report.summary.value, str(self.path), tuple(found))
-
-
-def _check_comparable(found: Sequence[str], what: str, allow_mismatch: bool, quiet: bool) -> None:
-    if found and not allow_mismatch:
-        raise InputError(
-            f"{what} differ: {'; '.join(found)}: audit the same data with the same settings, or pass "
-            "--allow-mismatch to compare anyway"
-        )
-    if found and not quiet:
-        typer.echo(f"lipcheck: warning: comparing despite: {'; '.join(found)}", err=True)
-
-
-def _check_thresholds(thresholds: dict[str, float | None]) -> None:
-    """InputError naming the flag of a threshold that is negative or not finite."""
-    for flag, value in thresholds.items():
-        if value is not None and not (math.isfinite(value) and value >= 0):
-            raise InputError(f"{flag} must be a number >= 0, got {value:g}")
-
-
-def _gate_rules(
-    fail_above: float | None,
-    fail_above_sample: float | None,
-    require_converged: bool,
-    baseline: Path | None,
-    max_increase: float | None,
-    allow_mismatch: bool,
-) -> tuple[list[Rule], _Baseline | None]:
-    """The rules of the gate flags, and the baseline to build the max_increase rule from once the
-    judged figures' settings and data are known; InputError for flags that do not go together."""
-    from lipcheck.gate import FailAbove, FailAboveSample, RequireConverged
-    from lipcheck.report import read_report
-
-    _check_thresholds(
-        {"--fail-above": fail_above, "--fail-above-sample": fail_above_sample, "--max-increase": max_increase}
+    options = RuleOptions(
+        fail_above,
+        fail_above_sample,
+        require_converged,
+        fail_above_bound,
+        baseline,
+        max_increase,
+        allow_mismatch,
     )
-    if max_increase is not None and baseline is None:
-        raise InputError("--max-increase needs --baseline REPORT.json, the report to compare with")
-    if baseline is not None and max_increase is None:
-        raise InputError(
-            "--baseline needs --max-increase PCT, how many percent the reduced sigma may rise (0: none)"
-        )
-    if allow_mismatch and baseline is None:
-        raise InputError("--allow-mismatch goes with --baseline REPORT.json --max-increase PCT")
-    rules: list[Rule] = []
-    if fail_above is not None:
-        rules.append(FailAbove(fail_above))
-    if fail_above_sample is not None:
-        rules.append(FailAboveSample(fail_above_sample))
-    if require_converged:
-        rules.append(RequireConverged())
-    if baseline is None or max_increase is None:
-        return rules, None
-    report = read_report(baseline, "baseline report (--baseline)")
-    return rules, _Baseline(baseline, report, max_increase, allow_mismatch)
+    options.validate()
+    return options
 
 
-def _output_format(output_format: Format | BoundFormat | None, outputs: Sequence[Path]) -> str:
-    """--format, else table on a terminal, else json; InputError for an --output in no folder."""
+def _output_format(output_format: Format | None, outputs: Sequence[Path], renderers: Renderers[Any]) -> str:
+    """--format, else table on a terminal, else json; InputError for an --output in no folder, or a
+    format this kind of report lacks."""
     for target in outputs:
         if target.is_dir() or not target.parent.is_dir():
             raise InputError(
                 f"--output '{target}' cannot be written: it is a folder, or its folder does not exist"
             )
-    if output_format is not None:
-        return output_format.value
-    return "table" if not outputs and _is_terminal() else "json"
+    fmt = output_format.value if output_format is not None else None
+    if fmt is not None:
+        renderers.check(fmt, f"--format {fmt}")
+    fmt = fmt or ("table" if not outputs and _is_terminal() else "json")
+    for target in outputs:
+        renderers.check(format_for(target, fmt), f"--output '{target}'")
+    return fmt
 
 
-def _write(
-    outputs: Sequence[Path],
-    fmt: str,
-    quiet: bool,
-    text: Callable[[str], str | Iterable[str]],
-    table: Callable[[Console], None],
-) -> None:
-    """Write `text(format)` (a string or its pieces) to each output (its format from its suffix, else
-    `fmt`), or to stdout."""
-    from lipcheck.render import format_for
+def _write(value: Any, renderers: Renderers[Any], outputs: Sequence[Path], fmt: str, quiet: bool) -> None:
+    """Write `value` rendered to each output (its format from its suffix, else `fmt`), or to stdout."""
     from lipcheck.report import write_atomic
 
     for target in outputs:
         try:
-            write_atomic(target, text(format_for(target, fmt)))
+            write_atomic(target, renderers.render(value, format_for(target, fmt)))
         except OSError as error:
             raise InputError(f"--output '{target}' cannot be written ({error.strerror})") from error
         if not quiet:
@@ -461,23 +457,17 @@ def _write(
     if outputs:
         return
     if fmt == "table":
-        table(Console())
+        renderers.console(value, Console())
         return
-    pieces = text(fmt)
+    pieces = renderers.render(value, fmt)
     for piece in [pieces] if isinstance(pieces, str) else pieces:
         sys.stdout.write(piece)
 
 
 def _write_report(report: Report, outputs: Sequence[Path], fmt: str, quiet: bool) -> None:
-    from lipcheck.render import render_chunks, render_table
+    from lipcheck.render import REPORT
 
-    _write(
-        outputs,
-        fmt,
-        quiet,
-        lambda name: render_chunks(report, name),
-        lambda console: render_table(report, console),
-    )
+    _write(report, REPORT, outputs, fmt, quiet)
 
 
 def _exit_on_gate(verdicts: Sequence[RuleVerdict], quiet: bool) -> None:
@@ -490,9 +480,132 @@ def _exit_on_gate(verdicts: Sequence[RuleVerdict], quiet: bool) -> None:
             typer.echo(line, err=True)
     if failed:
         typer.echo(f"lipcheck: gate failed: {'; '.join(v.message for v in failed)}", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(ExitStatus.GATE_FAILED)
     if verdicts and not quiet:
         typer.echo(f"lipcheck: gate passed: {', '.join(v.name for v in verdicts)}", err=True)
+
+
+def _is_terminal() -> bool:
+    return sys.stdout.isatty()
+
+
+# The flags of `lipcheck audit` alone.
+
+ModelArgument = Annotated[
+    Path,
+    typer.Argument(
+        metavar="MODEL",
+        help="Model file: .pt2 (torch.export), TorchScript, .safetensors or a state dict with --arch, "
+        "or a pickled module with --trust-pickle. Detected from the file's content.",
+        show_default=False,
+    ),
+]
+DataOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--data",
+        "-d",
+        help="Data: .npy (memory-mapped), .npz, .pt (a tensor or dict of tensors), .safetensors, "
+        "or a folder of PNG/JPEG images. The first dimension indexes the samples.",
+        show_default=False,
+    ),
+]
+RandomOption = Annotated[
+    str | None,
+    typer.Option(
+        "--random",
+        help="Audit standard normal samples of this shape (without the batch), e.g. 20 or 3x32x32, "
+        "instead of --data; needs --num-samples; seeded by --seed.",
+        metavar="SHAPE",
+        show_default=False,
+    ),
+]
+NumSamplesOption = Annotated[
+    int | None,
+    typer.Option("--num-samples", min=1, help="Number of --random samples.", show_default=False),
+]
+DataKeyOption = Annotated[
+    str | None,
+    typer.Option(
+        "--data-key", help="The array to audit in a data file that holds several.", show_default=False
+    ),
+]
+LimitOption = Annotated[
+    int | None,
+    typer.Option("--limit", min=1, help="Audit only the first N samples.", metavar="N", show_default=False),
+]
+ModelArgOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--arg",
+        help="Extra keyword argument of the model's forward, KEY=VALUE (repeatable); VALUE is parsed "
+        "as JSON when it parses (sr=16000 is the int 16000), else passed as a string.",
+        metavar="KEY=VALUE",
+        show_default=False,
+    ),
+]
+OutputKeyOption = Annotated[
+    str | None,
+    typer.Option(
+        "--output-key",
+        help="The output to audit when the model returns a dict (a key) or a tuple (an index).",
+        show_default=False,
+    ),
+]
+MethodOption = Annotated[Method, typer.Option("--method", help="Solver: Lanczos or power iteration.")]
+TolOption = Annotated[float, typer.Option("--tol", help="Target relative accuracy of each sigma.")]
+MaxIterOption = Annotated[int, typer.Option("--max-iter", min=1, help="Most products with J^T J per sample.")]
+SeedOption = Annotated[
+    int, typer.Option("--seed", min=0, help="Seed of the start vector and of --random data.")
+]
+BatchSizeOption = Annotated[
+    int, typer.Option("--batch-size", "-b", min=1, help="Samples per model call; bounds the memory.")
+]
+DeviceOption = Annotated[Device, typer.Option("--device", help="auto: CUDA when available, else the CPU.")]
+DtypeOption = Annotated[Dtype, typer.Option("--dtype", help="Precision of the model and the data.")]
+ReductionOption = Annotated[
+    Reduction, typer.Option("--reduction", help="How sigma over the samples reduces to one value.")
+]
+SearchStepsOption = Annotated[
+    int | None,
+    typer.Option(
+        "--search-steps",
+        help="Worst-case search: from each sample, N steps of projected gradient ascent of sigma within "
+        "--search-radius; rows add search_sigma and search_distance, and the summary's max counts them.",
+        metavar="N",
+        show_default=False,
+    ),
+]
+SearchRadiusOption = Annotated[
+    float | None,
+    typer.Option(
+        "--search-radius",
+        help="The l2 radius R of the worst-case search around each sample (with --search-steps).",
+        metavar="R",
+        show_default=False,
+    ),
+]
+WithBoundOption = Annotated[
+    bool,
+    typer.Option(
+        "--bound",
+        help="Also certify an upper bound on the Lipschitz constant at the data's sample shape (as "
+        "`lipcheck bound`) and report the bracket [max found, upper bound].",
+    ),
+]
+AuditAssumeOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--assume",
+        help="With --bound: a Lipschitz constant L for an operation lipcheck has no rule for, OP=L "
+        "(repeatable); you take responsibility for it, and the report records it.",
+        metavar="OP=L",
+        show_default=False,
+    ),
+]
+AuditQuietOption = Annotated[
+    bool, typer.Option("--quiet", "-q", callback=_remember_quiet, help="No progress bar or notes on stderr.")
+]
 
 
 AUDIT_EPILOG = """\
@@ -510,148 +623,46 @@ lipcheck audit model.pt2 --data x.npy --baseline release.json --max-increase 5 -
 ```
 
 Exit codes: 0 done (gate passed), 1 gate failed (a rule failed), 2 bad input or usage,
-3 the audit failed (NaN output, no sample converged).
+3 the audit failed (NaN output, no sample converged, out of memory), 130 interrupted, 70 internal error.
 """
 
 
 @app.command(epilog=AUDIT_EPILOG)
 def audit(
-    model: Annotated[
-        Path,
-        typer.Argument(
-            metavar="MODEL",
-            help="Model file: .pt2 (torch.export), TorchScript, .safetensors or a state dict with --arch, "
-            "or a pickled module with --trust-pickle. Detected from the file's content.",
-            show_default=False,
-        ),
-    ],
-    data: Annotated[
-        Path | None,
-        typer.Option(
-            "--data",
-            "-d",
-            help="Data: .npy (memory-mapped), .npz, .pt (a tensor or dict of tensors), .safetensors, "
-            "or a folder of PNG/JPEG images. The first dimension indexes the samples.",
-            show_default=False,
-        ),
-    ] = None,
-    random: Annotated[
-        str | None,
-        typer.Option(
-            "--random",
-            help="Audit standard normal samples of this shape (without the batch), e.g. 20 or 3x32x32, "
-            "instead of --data; needs --num-samples; seeded by --seed.",
-            metavar="SHAPE",
-            show_default=False,
-        ),
-    ] = None,
-    num_samples: Annotated[
-        int | None,
-        typer.Option("--num-samples", min=1, help="Number of --random samples.", show_default=False),
-    ] = None,
-    data_key: Annotated[
-        str | None,
-        typer.Option(
-            "--data-key", help="The array to audit in a data file that holds several.", show_default=False
-        ),
-    ] = None,
-    limit: Annotated[
-        int | None,
-        typer.Option(
-            "--limit", min=1, help="Audit only the first N samples.", metavar="N", show_default=False
-        ),
-    ] = None,
+    model: ModelArgument,
+    data: DataOption = None,
+    random: RandomOption = None,
+    num_samples: NumSamplesOption = None,
+    data_key: DataKeyOption = None,
+    limit: LimitOption = None,
     arch: ArchOption = None,
     arch_kwargs: ArchKwargsOption = None,
     trust_pickle: TrustPickleOption = False,
-    model_arg: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--arg",
-            help="Extra keyword argument of the model's forward, KEY=VALUE (repeatable); VALUE is parsed "
-            "as JSON when it parses (sr=16000 is the int 16000), else passed as a string.",
-            metavar="KEY=VALUE",
-            show_default=False,
-        ),
-    ] = None,
-    output_key: Annotated[
-        str | None,
-        typer.Option(
-            "--output-key",
-            help="The output to audit when the model returns a dict (a key) or a tuple (an index).",
-            show_default=False,
-        ),
-    ] = None,
-    method: Annotated[Method, typer.Option("--method", help="Solver: Lanczos or power iteration.")] = (
-        Method.lanczos
-    ),
-    tol: Annotated[float, typer.Option("--tol", help="Target relative accuracy of each sigma.")] = 1e-4,
-    max_iter: Annotated[
-        int, typer.Option("--max-iter", min=1, help="Most products with J^T J per sample.")
-    ] = 200,
-    seed: Annotated[
-        int, typer.Option("--seed", min=0, help="Seed of the start vector and of --random data.")
-    ] = 0,
-    batch_size: Annotated[
-        int, typer.Option("--batch-size", "-b", min=1, help="Samples per model call; bounds the memory.")
-    ] = 64,
-    device: Annotated[
-        Device, typer.Option("--device", help="auto: CUDA when available, else the CPU.")
-    ] = Device.auto,
-    dtype: Annotated[Dtype, typer.Option("--dtype", help="Precision of the model and the data.")] = (
-        Dtype.float32
-    ),
-    reduction: Annotated[
-        Reduction, typer.Option("--reduction", help="How sigma over the samples reduces to one value.")
-    ] = Reduction.max,
-    search_steps: Annotated[
-        int | None,
-        typer.Option(
-            "--search-steps",
-            help="Worst-case search: from each sample, N steps of projected gradient ascent of sigma within "
-            "--search-radius; rows add search_sigma and search_distance, and the summary's max counts them.",
-            metavar="N",
-            show_default=False,
-        ),
-    ] = None,
-    search_radius: Annotated[
-        float | None,
-        typer.Option(
-            "--search-radius",
-            help="The l2 radius R of the worst-case search around each sample (with --search-steps).",
-            metavar="R",
-            show_default=False,
-        ),
-    ] = None,
-    with_bound: Annotated[
-        bool,
-        typer.Option(
-            "--bound",
-            help="Also certify an upper bound on the Lipschitz constant at the data's sample shape (as "
-            "`lipcheck bound`) and report the bracket [max found, upper bound].",
-        ),
-    ] = False,
-    assume: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--assume",
-            help="With --bound: a Lipschitz constant L for an operation lipcheck has no rule for, OP=L "
-            "(repeatable); you take responsibility for it, and the report records it.",
-            metavar="OP=L",
-            show_default=False,
-        ),
-    ] = None,
+    model_arg: ModelArgOption = None,
+    output_key: OutputKeyOption = None,
+    method: MethodOption = Method.lanczos,
+    tol: TolOption = 1e-4,
+    max_iter: MaxIterOption = 200,
+    seed: SeedOption = 0,
+    batch_size: BatchSizeOption = 64,
+    device: DeviceOption = Device.auto,
+    dtype: DtypeOption = Dtype.float32,
+    reduction: ReductionOption = Reduction.max,
+    search_steps: SearchStepsOption = None,
+    search_radius: SearchRadiusOption = None,
+    with_bound: WithBoundOption = False,
+    assume: AuditAssumeOption = None,
     fail_above_bound: FailAboveBoundOption = None,
     output_format: FormatOption = None,
     output: OutputOption = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or notes on stderr.")] = False,
+    quiet: AuditQuietOption = False,
     fail_above: FailAboveOption = None,
     fail_above_sample: FailAboveSampleOption = None,
     require_converged: RequireConvergedOption = False,
     baseline: BaselineOption = None,
     max_increase: MaxIncreaseOption = None,
     allow_mismatch: AllowMismatchOption = False,
-    debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an error.")] = False,
+    debug: DebugOption = False,
 ) -> None:
     """Audit MODEL on a data set: the spectral norm of its Jacobian at every sample.
 
@@ -659,87 +670,78 @@ def audit(
     gate flags (--fail-above, --fail-above-sample, --require-converged, --baseline with
     --max-increase) are rules recorded in the report; any failed rule exits 1.
     """
-    from lipcheck.auditing import bound_model, check_converged, check_settings, data_section, run_audit
-    from lipcheck.datasets import open_dataset, parse_shape, random_dataset
-    from lipcheck.gate import FailAboveBound
-    from lipcheck.models import load_model
-    from lipcheck.report import Settings
+    from lipcheck.auditing import run
+    from lipcheck.render import REPORT
 
-    with _errors_to_exit_codes(debug):
-        if (data is None) == (random is None):
-            raise InputError(
-                "give the data with --data PATH, or --random SHAPE --num-samples N (one of them)"
-            )
-        if random is not None and num_samples is None:
-            raise InputError("--random needs --num-samples N, the number of samples to draw")
-        if random is None and num_samples is not None:
-            raise InputError("--num-samples goes with --random; with --data use --limit N")
-        kwargs = _parse_json_object(arch_kwargs, "--arch-kwargs")
-        model_kwargs = parse_model_args(model_arg)
-        settings = Settings(
-            method=method.value,
-            tol=tol,
-            max_iter=max_iter,
-            seed=seed,
-            batch_size=batch_size,
-            device=device.value,
-            dtype=dtype.value,
-            reduction=reduction.value,
-            search_steps=search_steps,
-            search_radius=search_radius,
-            output_key=output_key,
-            model_kwargs=model_kwargs,
-        )
-        check_settings(settings)
-        with_bound = with_bound or fail_above_bound is not None
-        assumed = parse_assumptions(assume)
-        if assumed and not with_bound:
-            raise InputError("--assume goes with --bound (or --fail-above-bound): it is used by the bound")
-        _check_thresholds({"--fail-above-bound": fail_above_bound})
-        outputs = output or []
-        fmt = _output_format(output_format, outputs)
-        rules, compared = _gate_rules(
-            fail_above, fail_above_sample, require_converged, baseline, max_increase, allow_mismatch
-        )
-
-        begin = time.perf_counter()
-        loaded = load_model(model, arch=arch, arch_kwargs=kwargs, trust_pickle=trust_pickle)
-        if random is not None:
-            dataset = random_dataset(parse_shape(random), num_samples or 0, seed=seed)
-            if limit is not None:
-                raise InputError("--limit goes with --data; with --random use --num-samples N")
-        else:
-            dataset = open_dataset(data or Path(), key=data_key, limit=limit)
-        load_seconds = time.perf_counter() - begin
-        # Bounded before the audit: a model that cannot be bounded fails in seconds, not after the audit.
-        certified = (
-            bound_model(loaded, dataset.info.sample_shape, assume=assumed, settings=settings)
-            if with_bound
-            else None
-        )
-        if fail_above_bound is not None and certified is not None:
-            rules.append(FailAboveBound(fail_above_bound, certified.upper_bound))
-        if compared is not None:  # hashes the data now, so a mismatch stops before the audit
-            rules.append(compared.rule(settings, data_section(dataset), "this audit", quiet))
-        show_progress = not quiet and sys.stderr.isatty() and (fmt == "table" or bool(outputs))
-        with _progress(show_progress, len(dataset)) as progress:
-            report = run_audit(
-                loaded,
-                dataset,
-                settings,
-                rules=rules,
-                progress=progress,
-                load_seconds=load_seconds,
-                bound=certified,
-            )
-
-        _write_report(report, outputs, fmt, quiet)
-        check_converged(report)
+    flags = dict(locals())
+    request = _audit_request(flags)
+    fmt = _output_format(output_format, request.outputs, REPORT)
+    show_progress = not quiet and sys.stderr.isatty() and (fmt == "table" or bool(request.outputs))
+    try:
+        with _progress(show_progress) as progress:
+            report = run(request, progress=progress)
+    except AuditFailedError as failure:
+        if failure.report is not None:  # no sample converged: the figures are written all the same
+            _write_report(failure.report, request.outputs, fmt, quiet)
+        raise
+    _write_report(report, request.outputs, fmt, quiet)
     _exit_on_gate(report.gate.rules, quiet)
 
 
-def _is_terminal() -> bool:
-    return sys.stdout.isatty()
+def _audit_request(flags: dict[str, Any]) -> AuditRequest:
+    """The `AuditRequest` of `lipcheck audit`'s flags, validated before anything is loaded."""
+    from lipcheck.datasets import parse_shape
+    from lipcheck.report import Settings
+    from lipcheck.request import AuditRequest, DataSource, ModelSource
+
+    random = flags["random"]
+    settings = Settings(
+        method=flags["method"].value,
+        tol=flags["tol"],
+        max_iter=flags["max_iter"],
+        seed=flags["seed"],
+        batch_size=flags["batch_size"],
+        device=flags["device"].value,
+        dtype=flags["dtype"].value,
+        reduction=flags["reduction"].value,
+        search_steps=flags["search_steps"],
+        search_radius=flags["search_radius"],
+        output_key=flags["output_key"],
+        model_kwargs=parse_model_args(flags["model_arg"]),
+    )
+    return AuditRequest(
+        model=ModelSource(
+            flags["model"],
+            arch=flags["arch"],
+            arch_kwargs=_parse_json_object(flags["arch_kwargs"], "--arch-kwargs"),
+            trust_pickle=flags["trust_pickle"],
+        ),
+        data=DataSource(
+            flags["data"],
+            key=flags["data_key"],
+            limit=flags["limit"],
+            random_shape=parse_shape(random) if random is not None else None,
+            num_samples=flags["num_samples"],
+        ),
+        settings=settings,
+        rules=_rule_options(*(flags[name] for name in _RULE_FLAGS)),
+        bound=flags["with_bound"],
+        assume=parse_assumptions(flags["assume"]),
+        outputs=tuple(flags["output"] or ()),
+        format=flags["output_format"],
+    )
+
+
+# The flags of `RuleOptions`, in its order.
+_RULE_FLAGS = (
+    "fail_above",
+    "fail_above_sample",
+    "require_converged",
+    "fail_above_bound",
+    "baseline",
+    "max_increase",
+    "allow_mismatch",
+)
 
 
 BOUND_EPILOG = """\
@@ -758,6 +760,36 @@ torch.export cannot capture, an operation without a rule: the error names it and
 """
 
 
+InputShapeOption = Annotated[
+    str | None,
+    typer.Option(
+        "--input-shape",
+        help="The shape of one input, without the batch dimension: 2x8x8, 2,8,8 or 20.",
+        metavar="SHAPE",
+        show_default=False,
+    ),
+]
+BoundAssumeOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--assume",
+        help="A Lipschitz constant L for an operation lipcheck has no rule for, OP=L as the error names "
+        "it (repeatable); you take responsibility for it, and the report records it.",
+        metavar="OP=L",
+        show_default=False,
+    ),
+]
+BoundOutputOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--output",
+        "-o",
+        help="Write the report to this file (atomically) instead of stdout.",
+        show_default=False,
+    ),
+]
+
+
 @app.command(epilog=BOUND_EPILOG)
 def bound(
     model: Annotated[
@@ -769,48 +801,24 @@ def bound(
             show_default=False,
         ),
     ],
-    input_shape: Annotated[
-        str | None,
-        typer.Option(
-            "--input-shape",
-            help="The shape of one input, without the batch dimension: 2x8x8, 2,8,8 or 20.",
-            metavar="SHAPE",
-            show_default=False,
-        ),
-    ] = None,
+    input_shape: InputShapeOption = None,
     arch: ArchOption = None,
     arch_kwargs: ArchKwargsOption = None,
     trust_pickle: TrustPickleOption = False,
-    assume: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--assume",
-            help="A Lipschitz constant L for an operation lipcheck has no rule for, OP=L as the error names "
-            "it (repeatable); you take responsibility for it, and the report records it.",
-            metavar="OP=L",
-            show_default=False,
-        ),
-    ] = None,
+    assume: BoundAssumeOption = None,
     output_format: Annotated[
-        BoundFormat | None,
+        Format | None,
         typer.Option(
             "--format",
             "-f",
-            help="Report format. Default: table on a terminal, json when stdout is a pipe or with --output.",
+            help="Report format (table, json or markdown; a bound has no JUnit form). Default: table on a "
+            "terminal, json when stdout is a pipe or with --output.",
             show_default=False,
         ),
     ] = None,
-    output: Annotated[
-        Path | None,
-        typer.Option(
-            "--output",
-            "-o",
-            help="Write the report to this file (atomically) instead of stdout.",
-            show_default=False,
-        ),
-    ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No notes on stderr.")] = False,
-    debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an error.")] = False,
+    output: BoundOutputOption = None,
+    quiet: QuietOption = False,
+    debug: DebugOption = False,
 ) -> None:
     """Certify an upper bound on MODEL's global l2 Lipschitz constant, composed layer by layer.
 
@@ -818,36 +826,26 @@ def bound(
     graph gets a rule (exact spectral norms where the layer allows it), composed over the graph:
     products along a path, sums at residual connections. Prints every layer factor and the total.
     """
+    import time
+
     from lipcheck.auditing import run_bound
     from lipcheck.datasets import parse_shape
     from lipcheck.models import load_model
-    from lipcheck.render import format_for, render_bound_table, render_bound_text
+    from lipcheck.render import BOUND_REPORT
 
-    with _errors_to_exit_codes(debug):
-        if input_shape is None:
-            raise InputError(
-                "give the shape of one input with --input-shape SHAPE, without the batch, e.g. 3x32x32"
-            )
-        shape = parse_shape(input_shape, "--input-shape")
-        assumed = parse_assumptions(assume)
-        kwargs = _parse_json_object(arch_kwargs, "--arch-kwargs")
-        outputs = [output] if output is not None else []
-        fmt = _output_format(output_format, outputs)
-        if outputs and format_for(output, fmt) == "junit":
-            raise InputError(
-                f"--output '{output}': a bound report has no JUnit form (it has no rules); "
-                "write .json, .md or .txt, or gate it with lipcheck audit --fail-above-bound"
-            )
-        begin = time.perf_counter()
-        loaded = load_model(model, arch=arch, arch_kwargs=kwargs, trust_pickle=trust_pickle)
-        report = run_bound(loaded, shape, assume=assumed, load_seconds=time.perf_counter() - begin)
-        _write(
-            outputs,
-            fmt,
-            quiet,
-            lambda name: render_bound_text(report, name),
-            lambda console: render_bound_table(report, console),
+    if input_shape is None:
+        raise InputError(
+            "give the shape of one input with --input-shape SHAPE, without the batch, e.g. 3x32x32"
         )
+    shape = parse_shape(input_shape, "--input-shape")
+    assumed = parse_assumptions(assume)
+    kwargs = _parse_json_object(arch_kwargs, "--arch-kwargs")
+    outputs = [output] if output is not None else []
+    fmt = _output_format(output_format, outputs, BOUND_REPORT)
+    begin = time.perf_counter()
+    loaded = load_model(model, arch=arch, arch_kwargs=kwargs, trust_pickle=trust_pickle)
+    report = run_bound(loaded, shape, assume=assumed, load_seconds=time.perf_counter() - begin)
+    _write(report, BOUND_REPORT, outputs, fmt, quiet)
 
 
 INSPECT_EPILOG = """\
@@ -875,36 +873,17 @@ def inspect(
         typer.Option("--trust-pickle", help="Load a whole pickled module (EXECUTES CODE from the file)."),
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object instead of text.")] = False,
-    debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an error.")] = False,
+    debug: DebugOption = False,
 ) -> None:
     """Load MODEL and print what was loaded (format, sha256, size, parameters, input spec); no audit."""
     from lipcheck.auditing import model_section
     from lipcheck.models import load_model
+    from lipcheck.render import render_model_json, render_model_text
 
-    with _errors_to_exit_codes(debug):
-        loaded = load_model(
-            model,
-            arch=arch,
-            arch_kwargs=_parse_json_object(arch_kwargs, "--arch-kwargs"),
-            trust_pickle=trust_pickle,
-        )
-    section = model_section(loaded).__dict__
-    if as_json:
-        typer.echo(json.dumps(section, indent=2, default=list))
-        return
-    for name, value in section.items():
-        if name == "input_spec":
-            value = (
-                ", ".join(f"{s['name']} ({', '.join(map(str, s['shape']))}) {s['dtype']}" for s in value)
-                or "-"
-            )
-        elif name == "arch_kwargs":
-            value = json.dumps(value) if value else "-"
-        elif name == "trusted":
-            value = (
-                "yes (loading executed code from the file)" if value else "no (nothing from the file was run)"
-            )
-        typer.echo(f"{name + ':':<13} {'-' if value is None else value}")
+    kwargs = _parse_json_object(arch_kwargs, "--arch-kwargs")
+    loaded = load_model(model, arch=arch, arch_kwargs=kwargs, trust_pickle=trust_pickle)
+    section = model_section(loaded)
+    sys.stdout.write(render_model_json(section) if as_json else render_model_text(section))
 
 
 GATE_EPILOG = """\
@@ -940,42 +919,46 @@ def gate(
     fail_above_bound: FailAboveBoundOption = None,
     output_format: FormatOption = None,
     output: OutputOption = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No notes on stderr.")] = False,
-    debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an error.")] = False,
+    quiet: QuietOption = False,
+    debug: DebugOption = False,
 ) -> None:
     """Judge a saved audit report by the gate's rules again, without recomputing anything.
 
     The report's gate is replaced by these rules' verdicts; write it (JSON, Markdown, JUnit, table)
     with --output, so one audit can be gated several ways.
     """
-    from lipcheck.gate import FailAboveBound, judge
+    from lipcheck.compare import comparable
+    from lipcheck.gate import judge, rules_for
+    from lipcheck.render import REPORT
     from lipcheck.report import read_report
 
-    with _errors_to_exit_codes(debug):
-        outputs = output or []
-        fmt = _output_format(output_format, outputs)
-        _check_thresholds({"--fail-above-bound": fail_above_bound})
-        rules, compared = _gate_rules(
-            fail_above, fail_above_sample, require_converged, baseline, max_increase, allow_mismatch
+    outputs = output or []
+    fmt = _output_format(output_format, outputs, REPORT)
+    options = _rule_options(
+        fail_above,
+        fail_above_sample,
+        require_converged,
+        fail_above_bound,
+        baseline,
+        max_increase,
+        allow_mismatch,
+    )
+    if options.empty:
+        raise InputError(
+            "give at least one rule: --fail-above X, --fail-above-sample X, --require-converged, "
+            "--fail-above-bound X, or --baseline REPORT.json --max-increase PCT"
         )
-        if not rules and compared is None and fail_above_bound is None:
-            raise InputError(
-                "give at least one rule: --fail-above X, --fail-above-sample X, --require-converged, "
-                "--fail-above-bound X, or --baseline REPORT.json --max-increase PCT"
-            )
-        saved = read_report(report_path)
-        if fail_above_bound is not None:
-            if saved.bound is None:
-                raise InputError(
-                    f"--fail-above-bound: report '{report_path}' holds no certified bound; "
-                    "write it with lipcheck audit --bound"
-                )
-            rules.append(FailAboveBound(fail_above_bound, saved.bound.upper_bound))
-        if compared is not None:
-            rules.append(compared.rule(saved.settings, saved.data, f"report '{report_path}'", quiet))
-        judged = replace(saved, gate=judge(rules, saved))
-        _write_report(judged, outputs, fmt, quiet)
-    _exit_on_gate(judged.gate.rules, quiet)
+    base = options.read_baseline()
+    saved = read_report(report_path)
+    judged = f"report '{report_path}'"
+    mismatched: list[str] = []
+    if base is not None:
+        what = f"baseline report '{baseline}' and {judged}"
+        mismatched = comparable(base, saved.settings, saved.data, what, allow_mismatch)
+    rules = rules_for(options, saved, baseline=base, mismatched=mismatched, judged=judged)
+    report = replace(saved, gate=judge(rules, saved))
+    _write_report(report, outputs, fmt, quiet)
+    _exit_on_gate(report.gate.rules, quiet)
 
 
 COMPARE_EPILOG = """\
@@ -1029,42 +1012,34 @@ def compare(
         ),
     ] = None,
     output: OutputOption = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No notes on stderr.")] = False,
-    debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an error.")] = False,
+    quiet: QuietOption = False,
+    debug: DebugOption = False,
 ) -> None:
     """Compare two audit reports: per-sample changes matched by index, the samples that rose most, the
     change of every summary figure.
     """
-    from lipcheck.compare import compare_reports, mismatches
-    from lipcheck.gate import MaxIncrease
-    from lipcheck.render import render_comparison, render_comparison_table
+    from lipcheck.compare import comparable, compare_reports
+    from lipcheck.gate import RuleOptions, check_thresholds, rules_for
+    from lipcheck.render import COMPARISON
     from lipcheck.report import read_report
 
-    with _errors_to_exit_codes(debug):
-        outputs = output or []
-        fmt = _output_format(output_format, outputs)
-        _check_thresholds({"--max-increase": max_increase})
-        base, new = read_report(base_path), read_report(new_path)
-        found = mismatches(base, new.settings, new.data)
-        _check_comparable(found, f"reports '{base_path}' and '{new_path}'", allow_mismatch, quiet)
-        rules = (
-            [MaxIncrease(max_increase, base.summary.value, str(base_path), tuple(found))]
-            if max_increase is not None
-            else []
-        )
-        comparison = compare_reports(
-            base, new, base_path=str(base_path), new_path=str(new_path), top=top, rules=rules,
-            mismatched=found,
-        )  # fmt: skip
-        _write(
-            outputs,
-            fmt,
-            quiet,
-            lambda name: render_comparison(comparison, name),
-            lambda console: render_comparison_table(comparison, console),
-        )
+    outputs = output or []
+    fmt = _output_format(output_format, outputs, COMPARISON)
+    check_thresholds({"--max-increase": max_increase})
+    options = RuleOptions(baseline=base_path, max_increase=max_increase, allow_mismatch=allow_mismatch)
+    base, new = read_report(base_path), read_report(new_path)
+    found = comparable(
+        base, new.settings, new.data, f"reports '{base_path}' and '{new_path}'", allow_mismatch
+    )
+    rules = rules_for(options, new, baseline=base, mismatched=found)
+    comparison = compare_reports(
+        base, new, base_path=str(base_path), new_path=str(new_path), top=top, rules=rules,
+        mismatched=found,
+    )  # fmt: skip
+    _write(comparison, COMPARISON, outputs, fmt, quiet)
     _exit_on_gate(comparison.gate.rules, quiet)
 
 
 def main() -> None:
+    """The `lipcheck` entry point: `LipcheckGroup.main` maps every outcome to an `ExitStatus`."""
     app()

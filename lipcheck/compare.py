@@ -9,11 +9,12 @@ samples by index and reports the change of every sigma and of every summary figu
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from lipcheck.errors import InputError
+from lipcheck.errors import InputError, LipcheckWarning
 from lipcheck.gate import Rule, judge, percent_change
 from lipcheck.report import SCHEMA_VERSION, DataSection, Gate, Report, Settings
 
@@ -50,6 +51,22 @@ def mismatches(base: Report, settings: Settings, data: DataSection) -> list[str]
         before, after = getattr(base.settings, name), getattr(settings, name)
         if before != after:
             found.append(f"{flag} {_shown(before)} vs {_shown(after)}")
+    return found
+
+
+def comparable(
+    base: Report, settings: Settings, data: DataSection, what: str, allow_mismatch: bool
+) -> list[str]:
+    """The `mismatches` of figures measured with `settings` on `data` against `base` (`what` names
+    both); InputError when there are some, unless `allow_mismatch`: then a `LipcheckWarning`."""
+    found = mismatches(base, settings, data)
+    if found and not allow_mismatch:
+        raise InputError(
+            f"{what} differ: {'; '.join(found)}: audit the same data with the same settings, or pass "
+            "--allow-mismatch to compare anyway"
+        )
+    if found:
+        warnings.warn(f"comparing despite: {'; '.join(found)}", LipcheckWarning, stacklevel=2)
     return found
 
 

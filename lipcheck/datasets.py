@@ -20,7 +20,7 @@ import hashlib
 import math
 import mmap
 import pickle
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,7 +81,9 @@ class Dataset:
 
     @property
     def name(self) -> str:
-        return f"data file '{self.info.path}'" if self.info.path is not None else "random data"
+        if self.info.path is not None:
+            return f"data file '{self.info.path}'"
+        return "random data" if self.info.kind == "random" else f"the {self.info.kind} given"
 
     def read(self, start: int, stop: int, dtype: torch.dtype = torch.float32) -> Tensor:
         """Samples [start, stop) as a new tensor of `dtype`; InputError naming the first non-finite one."""
@@ -381,6 +383,50 @@ def open_dataset(path: str | Path, *, key: str | None = None, limit: int | None 
         f"{where} is not a data format lipcheck reads (.npy, .npz, .pt, .safetensors or a folder of "
         "PNG/JPEG images): convert it, e.g. with numpy.save"
     )
+
+
+def tensor_dataset(x: Tensor | np.ndarray, *, kind: str = "tensor", limit: int | None = None) -> Dataset:
+    """The samples of a tensor or array (N, ...) in memory (`lipcheck.audit(model, x)`)."""
+    where = f"the {kind} given"
+    tensor = torch.as_tensor(x).detach().cpu()
+    _check_numeric(tensor.dtype, where)
+    if tensor.dim() == 0:
+        raise InputError(f"{where} is a scalar, expected samples (N, ...)")
+    dtype = str(tensor.dtype).removeprefix("torch.")
+    array = _Array(None, (), tensor.shape[0], tuple(tensor.shape[1:]), dtype, lambda a, b: tensor[a:b])
+    count = _limited(array, limit, where)
+    info = DataInfo(None, kind, None, (), count, array.total, array.sample_shape, array.dtype)
+    return Dataset(info, array.reader)
+
+
+def batches_dataset(batches: Iterable[Any], *, key: str | None = None, limit: int | None = None) -> Dataset:
+    """The samples of an iterable of batches (a DataLoader), read once into memory.
+
+    A batch is a tensor (B, ...), or a tuple or dict of them (e.g. (inputs, labels)): `key` picks the
+    entry, an index or a key; the first entry of a tuple by default.
+    """
+    chunks = [_batch_inputs(batch, key) for batch in batches]
+    if not chunks:
+        raise InputError("the batches given are empty (0 samples): give at least one batch")
+    try:
+        x = torch.cat(chunks)
+    except RuntimeError as error:
+        raise InputError(f"the batches given do not stack into one data set ({describe(error)})") from error
+    return tensor_dataset(x, kind="batches", limit=limit)
+
+
+def _batch_inputs(batch: Any, key: str | None) -> Tensor:
+    if isinstance(batch, Mapping):
+        if key is None or key not in batch:
+            keys = _names(list(batch))
+            raise InputError(f"the batches are dicts with keys {keys}: choose one with data_key")
+        batch = batch[key]
+    elif isinstance(batch, (tuple, list)):
+        batch = batch[int(key)] if key is not None and key.isdigit() else batch[0]
+    if not isinstance(batch, (Tensor, np.ndarray)):
+        found = type(batch).__name__
+        raise InputError(f"a batch is a {found}, expected a tensor (B, ...) or a tuple of them")
+    return torch.as_tensor(batch).detach().cpu()
 
 
 def parse_shape(text: str, flag: str = "--random") -> tuple[int, ...]:

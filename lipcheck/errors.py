@@ -8,6 +8,8 @@ itself failed), every other one 2 (a usage or input error).
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class LipcheckError(Exception):
     """Base class of every error lipcheck raises on purpose."""
@@ -37,11 +39,20 @@ class BatchCouplingError(LipcheckError):
 
 
 class AuditFailedError(LipcheckError):
-    """The computation itself failed (every sample diverged, the model produced NaN, out of memory)."""
+    """The computation itself failed (no sample converged, the model produced NaN, out of memory).
+
+    `report` is the report of the figures measured anyway (no sample converged), else None.
+    """
+
+    report: Any = None
 
 
 class UnsupportedOperationError(LipcheckError):
     """A model cannot be bounded: it holds an operation without a Lipschitz rule, or has no graph to walk."""
+
+
+class LipcheckWarning(UserWarning):
+    """Something the user chose to accept, e.g. comparing reports of other data (--allow-mismatch)."""
 
 
 def first_line(error: BaseException) -> str:

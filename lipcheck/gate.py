@@ -7,11 +7,14 @@ report, so `lipcheck gate` judges a saved one again without recomputing. Adding 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
-from lipcheck.report import Gate, Report, RuleVerdict, largest_sigma
+from lipcheck.errors import InputError
+from lipcheck.report import Gate, Report, RuleVerdict, largest_sigma, read_report
 
 LISTED = 10  # failing sample indices named in a message; the verdict's `failing_samples` has them all
 
@@ -164,6 +167,97 @@ class MaxIncrease:
             baseline=self.baseline,
             baseline_value=self.baseline_value,
         )
+
+
+@dataclass(frozen=True)
+class RuleOptions:
+    """The gate's flags, shared by `lipcheck audit` and `lipcheck gate` (and `compare`'s baseline)."""
+
+    fail_above: float | None = None
+    fail_above_sample: float | None = None
+    require_converged: bool = False
+    fail_above_bound: float | None = None
+    baseline: Path | None = None
+    max_increase: float | None = None
+    allow_mismatch: bool = False
+
+    def validate(self) -> None:
+        """InputError naming the flag of a negative threshold, or of flags that do not go together."""
+        check_thresholds(
+            {
+                "--fail-above": self.fail_above,
+                "--fail-above-sample": self.fail_above_sample,
+                "--max-increase": self.max_increase,
+                "--fail-above-bound": self.fail_above_bound,
+            }
+        )
+        if self.max_increase is not None and self.baseline is None:
+            raise InputError("--max-increase needs --baseline REPORT.json, the report to compare with")
+        if self.baseline is not None and self.max_increase is None:
+            raise InputError(
+                "--baseline needs --max-increase PCT, how many percent the reduced sigma may rise (0: none)"
+            )
+        if self.allow_mismatch and self.baseline is None:
+            raise InputError("--allow-mismatch goes with --baseline REPORT.json --max-increase PCT")
+
+    @property
+    def empty(self) -> bool:
+        """Whether no rule is asked for."""
+        return (
+            self.fail_above is None
+            and self.fail_above_sample is None
+            and not self.require_converged
+            and self.fail_above_bound is None
+            and self.baseline is None
+        )
+
+    def read_baseline(self) -> Report | None:
+        """The --baseline report, read and checked; None without one."""
+        if self.baseline is None:
+            return None
+        return read_report(self.baseline, "baseline report (--baseline)")
+
+
+def check_thresholds(thresholds: Mapping[str, float | None]) -> None:
+    """InputError naming the flag of a threshold that is negative or not finite."""
+    for flag, value in thresholds.items():
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise InputError(f"{flag} must be a number >= 0, got {value:g}")
+
+
+def rules_for(
+    options: RuleOptions,
+    report: Report,
+    *,
+    baseline: Report | None = None,
+    mismatched: Sequence[str] = (),
+    judged: str = "this audit",
+) -> list[Rule]:
+    """The rules of `options` for judging `report` (`judged` names it in errors).
+
+    `baseline` is the --baseline report (read with `options.read_baseline()` when not given), whose
+    comparability the caller checked (`compare.comparable`); `mismatched` are the differences it
+    accepted with --allow-mismatch, repeated in the max_increase verdict.
+    """
+    rules: list[Rule] = []
+    if options.fail_above is not None:
+        rules.append(FailAbove(options.fail_above))
+    if options.fail_above_sample is not None:
+        rules.append(FailAboveSample(options.fail_above_sample))
+    if options.require_converged:
+        rules.append(RequireConverged())
+    if options.fail_above_bound is not None:
+        if report.bound is None:
+            raise InputError(
+                f"--fail-above-bound: {judged} holds no certified bound; write it with lipcheck audit --bound"
+            )
+        rules.append(FailAboveBound(options.fail_above_bound, report.bound.upper_bound))
+    if options.max_increase is not None and options.baseline is not None:
+        base = baseline if baseline is not None else options.read_baseline()
+        assert base is not None
+        value, path = base.summary.value, str(options.baseline)
+        rules.append(MaxIncrease(options.max_increase, value, path, tuple(mismatched)))
+    return rules
 
 
 def judge(rules: Sequence[Rule], report: Report) -> Gate:

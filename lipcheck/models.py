@@ -277,6 +277,30 @@ def _listing(items: list[str], most: int = 8) -> str:
     return shown + (f" and {len(items) - most} more" if len(items) > most else "")
 
 
+def wrap_model(model: Callable[..., Any]) -> LoadedModel:
+    """A module or callable already in memory, described like a loaded file (`lipcheck.audit`).
+
+    An nn.Module is put in eval mode (in place); its sha256 covers the names and bytes of its
+    parameters and buffers, so two reports of the same weights carry the same hash.
+    """
+    digest = hashlib.sha256()
+    if isinstance(model, nn.Module):
+        model.eval()
+        for name, tensor in model.state_dict().items():
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    name = getattr(model, "__qualname__", type(model).__name__)
+    return LoadedModel(
+        module=model,
+        path=f"<{name}>",
+        format="module",
+        sha256=digest.hexdigest(),
+        size_bytes=0,
+        parameters=_count_parameters(model),
+        trusted=False,
+    )
+
+
 def _count_parameters(module: Any) -> int:
     parameters = getattr(module, "parameters", None)
     return sum(p.numel() for p in parameters()) if callable(parameters) else 0

@@ -11,26 +11,24 @@ import io
 import json
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
+from typing import Any, Generic, TypeVar
 
 from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from lipcheck.choices import Format
 from lipcheck.compare import Comparison
+from lipcheck.errors import InputError
 from lipcheck.gate import listed
 from lipcheck.report import ModelBoundReport, ModelSection, Report, RuleVerdict, SampleResult, worst_samples
 
-FORMATS = ("table", "json", "markdown", "junit")
-SUFFIX_FORMATS = {".json": "json", ".md": "markdown", ".xml": "junit", ".txt": "table"}
 WORST = 10
 JUNIT_LISTED = 100  # failing sample indices in a JUnit failure's text
 
-
-def format_for(path: str | Path, default: str) -> str:
-    """The format of an output file: from its suffix (`SUFFIX_FORMATS`), else `default`."""
-    return SUFFIX_FORMATS.get(Path(path).suffix.lower(), default)
+Rendered = TypeVar("Rendered")
 
 
 def _number(value: float | None) -> str:
@@ -314,20 +312,6 @@ def _escape(text: str, property: bool = False) -> str:
     return text.replace(":", "%3A").replace(",", "%2C") if property else text
 
 
-def render_chunks(report: Report, format: str) -> Iterable[str]:
-    """`render_text` in pieces to write as they come (JSON is streamed; the other formats are small)."""
-    return report.json_chunks() if format == "json" else [render_text(report, format)]
-
-
-def render_text(report: Report, format: str) -> str:
-    """The report as text in `format` (one of `FORMATS`)."""
-    if format == "json":
-        return report.to_json()
-    if format == "markdown":
-        return render_markdown(report)
-    if format == "junit":
-        return render_junit(report)
-    return table_text(report)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -390,13 +374,6 @@ def render_bound_markdown(report: ModelBoundReport) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_bound_text(report: ModelBoundReport, format: str) -> str:
-    """The report of `lipcheck bound` as text in `format` (one of `FORMATS`)."""
-    if format == "json":
-        return report.to_json()
-    if format == "markdown":
-        return render_bound_markdown(report)
-    return _plain(lambda console: render_bound_table(report, console), 120)
 
 
 # A comparison of two reports.
@@ -471,12 +448,96 @@ def render_comparison_markdown(comparison: Comparison) -> str:
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
-def render_comparison(comparison: Comparison, format: str) -> str:
-    """The comparison as text in `format` (one of `FORMATS`); junit holds its gate's rules."""
-    if format == "json":
-        return json.dumps(comparison.to_dict(), indent=2) + "\n"
-    if format == "markdown":
-        return render_comparison_markdown(comparison)
-    if format == "junit":
-        return junit_xml(comparison.model, comparison.gate.rules)
-    return _plain(lambda console: render_comparison_table(comparison, console))
+# ----------------------------------------------------------------------------------------------------
+# `lipcheck inspect`: what was loaded
+
+
+def _input_spec(specs: Sequence[Mapping[str, Any]]) -> str:
+    return ", ".join(f"{s['name']} ({', '.join(map(str, s['shape']))}) {s['dtype']}" for s in specs) or "-"
+
+
+# How a field of `ModelSection` reads, where `str` would not do.
+_INSPECTED: dict[str, Callable[[Any], str]] = {
+    "input_spec": _input_spec,
+    "arch_kwargs": lambda value: json.dumps(value) if value else "-",
+    "trusted": lambda value: (
+        "yes (loading executed code from the file)" if value else "no (nothing from the file was run)"
+    ),
+}
+
+
+def _inspected(name: str, value: Any) -> str:
+    shown = _INSPECTED.get(name)
+    return shown(value) if shown is not None else "-" if value is None else str(value)
+
+
+def render_model_text(model: ModelSection) -> str:
+    """One 'name: value' line per field of a loaded model's description."""
+    return "".join(f"{name + ':':<13} {_inspected(name, value)}\n" for name, value in model.__dict__.items())
+
+
+def render_model_json(model: ModelSection) -> str:
+    return json.dumps(model.__dict__, indent=2, default=list) + "\n"
+
+
+# ----------------------------------------------------------------------------------------------------
+# The renderers of each kind of report, looked up by format
+
+
+@dataclass(frozen=True)
+class Renderers(Generic[Rendered]):
+    """How one kind of report is presented: its text per `Format` (a string, or pieces of one to
+    stream), and its table on a terminal. A format missing from `text` is one the kind lacks."""
+
+    kind: str
+    text: Mapping[Format, Callable[[Rendered], str | Iterable[str]]]
+    console: Callable[[Rendered, Console], None]
+    lacking: str = ""  # why a format is missing and what to do instead
+
+    def check(self, format: str | Format, flag: str) -> Format:
+        """The format, or InputError naming `flag` when this kind has no such form."""
+        chosen = Format(format)
+        if chosen not in self.text:
+            raise InputError(f"{flag}: {self.kind} has no {chosen.value} form{self.lacking}")
+        return chosen
+
+    def render(self, value: Rendered, format: str | Format, flag: str = "--format") -> str | Iterable[str]:
+        """`value` as text in `format`: a string, or pieces of one to write as they come."""
+        return self.text[self.check(format, flag)](value)
+
+    def render_text(self, value: Rendered, format: str | Format) -> str:
+        """`value` as one string in `format`."""
+        return "".join(self.render(value, format))
+
+
+REPORT = Renderers[Report](
+    "an audit report",
+    {
+        Format.table: table_text,
+        Format.json: Report.json_chunks,
+        Format.markdown: render_markdown,
+        Format.junit: render_junit,
+    },
+    render_table,
+)
+BOUND_REPORT = Renderers[ModelBoundReport](
+    "a bound report",
+    {
+        Format.table: lambda report: _plain(lambda console: render_bound_table(report, console), 120),
+        Format.json: ModelBoundReport.to_json,
+        Format.markdown: render_bound_markdown,
+    },
+    render_bound_table,
+    " (JUnit holds a gate's rules, and a bound has none): write .json, .md or .txt, or gate it with "
+    "lipcheck audit --fail-above-bound",
+)
+COMPARISON = Renderers[Comparison](
+    "a comparison",
+    {
+        Format.table: lambda comparison: _plain(lambda console: render_comparison_table(comparison, console)),
+        Format.json: lambda comparison: json.dumps(comparison.to_dict(), indent=2) + "\n",
+        Format.markdown: render_comparison_markdown,
+        Format.junit: lambda comparison: junit_xml(comparison.model, comparison.gate.rules),
+    },
+    render_comparison_table,
+)

@@ -9,7 +9,8 @@ import pytest
 from cli_fixtures import make_report
 
 from lipcheck.gate import FailAbove, FailAboveSample, judge
-from lipcheck.render import format_for, github_annotations, render_junit, render_markdown, render_text
+from lipcheck.choices import format_for
+from lipcheck.render import REPORT, github_annotations, render_junit, render_markdown
 from lipcheck.report import Report, RuleVerdict
 
 
@@ -30,7 +31,7 @@ def test_junit_has_one_suite_named_after_the_model_and_one_case_per_rule() -> No
     report = replace(
         make_report([1.0, 3.0, 2.0] * 50), model=replace(make_report([1.0]).model, path='a&b<"c">.pt2')
     )
-    text = render_text(judged(report, FailAbove(5.0), FailAboveSample(1.5)), "junit")
+    text = REPORT.render_text(judged(report, FailAbove(5.0), FailAboveSample(1.5)), "junit")
     root = ET.fromstring(text)
     suites = root.findall("testsuite")
     assert len(suites) == 1 and suites[0].get("name") == 'a&b<"c">.pt2'

@@ -1,0 +1,101 @@
+"""What an audit is asked to do, as one frozen value checked before anything is loaded.
+
+`AuditRequest` gathers the model source, the data source, the `Settings`, the gate's rules, the bound
+and the outputs. The command line builds one from its flags, `lipcheck.audit` from its arguments, and
+`auditing.run` carries it out. Building one validates it (every choice and range, the flags that go
+together), so a usage error costs no model load. Torch-free: the CLI imports it at parse time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lipcheck.choices import Format
+from lipcheck.errors import InputError
+from lipcheck.gate import RuleOptions
+from lipcheck.report import Settings
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """The model: a file path (with `arch`, `arch_kwargs` and `trust_pickle` as for `load_model`), or
+    a module or callable already in memory."""
+
+    model: Any
+    arch: str | None = None
+    arch_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    trust_pickle: bool = False
+
+    @property
+    def is_path(self) -> bool:
+        return isinstance(self.model, (str, Path))
+
+    def validate(self) -> None:
+        if not self.is_path and not callable(self.model):
+            raise InputError(
+                f"model must be a path, an nn.Module or a callable, got {type(self.model).__name__}"
+            )
+        if not self.is_path and (self.arch is not None or self.arch_kwargs or self.trust_pickle):
+            raise InputError("arch, arch_kwargs and trust_pickle go with a model file, not a module")
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """The data: a path (`key`, `limit` as for `open_dataset`), a tensor (B, ...), an iterable of
+    batches (a DataLoader; `key` picks the entry of a tuple or dict batch), or, with `random_shape`
+    and `num_samples`, standard normal samples seeded by the settings' seed."""
+
+    data: Any = None
+    key: str | None = None
+    limit: int | None = None
+    random_shape: tuple[int, ...] | None = None
+    num_samples: int | None = None
+
+    def validate(self) -> None:
+        random = self.random_shape is not None
+        if (self.data is None) == (not random):
+            raise InputError(
+                "give the data with --data PATH, or --random SHAPE --num-samples N (one of them)"
+            )
+        if random and self.num_samples is None:
+            raise InputError("--random needs --num-samples N, the number of samples to draw")
+        if not random and self.num_samples is not None:
+            raise InputError("--num-samples goes with --random; with --data use --limit N")
+        if random and self.limit is not None:
+            raise InputError("--limit goes with --data; with --random use --num-samples N")
+        if self.limit is not None and self.limit < 1:
+            raise InputError(f"--limit must be at least 1, got {self.limit}")
+
+
+@dataclass(frozen=True)
+class AuditRequest:
+    """One audit: what to load, how to measure, what to judge, where the report goes.
+
+    `bound` asks for the certified upper bound (implied by `rules.fail_above_bound`), with `assume`d
+    constants for operations without a rule. `outputs` and `format` are for whoever renders the report
+    (`auditing.run` returns it). Raises InputError naming the flag when the request is inconsistent.
+    """
+
+    model: ModelSource
+    data: DataSource
+    settings: Settings = field(default_factory=Settings)
+    rules: RuleOptions = field(default_factory=RuleOptions)
+    bound: bool = False
+    assume: Mapping[str, float] = field(default_factory=dict)
+    outputs: tuple[Path, ...] = ()
+    format: Format | None = None
+
+    def __post_init__(self) -> None:
+        self.model.validate()
+        self.data.validate()
+        self.settings.validate()
+        self.rules.validate()
+        if self.assume and not self.with_bound:
+            raise InputError("--assume goes with --bound (or --fail-above-bound): it is used by the bound")
+
+    @property
+    def with_bound(self) -> bool:
+        return self.bound or self.rules.fail_above_bound is not None
