@@ -147,7 +147,7 @@ def audit_rows(
                 output = module(inputs, **kwargs)
             except LipcheckError:
                 raise
-            except Exception as error:
+            except (Exception, SystemExit) as error:  # model code cannot end the process
                 if _out_of_memory(error):
                     raise _out_of_memory_error(error, settings) from error
                 if isinstance(error, _REJECTED_INPUT):

@@ -50,8 +50,6 @@ if TYPE_CHECKING:
 _UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
 _ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
-ISSUES_URL = "https://github.com/lipcheck/lipcheck/issues"
-
 
 class ExitStatus(IntEnum):
     """Every exit code of lipcheck (README, docs/ci.md)."""
@@ -91,8 +89,8 @@ def _exit_status(error: BaseException) -> ExitStatus:
         return ExitStatus.AUDIT_FAILED if isinstance(error, AuditFailedError) else ExitStatus.USAGE_OR_INPUT
     traceback.print_exception(error, file=sys.stderr)
     typer.echo(
-        f"lipcheck: internal error, please report it at {ISSUES_URL} with the traceback above: "
-        f"{type(error).__name__}: {first_line(error)}",
+        f"lipcheck: internal error, please report it with the traceback above "
+        f"({type(error).__name__}: {first_line(error)})",
         err=True,
     )
     return ExitStatus.INTERNAL_ERROR
@@ -126,7 +124,10 @@ class LipcheckGroup(typer.core.TyperGroup):
                 warnings.simplefilter("always", LipcheckWarning)
                 warnings.showwarning = _warnings_to_stderr(warnings.showwarning)
                 result = super().main(*args, standalone_mode=False, **kwargs)
+            # typer turns Ctrl-C into exit code 130 itself (older versions: into Abort, below)
             status = result if isinstance(result, int) else ExitStatus.PASSED
+            if status == ExitStatus.INTERRUPTED:
+                status = _exit_status(KeyboardInterrupt())
         except _ClickException as error:
             if not standalone_mode:
                 raise

@@ -7,6 +7,7 @@ The factories are importable by path, so a test passes `--arch {ARCH}:make_mlp`.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -102,6 +103,45 @@ class SqrtModel(nn.Module):
 class StringModel(nn.Module):
     def forward(self, x: Tensor) -> str:
         return "not a tensor"
+
+
+class RaisingMLP(MLP):
+    """Raises `error` (a name in `RAISED`) from its forward: a model that runs out of memory or has a bug."""
+
+    def __init__(self, error: str) -> None:
+        super().__init__()
+        self.error = error
+
+    def forward(self, x: Tensor, scale: float = 1.0) -> Tensor:
+        raise RAISED[self.error]
+
+
+RAISED: dict[str, BaseException] = {
+    "cuda-oom": torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"),
+    "cpu-oom": RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: not enough memory"),
+    "bug": KeyError("layer4"),
+}
+
+
+class SlowMLP(MLP):
+    """Creates the file `started` on its first call, then takes `seconds` per call: a run to interrupt."""
+
+    def __init__(self, started: str, seconds: float = 60.0) -> None:
+        super().__init__()
+        self.started, self.seconds = started, seconds
+
+    def forward(self, x: Tensor, scale: float = 1.0) -> Tensor:
+        Path(self.started).touch()
+        time.sleep(self.seconds)
+        return super().forward(x, scale)
+
+
+def make_raising(error: str) -> nn.Module:
+    return RaisingMLP(error)
+
+
+def make_slow(started: str) -> nn.Module:
+    return SlowMLP(started)
 
 
 def make_mlp(**kwargs: Any) -> nn.Module:

@@ -8,8 +8,8 @@ from dataclasses import replace
 import pytest
 from cli_fixtures import make_report
 
-from lipcheck.gate import FailAbove, FailAboveSample, judge
 from lipcheck.choices import format_for
+from lipcheck.gate import FailAbove, FailAboveSample, judge
 from lipcheck.render import REPORT, github_annotations, render_junit, render_markdown
 from lipcheck.report import Report, RuleVerdict
 
