@@ -10,14 +10,18 @@ from lipcheck.errors import (
     BatchCouplingError,
     InputError,
     LipcheckError,
+    LipcheckWarning,
     ModelOutputError,
     UnsupportedOperationError,
 )
 
 if TYPE_CHECKING:
+    from lipcheck.auditing import audit
     from lipcheck.bounds import BoundReport, LayerBound, upper_bound
     from lipcheck.engine import JacobianOperator, SpectralNormResult, spectral_norm
     from lipcheck.regularisers import FNEJacobianSpectralNorm, JacobianSpectralNorm
+    from lipcheck.report import Report, Settings
+    from lipcheck.request import AuditRequest, DataSource, ModelSource
     from lipcheck.search import SearchResult, worst_case_search
 
 __version__ = "0.1.0"
@@ -25,6 +29,12 @@ __version__ = "0.1.0"
 # Exports that need torch, imported on first use: `lipcheck gate` and `lipcheck compare` read saved
 # reports and start in a fraction of a second without it.
 _LAZY = {
+    "audit": "lipcheck.auditing",
+    "AuditRequest": "lipcheck.request",
+    "DataSource": "lipcheck.request",
+    "ModelSource": "lipcheck.request",
+    "Report": "lipcheck.report",
+    "Settings": "lipcheck.report",
     "BoundReport": "lipcheck.bounds",
     "LayerBound": "lipcheck.bounds",
     "upper_bound": "lipcheck.bounds",
@@ -39,6 +49,7 @@ _LAZY = {
 
 __all__ = [
     "AuditFailedError",
+    "AuditRequest",
     "BatchCouplingError",
     "BoundReport",
     "FNEJacobianSpectralNorm",
@@ -46,12 +57,18 @@ __all__ = [
     "JacobianOperator",
     "JacobianSpectralNorm",
     "LayerBound",
+    "DataSource",
     "LipcheckError",
+    "LipcheckWarning",
     "ModelOutputError",
+    "ModelSource",
+    "Report",
     "SearchResult",
+    "Settings",
     "SpectralNormResult",
     "UnsupportedOperationError",
     "__version__",
+    "audit",
     "spectral_norm",
     "upper_bound",
     "worst_case_search",

@@ -16,7 +16,7 @@ from __future__ import annotations
 import platform
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, replace
+from dataclasses import asdict, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ from lipcheck.compare import comparable
 from lipcheck.datasets import Dataset, batches_dataset, open_dataset, random_dataset, tensor_dataset
 from lipcheck.engine import spectral_norm
 from lipcheck.errors import AuditFailedError, InputError, LipcheckError, ModelOutputError, describe
-from lipcheck.gate import Rule, judge, rules_for
+from lipcheck.gate import Rule, RuleOptions, judge, rules_for
 from lipcheck.models import LoadedModel, load_model, wrap_model
 from lipcheck.report import (
     BoundReport,
@@ -448,3 +448,63 @@ def run(request: AuditRequest, progress: Callable[[int, int], None] | None = Non
     report = replace(report, gate=judge(rules, report))
     check_converged(report)
     return report
+
+
+_RULE_FIELDS = frozenset(f.name for f in fields(RuleOptions))
+_SETTING_FIELDS = frozenset(f.name for f in fields(Settings))
+
+
+def audit(
+    model: AuditRequest | str | Path | Callable[..., Any],
+    data: str | Path | Tensor | np.ndarray | Iterable[Any] | None = None,
+    *,
+    data_key: str | None = None,
+    limit: int | None = None,
+    arch: str | None = None,
+    arch_kwargs: Mapping[str, Any] | None = None,
+    trust_pickle: bool = False,
+    bound: bool = False,
+    assume: Mapping[str, float] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    **options: Any,
+) -> Report:
+    """Audit `model` on `data` and return the `Report` that `lipcheck audit` writes; for test suites.
+
+    `model` is a model file (as for `lipcheck audit`, with `arch`, `arch_kwargs`, `trust_pickle`), an
+    nn.Module (put in eval mode and moved to the device and dtype, in place) or a callable; or a
+    prepared `AuditRequest`, then the only argument. `data` is a data file or image folder (with
+    `data_key` and `limit`), a tensor or array (N, ...), or an iterable of batches such as a
+    DataLoader (a batch may be a tensor or a tuple (inputs, labels); `data_key` picks another entry).
+    The other keyword arguments are `Settings` fields (method, tol, max_iter, seed, batch_size,
+    device, dtype, reduction, krylov_dim, output_key, model_kwargs, search_steps, search_radius) and
+    gate rules (fail_above, fail_above_sample, require_converged, fail_above_bound, baseline,
+    max_increase, allow_mismatch), judged into `report.gate`.
+
+    Raises InputError for bad input and AuditFailedError when the audit fails (as `run`)::
+
+        report = lipcheck.audit(model, loader, max_iter=100)
+        assert report.summary.max < 2
+    """
+    if isinstance(model, AuditRequest):
+        if data is not None or options or bound or assume or arch or arch_kwargs or trust_pickle:
+            raise InputError("lipcheck.audit(request) takes the AuditRequest alone: put the options in it")
+        return run(model, progress)
+    unknown = sorted(set(options) - _RULE_FIELDS - _SETTING_FIELDS)
+    if unknown:
+        raise InputError(
+            f"lipcheck.audit() got unknown option(s) {', '.join(unknown)}: use Settings fields "
+            f"({', '.join(sorted(_SETTING_FIELDS))}) or rules ({', '.join(sorted(_RULE_FIELDS))})"
+        )
+    settings = {name: value for name, value in options.items() if name in _SETTING_FIELDS}
+    rules = {name: value for name, value in options.items() if name in _RULE_FIELDS}
+    if rules.get("baseline") is not None:
+        rules["baseline"] = Path(rules["baseline"])
+    request = AuditRequest(
+        model=ModelSource(model, arch=arch, arch_kwargs=dict(arch_kwargs or {}), trust_pickle=trust_pickle),
+        data=DataSource(data, key=data_key, limit=limit),
+        settings=Settings(**settings),
+        rules=RuleOptions(**rules),
+        bound=bound,
+        assume=dict(assume or {}),
+    )
+    return run(request, progress)

@@ -83,7 +83,7 @@ class Dataset:
     def name(self) -> str:
         if self.info.path is not None:
             return f"data file '{self.info.path}'"
-        return "random data" if self.info.kind == "random" else f"the {self.info.kind} given"
+        return "random data" if self.info.kind == "random" else f"in-memory {self.info.kind}"
 
     def read(self, start: int, stop: int, dtype: torch.dtype = torch.float32) -> Tensor:
         """Samples [start, stop) as a new tensor of `dtype`; InputError naming the first non-finite one."""
@@ -387,7 +387,7 @@ def open_dataset(path: str | Path, *, key: str | None = None, limit: int | None 
 
 def tensor_dataset(x: Tensor | np.ndarray, *, kind: str = "tensor", limit: int | None = None) -> Dataset:
     """The samples of a tensor or array (N, ...) in memory (`lipcheck.audit(model, x)`)."""
-    where = f"the {kind} given"
+    where = f"in-memory {kind}"
     tensor = torch.as_tensor(x).detach().cpu()
     _check_numeric(tensor.dtype, where)
     if tensor.dim() == 0:

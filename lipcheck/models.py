@@ -289,7 +289,7 @@ def wrap_model(model: Callable[..., Any]) -> LoadedModel:
         for name, tensor in model.state_dict().items():
             digest.update(name.encode())
             digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    name = getattr(model, "__qualname__", type(model).__name__)
+    name = getattr(model, "__name__", type(model).__name__)
     return LoadedModel(
         module=model,
         path=f"<{name}>",
