@@ -369,7 +369,7 @@ def test_gram_iteration_is_a_certified_upper_bound_that_converges() -> None:
 
 
 def test_large_matrices_use_gram_iteration(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("lipcheck.bounds.EXACT_SVD_MAX_SIDE", 8)
+    monkeypatch.setattr("lipcheck.bounds.norms.EXACT_SVD_MAX_SIDE", 8)
     matrix = torch.randn(20, 30, dtype=torch.float64)
     bound, method = matrix_spectral_norm(matrix)
     assert method.startswith("Gram iteration")

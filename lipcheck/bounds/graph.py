@@ -1,0 +1,399 @@
+"""Walk an exported graph and compose the Lipschitz bound of every value from its operations' rules.
+
+`upper_bound` exports the model, `GraphBound` visits the nodes in order (the input carries 1, constants
+0), and each operation's rule (registered with `rule`, looked up in `RULES`) gets a `Site`: the
+operation's arguments by schema name, their bounds and constant values."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.fx import Node
+
+from lipcheck.bounds.norms import with_margin
+from lipcheck.errors import InputError, UnsupportedOperationError, first_line
+from lipcheck.report import BoundReport, LayerBound
+
+
+def upper_bound(
+    model: nn.Module | torch.export.ExportedProgram,
+    input_shape: int | Sequence[int],
+    *,
+    assume: Mapping[str, float] | None = None,
+) -> BoundReport:
+    """A certified upper bound on the global l2 Lipschitz constant of `model` on inputs of one shape.
+
+    Args:
+        model: an `nn.Module` (in eval mode when it has BatchNorm or dropout), an `ExportedProgram`,
+            or an exported program's `.module()`. It takes one tensor of shape (1, *input_shape).
+        input_shape: the shape of one input without the batch dimension, e.g. (3, 224, 224).
+        assume: operation name (as named by `UnsupportedOperationError`, e.g. "aten.erf.default" or
+            "aten.erf") -> a Lipschitz constant of that operation, jointly in all its tensor inputs,
+            that the user takes responsibility for. It replaces lipcheck's rule where there is one.
+
+    Raises:
+        UnsupportedOperationError: the model cannot be exported, or holds an operation without a rule
+            and without an assumption; the message names it and the `assume` entry that would help.
+        InputError: a bad input shape or assumption.
+    """
+    shape = _check_shape(input_shape)
+    assumptions = _check_assumptions(assume)
+    program = _export(model, shape)
+    walker = GraphBound(program, assumptions)
+    bound = walker.run()
+    unused = sorted(set(assumptions) - walker.operations)
+    if unused:
+        present = ", ".join(sorted(walker.operations)) or "none"
+        raise InputError(
+            f"assume names {', '.join(repr(name) for name in unused)}, which the model's graph does not "
+            f"contain; its operations are: {present}"
+        )
+    return BoundReport(
+        upper_bound=bound,
+        layers=tuple(walker.layers),
+        assumptions=dict(walker.used_assumptions),
+        input_shape=shape,
+    )
+
+
+def _check_shape(input_shape: int | Sequence[int]) -> tuple[int, ...]:
+    dims = (input_shape,) if isinstance(input_shape, int) else tuple(input_shape)
+    if not dims or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in dims):
+        raise InputError(
+            f"input shape {input_shape!r} is not a non-empty sequence of positive integers "
+            "(the shape of one input, without the batch dimension, e.g. (3, 32, 32))"
+        )
+    return dims
+
+
+def _check_assumptions(assume: Mapping[str, float] | None) -> dict[str, float]:
+    checked: dict[str, float] = {}
+    for name, value in (assume or {}).items():
+        constant = float(value)
+        if not math.isfinite(constant) or constant < 0:
+            raise InputError(f"assume[{name!r}] = {value!r} is not a finite non-negative Lipschitz constant")
+        checked[str(name)] = constant
+    return checked
+
+
+def _export(model: Any, shape: tuple[int, ...]) -> torch.export.ExportedProgram:
+    if isinstance(model, torch.export.ExportedProgram):
+        return model
+    if isinstance(model, (torch.jit.ScriptModule, torch.jit.ScriptFunction)):
+        raise UnsupportedOperationError(
+            f"cannot bound the TorchScript module {type(model).__name__}: its graph is opaque to "
+            "torch.export; bound the original nn.Module instead (from the command line: its torch.export "
+            ".pt2 file, or its weights with --arch)"
+        )
+    if not isinstance(model, nn.Module):
+        raise UnsupportedOperationError(
+            f"cannot bound a {type(model).__name__}: expected an nn.Module or a torch.export.ExportedProgram"
+        )
+    reference = next(iter(model.parameters()), None)
+    if reference is None:
+        reference = next(iter(model.buffers()), None)
+    dtype = reference.dtype if reference is not None and reference.is_floating_point() else torch.float32
+    device = reference.device if reference is not None else torch.device("cpu")
+    example = torch.zeros((1, *shape), dtype=dtype, device=device)
+    try:
+        return torch.export.export(model, (example,), strict=False)
+    except Exception as error:  # export raises many unrelated types; all mean "no graph to walk"
+        reason = first_line(error) or type(error).__name__
+        raise UnsupportedOperationError(
+            f"cannot bound {type(model).__name__}: torch.export could not trace it at input shape "
+            f"{(1, *shape)} ({reason}); only models torch.export can capture as one graph can be bounded"
+        ) from error
+
+
+def operation_name(target: Any) -> str:
+    """The name of a graph node's operation, as `assume` and the errors spell it: "aten.relu.default"."""
+    if isinstance(target, torch._ops.OpOverload):
+        return str(target)
+    return getattr(target, "__name__", str(target))
+
+
+def packet_name(target: Any) -> str | None:
+    packet = getattr(target, "overloadpacket", None)
+    return None if packet is None else str(packet)
+
+
+class GraphBound:
+    """Propagates Lipschitz bounds through an exported program's graph, node by node."""
+
+    def __init__(self, program: torch.export.ExportedProgram, assumptions: dict[str, float]) -> None:
+        self.program = program
+        self.assumptions = assumptions
+        self.constants: dict[Node, Any] = {}
+        self.bounds: dict[Node, Any] = {}  # float, or a tuple of floats for tuple-valued nodes
+        self.layers: list[LayerBound] = []
+        self.used_assumptions: dict[str, float] = {}
+        self.operations: set[str] = set()
+
+    def run(self) -> float:
+        graph = self.program.graph
+        self._bind_placeholders()
+        for node in graph.nodes:
+            if node.op == "call_function":
+                self._visit(node)
+            elif node.op == "get_attr":
+                self.constants[node] = _get_attr(self.program.graph_module, node.target)
+            elif node.op == "output":
+                return self._output_bound(node)
+            elif node.op != "placeholder":
+                raise UnsupportedOperationError(f"cannot bound graph node {node.name!r} of kind {node.op!r}")
+        raise UnsupportedOperationError("the exported graph has no output")
+
+    def _bind_placeholders(self) -> None:
+        from torch.export.graph_signature import InputKind
+
+        by_name = {node.name: node for node in self.program.graph.nodes if node.op == "placeholder"}
+        user_inputs = []
+        for spec in self.program.graph_signature.input_specs:
+            node = by_name[spec.arg.name]
+            if spec.kind == InputKind.USER_INPUT:
+                user_inputs.append(node)
+            elif spec.kind in (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR):
+                if spec.target in self.program.state_dict:
+                    self.constants[node] = self.program.state_dict[spec.target]
+                else:
+                    self.constants[node] = self.program.constants[spec.target]
+            else:
+                raise UnsupportedOperationError(f"cannot bound a model with a {spec.kind.name} input")
+        tensor_inputs = [node for node in user_inputs if isinstance(node.meta.get("val"), Tensor)]
+        if len(tensor_inputs) != 1 or len(user_inputs) != 1:
+            raise UnsupportedOperationError(
+                f"cannot bound a model with {len(user_inputs)} inputs: a bound is taken with respect to one "
+                "input tensor"
+            )
+        self.bounds[tensor_inputs[0]] = 1.0
+
+    def _output_bound(self, node: Node) -> float:
+        total = 0.0
+        for item in nodes_in(node.args[0]):
+            if item in self.bounds:
+                total += finite_bound(self, item) ** 2
+        return math.sqrt(total)
+
+    def _visit(self, node: Node) -> None:
+        name = operation_name(node.target)
+        self.operations.add(name)
+        packet = packet_name(node.target)
+        if packet is not None:
+            self.operations.add(packet)
+        inputs = [item for item in nodes_in((node.args, node.kwargs)) if item in self.bounds]
+        if not inputs:
+            self.constants[node] = self._evaluate(node)
+            return
+        site = Site(self, node)
+        assumed = self.assumptions.get(name, self.assumptions.get(packet or name))
+        if assumed is not None:
+            key = name if name in self.assumptions else str(packet)
+            self.used_assumptions[key] = assumed
+            joint = math.sqrt(sum(finite_bound(self, item) ** 2 for item in inputs))
+            site.record("assumed", assumed, f"assumed by the user ({key})")
+            self.bounds[node] = like_value(node, assumed * joint)
+            return
+        rule = RULES.get(node.target) or RULES.get(getattr(node.target, "overloadpacket", None))
+        if rule is None:
+            raise UnsupportedOperationError(
+                f"cannot bound operation {name!r} (node {node.name!r}{where(node)}): lipcheck has no "
+                f"Lipschitz rule for it; if you know a Lipschitz constant L for it, pass "
+                f"assume={{{name!r}: L}} (on the command line: --assume {name}=L) and take responsibility "
+                "for it"
+            )
+        self.bounds[node] = rule(site)
+
+    def _evaluate(self, node: Node) -> Any:
+        def value(item: Node) -> Any:
+            return self.constants[item]
+
+        args = torch.fx.node.map_arg(node.args, value)
+        kwargs = torch.fx.node.map_arg(node.kwargs, value)
+        with torch.no_grad():
+            return node.target(*args, **kwargs)
+
+
+def _get_attr(module: nn.Module, target: str) -> Any:
+    value: Any = module
+    for part in target.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def nodes_in(tree: Any) -> list[Node]:
+    found: list[Node] = []
+    torch.fx.node.map_arg(tree, lambda item: found.append(item) or item)
+    return found
+
+
+def finite_bound(walker: GraphBound, node: Node) -> float:
+    bound = walker.bounds[node]
+    if isinstance(bound, tuple) or not math.isfinite(bound):
+        raise UnsupportedOperationError(
+            f"cannot bound node {node.name!r}{where(node)}: it is not a Lipschitz function of the input "
+            "(e.g. the indices of a max pooling)"
+        )
+    return float(bound)
+
+
+def like_value(node: Node, bound: float) -> Any:
+    value = node.meta.get("val")
+    if isinstance(value, list | tuple):
+        return tuple(bound for _ in value)
+    return bound
+
+
+def module_path(node: Node) -> str:
+    stack = node.meta.get("nn_module_stack") or {}
+    paths = [entry[0] for entry in stack.values() if entry and entry[0]]
+    return paths[-1] if paths else ""
+
+
+def where(node: Node) -> str:
+    path = module_path(node)
+    return f", in module {path!r}" if path else ""
+
+
+class Site:
+    """One operation being bounded: its arguments by schema name, their bounds and constant values."""
+
+    def __init__(self, walker: GraphBound, node: Node) -> None:
+        self.walker = walker
+        self.node = node
+        self.name = operation_name(node.target)
+        self.args = bind_arguments(node)
+
+    def depends(self, argument: str) -> bool:
+        return any(item in self.walker.bounds for item in nodes_in(self.args.get(argument)))
+
+    def lip(self, argument: str) -> float:
+        """The bound of an argument (0 for a constant, sqrt of the sum of squares for a list)."""
+        items = [item for item in nodes_in(self.args.get(argument)) if item in self.walker.bounds]
+        return math.sqrt(sum(finite_bound(self.walker, item) ** 2 for item in items))
+
+    def value(self, argument: str) -> Any:
+        """The concrete value of an argument that must not depend on the input."""
+        if self.depends(argument):
+            raise UnsupportedOperationError(
+                f"cannot bound operation {self.name!r} (node {self.node.name!r}{where(self.node)}): its "
+                f"argument {argument!r} depends on the input, so the operation is not Lipschitz with a "
+                f"constant lipcheck can compute; pass assume={{{self.name!r}: L}} (--assume "
+                f"{self.name}=L) if you know one"
+            )
+        return torch.fx.node.map_arg(self.args.get(argument), lambda item: self.walker.constants[item])
+
+    def shape(self, argument: str) -> tuple[int, ...]:
+        item = self.args[argument]
+        return tuple(int(d) for d in (item.meta["val"].shape if isinstance(item, Node) else item.shape))
+
+    def out_shape(self, index: int | None = None) -> tuple[int, ...]:
+        value = self.node.meta["val"]
+        if index is not None:
+            value = value[index]
+        return tuple(int(d) for d in value.shape)
+
+    def record(self, kind: str, bound: float, method: str) -> None:
+        path = module_path(self.node)
+        self.walker.layers.append(LayerBound(path or self.node.name, self.node.name, kind, bound, method))
+
+    def scale(self, argument: str, kind: str | None, factor: float, method: str) -> float:
+        """Records a factor (unless kind is None) and returns factor times the argument's bound."""
+        if kind is not None:
+            self.record(kind, factor, method)
+        return factor * self.lip(argument)
+
+    def call_with(self, argument: str, tensor: Tensor) -> Any:
+        """Calls the operation with `tensor` in place of one argument and constants for the others."""
+        args = {name: (tensor if name == argument else self.value(name)) for name in self.args}
+        schema = self.node.target._schema
+        positional = [args[a.name] for a in schema.arguments if not a.kwarg_only]
+        keywords = {a.name: args[a.name] for a in schema.arguments if a.kwarg_only}
+        return self.node.target(*positional, **keywords)
+
+
+def bind_arguments(node: Node) -> dict[str, Any]:
+    target = node.target
+    schema = getattr(target, "_schema", None)
+    if schema is None:
+        return {str(i): arg for i, arg in enumerate(node.args)} | dict(node.kwargs)
+    bound: dict[str, Any] = {}
+    positional = list(node.args)
+    for argument in schema.arguments:
+        if not argument.kwarg_only and positional:
+            bound[argument.name] = positional.pop(0)
+        elif argument.name in node.kwargs:
+            bound[argument.name] = node.kwargs[argument.name]
+        elif argument.has_default_value():
+            bound[argument.name] = argument.default_value
+        else:
+            bound[argument.name] = None
+    return bound
+
+
+Rule = Callable[[Site], Any]
+RULES: dict[Any, Rule] = {}
+
+
+def aten(*names: str) -> list[Any]:
+    found = []
+    for name in names:
+        packet = getattr(torch.ops.aten, name, None)
+        if packet is not None:
+            found.append(packet)
+    return found
+
+
+def rule(*targets: Any) -> Callable[[Rule], Rule]:
+    def register(function: Rule) -> Rule:
+        for target in targets:
+            if isinstance(target, list):
+                for item in target:
+                    RULES[item] = function
+            else:
+                RULES[target] = function
+        return function
+
+    return register
+
+
+def first_tensor(site: Site) -> str:
+    return next(iter(site.args))
+
+
+def expand(value: Any, d: int) -> list[int]:
+    items = [int(v) for v in value] if isinstance(value, list | tuple) else [int(value)]
+    return items * d if len(items) == 1 else items
+
+
+def monomial_norm(site: Site, argument: str) -> float:
+    """The exact norm of an operation that copies (and scales) entries of one argument.
+
+    Such a map is linear (up to a constant, removed by subtracting its value at 0) with at most one
+    nonzero per row, P[i, r(i)] = c_i, so P^T P is diagonal with entries sum over copies of c_i^2 and
+    ||P||^2 = max(P^T P 1). With y = P 1 that diagonal is the vector-Jacobian product P^T y.
+    """
+    shape = site.shape(argument)
+    ones = torch.ones(shape, dtype=torch.float64, requires_grad=True)
+    with torch.enable_grad():
+        y = site.call_with(argument, ones) - site.call_with(argument, torch.zeros(shape, dtype=torch.float64))
+        (diagonal,) = torch.autograd.grad(y, ones, grad_outputs=y.detach(), allow_unused=True)
+    if diagonal is None:
+        return 0.0
+    return with_margin(math.sqrt(float(diagonal.max().clamp_min(0))))
+
+
+def broadcast_copies(site: Site, argument: str) -> float:
+    """sqrt(number of copies) of each entry when an argument is broadcast to the output shape."""
+    item = site.args.get(argument)
+    if not isinstance(item, Node) or item not in site.walker.bounds:
+        return 0.0
+    return math.sqrt(math.prod(site.out_shape()) / math.prod(site.shape(argument)))
+
+
+def constant_value(site: Site, item: Any) -> Any:
+    """The value of a constant argument (a node computed from constants, or a literal)."""
+    return site.walker.constants[item] if isinstance(item, Node) else item
