@@ -194,6 +194,13 @@ def export(module: nn.Module, path: Path, example: Tensor) -> Path:
     return path
 
 
+EXACT = ("--dtype", "float64", "--tol", "1e-7", "--batch-size", "4")
+
+
+class PickledMLP(MLP):
+    """A module class that exists only in the tests, so its pickle needs this file's code."""
+
+
 runner = CliRunner()
 
 

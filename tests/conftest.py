@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from cli_fixtures import MLP, PickledMLP, export, mlp_inputs
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 
@@ -83,3 +87,27 @@ def make_model(name: str, dtype: torch.dtype = torch.float64, seed: int = 0) -> 
 @pytest.fixture(params=sorted(ZOO))
 def zoo_name(request: pytest.FixtureRequest) -> str:
     return request.param
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The same MLP in every model format, and its inputs as a .npy file."""
+    folder = tmp_path_factory.mktemp("models")
+    model = MLP().eval()
+    x = torch.from_numpy(mlp_inputs())
+    paths = {
+        "export": export(model, folder / "mlp.pt2", x[:2]),
+        "torchscript": folder / "mlp.ts",
+        "safetensors": folder / "mlp.safetensors",
+        "state-dict": folder / "mlp.pt",
+        "nested-state-dict": folder / "checkpoint.pth",
+        "pickle": folder / "whole.pt",
+        "data": folder / "inputs.npy",
+    }
+    torch.jit.save(torch.jit.script(model), paths["torchscript"])
+    save_file(model.state_dict(), paths["safetensors"])
+    torch.save(model.state_dict(), paths["state-dict"])
+    torch.save({"epoch": 3, "state_dict": model.state_dict()}, paths["nested-state-dict"])
+    torch.save(PickledMLP().eval(), paths["pickle"])
+    np.save(paths["data"], mlp_inputs())
+    return paths

@@ -1,11 +1,10 @@
-"""`lipcheck audit` and `lipcheck inspect` end to end: every model format and data kind against exact
-dense Jacobians, the output formats and exit codes, and one test per bad-input case."""
+"""`lipcheck audit` and `lipcheck inspect` end to end: model arguments and outputs, reductions, output
+formats, and the bad-input cases that are not about loading (models.py and datasets.py have theirs in
+test_models.py and test_datasets.py; the exit codes are in test_cli_exit_codes.py)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import pathlib
 import subprocess
 import sys
 from pathlib import Path
@@ -16,129 +15,18 @@ import pytest
 import torch
 from cli_fixtures import (
     ARCH,
+    EXACT,
     MLP,
-    SmallConv,
     assert_one_line_error,
     audit_json,
-    export,
     mlp_inputs,
     reference,
     run,
     sigmas,
 )
-from safetensors.numpy import save_file as save_numpy_safetensors
 from safetensors.torch import save_file
 
-from lipcheck.datasets import random_dataset
 from lipcheck.report import report_schema
-
-EXACT = ("--dtype", "float64", "--tol", "1e-7", "--batch-size", "4")
-
-
-class PickledMLP(MLP):
-    """A module class that exists only here, so its pickle needs this file's code."""
-
-
-@pytest.fixture(scope="module")
-def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The same MLP in every model format, and its inputs as a .npy file."""
-    folder = tmp_path_factory.mktemp("models")
-    model = MLP().eval()
-    x = torch.from_numpy(mlp_inputs())
-    paths = {
-        "export": export(model, folder / "mlp.pt2", x[:2]),
-        "torchscript": folder / "mlp.ts",
-        "safetensors": folder / "mlp.safetensors",
-        "state-dict": folder / "mlp.pt",
-        "nested-state-dict": folder / "checkpoint.pth",
-        "pickle": folder / "whole.pt",
-        "data": folder / "inputs.npy",
-    }
-    torch.jit.save(torch.jit.script(model), paths["torchscript"])
-    save_file(model.state_dict(), paths["safetensors"])
-    torch.save(model.state_dict(), paths["state-dict"])
-    torch.save({"epoch": 3, "state_dict": model.state_dict()}, paths["nested-state-dict"])
-    torch.save(PickledMLP().eval(), paths["pickle"])
-    np.save(paths["data"], mlp_inputs())
-    return paths
-
-
-MODEL_FORMATS = {
-    "export": ("torch.export", []),
-    "torchscript": ("torchscript", []),
-    "safetensors": ("safetensors", ["--arch", f"{ARCH}:make_mlp"]),
-    "state-dict": ("state-dict", ["--arch", f"{ARCH}:make_mlp", "--arch-kwargs", '{"hidden": 8}']),
-    "nested-state-dict": ("state-dict", ["--arch", f"{ARCH}:make_mlp"]),
-    "pickle": ("pickle", ["--trust-pickle"]),
-}
-
-
-@pytest.mark.parametrize("name", list(MODEL_FORMATS))
-def test_every_model_format_matches_dense_jacobians(files: dict[str, Path], name: str) -> None:
-    expected_format, extra = MODEL_FORMATS[name]
-    report = audit_json(files[name], "--data", files["data"], *extra, *EXACT)
-    assert report["model"]["format"] == expected_format
-    assert report["model"]["trusted"] == (name == "pickle")
-    np.testing.assert_allclose(sigmas(report), reference(MLP(), mlp_inputs()), rtol=1e-4)
-    assert [row["index"] for row in report["samples"]] == list(range(10))
-    assert all(row["converged"] for row in report["samples"])
-
-
-def _images(folder: Path, count: int = 5) -> np.ndarray:
-    Image = pytest.importorskip("PIL.Image")
-
-    folder.mkdir()
-    pixels = np.random.default_rng(0).integers(0, 256, (count, 5, 4, 3), dtype=np.uint8)
-    for i, image in enumerate(pixels):
-        Image.fromarray(image, "RGB").save(folder / f"img_{i:02d}.png")
-    (folder / "notes.txt").write_text("not an image")
-    return pixels.transpose(0, 3, 1, 2).astype(np.float64) / 255
-
-
-def test_every_data_kind_matches_dense_jacobians(files: dict[str, Path], tmp_path: Path) -> None:
-    x = mlp_inputs()
-    expected = reference(MLP(), x)
-    np.savez(tmp_path / "d.npz", inputs=x, labels=np.arange(10))
-    torch.save(torch.from_numpy(x), tmp_path / "tensor.pt")
-    torch.save({"inputs": torch.from_numpy(x), "labels": torch.arange(10)}, tmp_path / "dict.pt")
-    save_numpy_safetensors({"inputs": x}, str(tmp_path / "d.safetensors"))
-    cases = [
-        ("npy", [files["data"]]),
-        ("npz", [tmp_path / "d.npz", "--data-key", "inputs"]),
-        ("pt", [tmp_path / "tensor.pt"]),
-        ("pt", [tmp_path / "dict.pt", "--data-key", "inputs"]),
-        ("safetensors", [tmp_path / "d.safetensors"]),
-    ]
-    for kind, data in cases:
-        report = audit_json(files["export"], "--data", *data, *EXACT)
-        assert report["data"]["kind"] == kind
-        assert report["data"]["count"] == 10
-        np.testing.assert_allclose(sigmas(report), expected, rtol=1e-4, err_msg=kind)
-
-
-def test_image_folder_matches_dense_jacobians(tmp_path: Path) -> None:
-    pixels = _images(tmp_path / "images")
-    save_file(SmallConv().state_dict(), tmp_path / "conv.safetensors")
-    report = audit_json(
-        tmp_path / "conv.safetensors", "--arch", f"{ARCH}:make_conv", "--data", tmp_path / "images", *EXACT
-    )
-    assert report["data"]["kind"] == "images"
-    assert report["data"]["sample_shape"] == [3, 5, 4]
-    np.testing.assert_allclose(sigmas(report), reference(SmallConv(), pixels), rtol=1e-4)
-
-
-def test_random_data_is_seeded_and_matches_dense_jacobians(files: dict[str, Path]) -> None:
-    args = (files["export"], "--random", str(6), "--num-samples", "7", "--seed", "3", *EXACT)
-    report = audit_json(*args)
-    samples = random_dataset((6,), 7, seed=3).read(0, 7, torch.float64)
-    np.testing.assert_allclose(sigmas(report), reference(MLP(), samples), rtol=1e-4)
-    assert report["data"] == {
-        "path": None, "kind": "random", "key": None, "count": 7, "total": 7,
-        "sample_shape": [6], "dtype": "float64", "seed": 3,
-        "sha256": hashlib.sha256(samples.numpy().tobytes()).hexdigest(),
-    }  # fmt: skip
-    assert sigmas(audit_json(*args)).tolist() == sigmas(report).tolist()
-    assert sigmas(audit_json(*args[:-6], "--seed", "4", *EXACT)).tolist() != sigmas(report).tolist()
 
 
 def test_model_args_and_output_keys(files: dict[str, Path]) -> None:
@@ -285,101 +173,6 @@ def test_missing_files(files: dict[str, Path], tmp_path: Path) -> None:
     )
 
 
-def test_truncated_corrupt_and_unknown_model_files(files: dict[str, Path], tmp_path: Path) -> None:
-    for name in ("export", "state-dict", "safetensors"):
-        truncated = tmp_path / f"truncated_{files[name].name}"
-        truncated.write_bytes(files[name].read_bytes()[: files[name].stat().st_size // 2])
-        result = run("audit", truncated, "--data", files["data"], "--arch", f"{ARCH}:make_mlp")
-        assert_one_line_error(result, truncated.name)
-        assert "truncated" in result.stderr or "corrupt" in result.stderr
-    unknown = tmp_path / "model.onnx"
-    unknown.write_bytes(b"\x08\x07some protobuf bytes")
-    assert_one_line_error(run("audit", unknown, "--data", files["data"]), "model.onnx", "not a format")
-    empty = tmp_path / "empty.pt"
-    empty.touch()
-    assert_one_line_error(run("audit", empty, "--data", files["data"]), "empty.pt", "empty")
-
-
-def test_weights_without_arch_or_with_a_bad_factory(files: dict[str, Path], tmp_path: Path) -> None:
-    weights = files["safetensors"]
-    assert_one_line_error(run("audit", weights, "--data", files["data"]), "mlp.safetensors", "--arch")
-    broken = tmp_path / "broken.py"
-    broken.write_text("import not_a_module_anywhere\n")
-    assert_one_line_error(
-        run("audit", weights, "--arch", f"{broken}:make", "--data", files["data"]), "--arch", "broken.py"
-    )
-    result = run("audit", weights, "--arch", "no_such_package.nets:make", "--data", files["data"])
-    assert_one_line_error(result, "--arch", "cannot be imported")
-    assert_one_line_error(
-        run("audit", weights, "--arch", f"{ARCH}:nothing", "--data", files["data"]), "'nothing'"
-    )
-    result = run(
-        "audit", weights, "--arch", f"{ARCH}:make_mlp", "--arch-kwargs", "{bad", "--data", files["data"]
-    )
-    assert_one_line_error(result, "--arch-kwargs")
-
-
-def test_weights_that_do_not_fit_name_the_keys(files: dict[str, Path]) -> None:
-    result = run("audit", files["safetensors"], "--arch", f"{ARCH}:make_conv", "--data", files["data"])
-    assert_one_line_error(
-        result, "mlp.safetensors", "missing keys", "'conv1.weight'", "unexpected keys", "'first.weight'"
-    )
-    result = run(
-        "audit",
-        files["state-dict"],
-        "--arch",
-        f"{ARCH}:make_mlp",
-        "--arch-kwargs",
-        '{"hidden": 5}',
-        "--data",
-        files["data"],
-    )
-    assert_one_line_error(result, "mlp.pt", "shapes", "first.weight")
-
-
-def test_a_pickle_that_needs_code_is_refused_and_not_run(files: dict[str, Path], tmp_path: Path) -> None:
-    marker = tmp_path / "executed"
-
-    class Payload:
-        def __reduce__(self) -> tuple:
-            return (pathlib.Path.touch, (marker,))
-
-    evil = tmp_path / "evil.pt"
-    torch.save({"weight": Payload()}, evil)
-    assert_one_line_error(run("audit", evil, "--data", files["data"]), "evil.pt", "--trust-pickle")
-    assert_one_line_error(run("inspect", evil), "evil.pt", "--trust-pickle")
-    assert_one_line_error(
-        run("audit", files["pickle"], "--data", files["data"]), "whole.pt", "--trust-pickle"
-    )
-    assert not marker.exists()
-
-
-def test_bad_data(files: dict[str, Path], tmp_path: Path) -> None:
-    x = mlp_inputs()
-    x[7, 2] = np.nan
-    np.save(tmp_path / "nan.npy", x)
-    assert_one_line_error(
-        run("audit", files["export"], "--data", tmp_path / "nan.npy"), "nan.npy", "sample 7"
-    )
-    np.save(tmp_path / "empty.npy", np.zeros((0, 6), np.float32))
-    assert_one_line_error(
-        run("audit", files["export"], "--data", tmp_path / "empty.npy"), "empty.npy", "empty"
-    )
-    np.savez(tmp_path / "two.npz", images=x, labels=np.arange(10))
-    result = run("audit", files["export"], "--data", tmp_path / "two.npz")
-    assert_one_line_error(result, "two.npz", "'images'", "'labels'", "--data-key")
-    result = run("audit", files["export"], "--data", tmp_path / "two.npz", "--data-key", "nope")
-    assert_one_line_error(result, "two.npz", "'nope'")
-    (tmp_path / "data.csv").write_text("1,2,3\n")
-    assert_one_line_error(
-        run("audit", files["export"], "--data", tmp_path / "data.csv"), "data.csv", "not a data format"
-    )
-    (tmp_path / "no_images").mkdir()
-    assert_one_line_error(
-        run("audit", files["export"], "--data", tmp_path / "no_images"), "no_images", "empty"
-    )
-
-
 def test_data_of_the_wrong_shape_says_found_and_expected(files: dict[str, Path], tmp_path: Path) -> None:
     np.save(tmp_path / "wide.npy", np.ones((3, 9), np.float32))
     result = run("audit", files["export"], "--data", tmp_path / "wide.npy")
@@ -445,16 +238,6 @@ def test_usage_errors_are_one_line_naming_the_flag(files: dict[str, Path]) -> No
     assert_one_line_error(run("audit", files["export"], "--data", files["data"], "--tol", "x"), "--tol")
     assert_one_line_error(run("nosuch"), "nosuch")
     assert run("audit", "--help").exit_code == 0
-
-
-def test_images_without_pillow(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, files: dict[str, Path]
-) -> None:
-    (tmp_path / "images").mkdir()
-    (tmp_path / "images" / "img_00.png").write_bytes(b"\x89PNG\r\n\x1a\n")
-    monkeypatch.setitem(sys.modules, "PIL", None)
-    result = run("audit", files["export"], "--data", tmp_path / "images")
-    assert_one_line_error(result, "images", 'pip install "lipcheck[images]"')
 
 
 def test_debug_shows_the_traceback(files: dict[str, Path], tmp_path: Path) -> None:

@@ -1,14 +1,30 @@
-"""Data sources: bounded memory, lazy reads, batch-independent random data, clear errors."""
+"""Data sources: bounded memory, lazy reads, batch-independent random data, clear errors; and through
+`lipcheck audit`, every data kind against dense Jacobians and each bad data set named."""
 
 from __future__ import annotations
 
 import hashlib
+import sys
 import tracemalloc
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from cli_fixtures import (
+    ARCH,
+    EXACT,
+    MLP,
+    SmallConv,
+    assert_one_line_error,
+    audit_json,
+    mlp_inputs,
+    reference,
+    run,
+    sigmas,
+)
+from safetensors.numpy import save_file as save_numpy_safetensors
+from safetensors.torch import save_file
 
 from lipcheck.datasets import open_dataset, parse_shape, random_dataset
 from lipcheck.errors import InputError
@@ -108,3 +124,99 @@ def test_sha256_after_an_audit_reads_nothing_more_and_covers_bfloat16() -> None:
     list(dataset.batches(range(3), 2))
     assert dataset.sha256() == hashlib.sha256(x.view(torch.int16).numpy().tobytes()).hexdigest()
     assert reads == [(0, 2), (2, 3)]
+
+
+def _images(folder: Path, count: int = 5) -> np.ndarray:
+    Image = pytest.importorskip("PIL.Image")
+
+    folder.mkdir()
+    pixels = np.random.default_rng(0).integers(0, 256, (count, 5, 4, 3), dtype=np.uint8)
+    for i, image in enumerate(pixels):
+        Image.fromarray(image, "RGB").save(folder / f"img_{i:02d}.png")
+    (folder / "notes.txt").write_text("not an image")
+    return pixels.transpose(0, 3, 1, 2).astype(np.float64) / 255
+
+
+# Through the command line: every data kind against dense Jacobians, and each bad data set named.
+
+
+def test_every_data_kind_matches_dense_jacobians(files: dict[str, Path], tmp_path: Path) -> None:
+    x = mlp_inputs()
+    expected = reference(MLP(), x)
+    np.savez(tmp_path / "d.npz", inputs=x, labels=np.arange(10))
+    torch.save(torch.from_numpy(x), tmp_path / "tensor.pt")
+    torch.save({"inputs": torch.from_numpy(x), "labels": torch.arange(10)}, tmp_path / "dict.pt")
+    save_numpy_safetensors({"inputs": x}, str(tmp_path / "d.safetensors"))
+    cases = [
+        ("npy", [files["data"]]),
+        ("npz", [tmp_path / "d.npz", "--data-key", "inputs"]),
+        ("pt", [tmp_path / "tensor.pt"]),
+        ("pt", [tmp_path / "dict.pt", "--data-key", "inputs"]),
+        ("safetensors", [tmp_path / "d.safetensors"]),
+    ]
+    for kind, data in cases:
+        report = audit_json(files["export"], "--data", *data, *EXACT)
+        assert report["data"]["kind"] == kind
+        assert report["data"]["count"] == 10
+        np.testing.assert_allclose(sigmas(report), expected, rtol=1e-4, err_msg=kind)
+
+
+def test_image_folder_matches_dense_jacobians(tmp_path: Path) -> None:
+    pixels = _images(tmp_path / "images")
+    save_file(SmallConv().state_dict(), tmp_path / "conv.safetensors")
+    report = audit_json(
+        tmp_path / "conv.safetensors", "--arch", f"{ARCH}:make_conv", "--data", tmp_path / "images", *EXACT
+    )
+    assert report["data"]["kind"] == "images"
+    assert report["data"]["sample_shape"] == [3, 5, 4]
+    np.testing.assert_allclose(sigmas(report), reference(SmallConv(), pixels), rtol=1e-4)
+
+
+def test_random_data_is_seeded_and_matches_dense_jacobians(files: dict[str, Path]) -> None:
+    args = (files["export"], "--random", str(6), "--num-samples", "7", "--seed", "3", *EXACT)
+    report = audit_json(*args)
+    samples = random_dataset((6,), 7, seed=3).read(0, 7, torch.float64)
+    np.testing.assert_allclose(sigmas(report), reference(MLP(), samples), rtol=1e-4)
+    assert report["data"] == {
+        "path": None, "kind": "random", "key": None, "count": 7, "total": 7,
+        "sample_shape": [6], "dtype": "float64", "seed": 3,
+        "sha256": hashlib.sha256(samples.numpy().tobytes()).hexdigest(),
+    }  # fmt: skip
+    assert sigmas(audit_json(*args)).tolist() == sigmas(report).tolist()
+    assert sigmas(audit_json(*args[:-6], "--seed", "4", *EXACT)).tolist() != sigmas(report).tolist()
+
+
+def test_bad_data(files: dict[str, Path], tmp_path: Path) -> None:
+    x = mlp_inputs()
+    x[7, 2] = np.nan
+    np.save(tmp_path / "nan.npy", x)
+    assert_one_line_error(
+        run("audit", files["export"], "--data", tmp_path / "nan.npy"), "nan.npy", "sample 7"
+    )
+    np.save(tmp_path / "empty.npy", np.zeros((0, 6), np.float32))
+    assert_one_line_error(
+        run("audit", files["export"], "--data", tmp_path / "empty.npy"), "empty.npy", "empty"
+    )
+    np.savez(tmp_path / "two.npz", images=x, labels=np.arange(10))
+    result = run("audit", files["export"], "--data", tmp_path / "two.npz")
+    assert_one_line_error(result, "two.npz", "'images'", "'labels'", "--data-key")
+    result = run("audit", files["export"], "--data", tmp_path / "two.npz", "--data-key", "nope")
+    assert_one_line_error(result, "two.npz", "'nope'")
+    (tmp_path / "data.csv").write_text("1,2,3\n")
+    assert_one_line_error(
+        run("audit", files["export"], "--data", tmp_path / "data.csv"), "data.csv", "not a data format"
+    )
+    (tmp_path / "no_images").mkdir()
+    assert_one_line_error(
+        run("audit", files["export"], "--data", tmp_path / "no_images"), "no_images", "empty"
+    )
+
+
+def test_images_without_pillow(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, files: dict[str, Path]
+) -> None:
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "img_00.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    monkeypatch.setitem(sys.modules, "PIL", None)
+    result = run("audit", files["export"], "--data", tmp_path / "images")
+    assert_one_line_error(result, "images", 'pip install "lipcheck[images]"')

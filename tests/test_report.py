@@ -121,9 +121,9 @@ def test_json_is_written_in_pieces_that_make_the_same_report(count: int, tmp_pat
 def test_sample_lines_are_exactly_what_json_writes(
     index: int, sigma: float, iterations: int, converged: bool, residual: float | None, searched: float | None
 ) -> None:
-    from lipcheck.report import _sample_dict, _sample_json
-
     row = SampleResult(
         index, sigma, iterations, converged, residual, search_sigma=searched, search_distance=searched
     )
-    assert _sample_json(row) == json.dumps(_sample_dict(row))
+    report = replace(make_report([1.0]), samples=(row,))
+    streamed = "".join(report.json_chunks())
+    assert f"\n    {json.dumps(report.to_dict()['samples'][0])}\n" in streamed
