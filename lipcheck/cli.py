@@ -402,27 +402,12 @@ FormatOption = Annotated[
 ]
 
 
-def _rule_options(
-    fail_above: float | None = None,
-    fail_above_sample: float | None = None,
-    require_converged: bool = False,
-    fail_above_bound: float | None = None,
-    baseline: Path | None = None,
-    max_increase: float | None = None,
-    allow_mismatch: bool = False,
-) -> RuleOptions:
-    """The gate's flags as `RuleOptions`, validated (InputError naming the flag)."""
+def _rule_options(flags: dict[str, Any]) -> RuleOptions:
+    """The gate's flags (`_RULE_FLAGS`, by name in a command's `locals()`) as `RuleOptions`, validated
+    (InputError naming the flag)."""
     from lipcheck.gate import RuleOptions
 
-    options = RuleOptions(
-        fail_above,
-        fail_above_sample,
-        require_converged,
-        fail_above_bound,
-        baseline,
-        max_increase,
-        allow_mismatch,
-    )
+    options = RuleOptions(**{name: flags[name] for name in _RULE_FLAGS})
     options.validate()
     return options
 
@@ -725,7 +710,7 @@ def _audit_request(flags: dict[str, Any]) -> AuditRequest:
             num_samples=flags["num_samples"],
         ),
         settings=settings,
-        rules=_rule_options(*(flags[name] for name in _RULE_FLAGS)),
+        rules=_rule_options(flags),
         bound=flags["with_bound"],
         assume=parse_assumptions(flags["assume"]),
         outputs=tuple(flags["output"] or ()),
@@ -733,7 +718,7 @@ def _audit_request(flags: dict[str, Any]) -> AuditRequest:
     )
 
 
-# The flags of `RuleOptions`, in its order.
+# The flags of `RuleOptions`: the parameters of `audit` and `gate` that set it.
 _RULE_FLAGS = (
     "fail_above",
     "fail_above_sample",
@@ -935,15 +920,7 @@ def gate(
 
     outputs = output or []
     fmt = _output_format(output_format, outputs, REPORT)
-    options = _rule_options(
-        fail_above,
-        fail_above_sample,
-        require_converged,
-        fail_above_bound,
-        baseline,
-        max_increase,
-        allow_mismatch,
-    )
+    options = _rule_options(dict(locals()))
     if options.empty:
         raise InputError(
             "give at least one rule: --fail-above X, --fail-above-sample X, --require-converged, "
