@@ -954,6 +954,33 @@ Exit codes: 0 compared (no regression past --max-increase), 1 the reduced sigma 
 """
 
 
+CompareMaxIncreaseOption = Annotated[
+    float | None,
+    typer.Option(
+        "--max-increase",
+        help="Exit 1 when NEW's reduced sigma is more than PCT percent above BASE's.",
+        metavar="PCT",
+        show_default=False,
+    ),
+]
+TopOption = Annotated[
+    int, typer.Option("--top", min=0, help="Show the K samples whose sigma rose most.", metavar="K")
+]
+CompareAllowMismatchOption = Annotated[
+    bool,
+    typer.Option(
+        "--allow-mismatch",
+        help="Compare reports of other data or settings anyway, on the sample indices both have.",
+    ),
+]
+CompareFormatOption = Annotated[
+    Format | None,
+    typer.Option(
+        "--format", "-f", help="Format. Default: table on a terminal, else json.", show_default=False
+    ),
+]
+
+
 @app.command(epilog=COMPARE_EPILOG)
 def compare(
     base_path: Annotated[
@@ -964,31 +991,10 @@ def compare(
         Path,
         typer.Argument(metavar="NEW.json", help="The report compared with BASE.json.", show_default=False),
     ],
-    max_increase: Annotated[
-        float | None,
-        typer.Option(
-            "--max-increase",
-            help="Exit 1 when NEW's reduced sigma is more than PCT percent above BASE's.",
-            metavar="PCT",
-            show_default=False,
-        ),
-    ] = None,
-    top: Annotated[
-        int, typer.Option("--top", min=0, help="Show the K samples whose sigma rose most.", metavar="K")
-    ] = 10,
-    allow_mismatch: Annotated[
-        bool,
-        typer.Option(
-            "--allow-mismatch",
-            help="Compare reports of other data or settings anyway, on the sample indices both have.",
-        ),
-    ] = False,
-    output_format: Annotated[
-        Format | None,
-        typer.Option(
-            "--format", "-f", help="Format. Default: table on a terminal, else json.", show_default=False
-        ),
-    ] = None,
+    max_increase: CompareMaxIncreaseOption = None,
+    top: TopOption = 10,
+    allow_mismatch: CompareAllowMismatchOption = False,
+    output_format: CompareFormatOption = None,
     output: OutputOption = None,
     quiet: QuietOption = False,
     debug: DebugOption = False,
