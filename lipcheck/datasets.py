@@ -94,7 +94,8 @@ class Dataset:
             self._digest_chunk(chunk, stop)
         if isinstance(chunk, np.ndarray):
             owned = chunk.flags.owndata and chunk.flags.writeable
-            x = torch.from_numpy(np.array(chunk, dtype=_NUMPY_DTYPES[dtype], copy=None if owned else True))
+            numpy_dtype = np.dtype(str(dtype).removeprefix("torch."))  # float32 -> float32: the same names
+            x = torch.from_numpy(np.array(chunk, dtype=numpy_dtype, copy=None if owned else True))
         else:
             x = chunk.to(dtype=dtype, copy=True)
         finite = torch.isfinite(x.reshape(x.shape[0], -1)).all(1)
@@ -131,10 +132,6 @@ class Dataset:
         for start in range(indices.start, indices.stop, batch_size):
             stop = min(start + batch_size, indices.stop)
             yield range(start, stop), self.read(start, stop, dtype)
-
-
-_NUMPY_DTYPES: dict[torch.dtype, type] = {torch.float32: np.float32, torch.float64: np.float64}
-_DTYPE_NAMES: dict[torch.dtype, str] = {torch.float32: "float32", torch.float64: "float64"}
 
 
 def _check_numeric(dtype: Any, where: str) -> None:
