@@ -51,7 +51,7 @@ class Format(str, Enum):
 
     suffix: str
 
-    def __new__(cls, value: str, suffix: str) -> Format:
+    def __new__(cls, value: str, suffix: str = "") -> Format:
         member = str.__new__(cls, value)
         member._value_ = value
         member.suffix = suffix

@@ -22,7 +22,8 @@ LISTED = 10  # failing sample indices named in a message; the verdict's `failing
 class Rule(Protocol):
     """A named check of an audit report."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def judge(self, report: Report) -> RuleVerdict: ...
 
