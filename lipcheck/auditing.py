@@ -30,7 +30,7 @@ from lipcheck.bounds import upper_bound
 from lipcheck.choices import Device, Dtype
 from lipcheck.compare import comparable
 from lipcheck.datasets import Dataset, batches_dataset, open_dataset, random_dataset, tensor_dataset
-from lipcheck.engine import spectral_norm
+from lipcheck.engine import SpectralNormResult, spectral_norm
 from lipcheck.errors import AuditFailedError, InputError, LipcheckError, ModelOutputError, describe
 from lipcheck.gate import Rule, RuleOptions, judge, rules_for
 from lipcheck.models import LoadedModel, load_model, wrap_model
@@ -135,60 +135,17 @@ def audit_rows(
     AuditFailedError when the model's output is NaN or Inf or the Jacobian products fail.
     """
     device = resolve_device(settings.device)
-    dtype = torch_dtype(settings.dtype)
-    module = model.module
-    kwargs = dict(settings.model_kwargs)
-    for batch, x in data.batches(indices, settings.batch_size, dtype):
-        where = f"{data.name} samples {batch.start}-{batch.stop - 1}"
-        shape = tuple(x.shape)
-
-        def call(inputs: Tensor, shape: tuple[int, ...] = shape, first: int = batch.start) -> Any:
-            try:
-                output = module(inputs, **kwargs)
-            except LipcheckError:
-                raise
-            except (Exception, SystemExit) as error:  # model code cannot end the process
-                if _out_of_memory(error):
-                    raise _out_of_memory_error(error, settings) from error
-                if isinstance(error, _REJECTED_INPUT):
-                    raise InputError(
-                        f"rejected input of shape {shape} ({describe(error)}){_expected_shape(model)}"
-                    ) from error
-                raise AuditFailedError(
-                    f"the model raised {describe(error)}: check the model (--debug shows where)"
-                ) from error
-            output = select_output(output, settings.output_key)
-            if isinstance(output, Tensor) and output.is_floating_point() and output.dim() > 0:
-                finite = torch.isfinite(output.reshape(output.shape[0], -1)).all(1)
-                if not bool(finite.all()):
-                    bad = first + int((~finite).nonzero()[0, 0])
-                    raise AuditFailedError(
-                        f"returned NaN or Inf at sample {bad}, so it cannot be measured there; "
-                        "check the model at that input"
-                    )
-            return output
-
+    for batch, x in data.batches(indices, settings.batch_size, torch_dtype(settings.dtype)):
+        where = f"model '{model.path}' on {data.name} samples {batch.start}-{batch.stop - 1}"
+        call = _guarded_call(model, settings, tuple(x.shape), batch.start)
         try:
-            if settings.search_steps is not None:
-                found = worst_case_search(
-                    call,
-                    x.to(device),
-                    radius=float(settings.search_radius or 0.0),
-                    steps=settings.search_steps,
-                    **_engine_options(settings),
-                )
-                result = found.start
-            else:
-                result = spectral_norm(call, x.to(device), **_engine_options(settings))
+            result, found = _measure(call, x.to(device), settings)
         except LipcheckError as error:
-            raise error.with_context(f"model '{model.path}' on {where}") from error
+            raise error.with_context(where) from error
         except Exception as error:
             if _out_of_memory(error):
-                failure = _out_of_memory_error(error, settings)
-                raise failure.with_context(f"model '{model.path}' on {where}") from error
-            raise AuditFailedError(
-                f"model '{model.path}' on {where}: the Jacobian products failed ({describe(error)})"
-            ) from error
+                raise _out_of_memory_error(error, settings).with_context(where) from error
+            raise AuditFailedError(f"{where}: the Jacobian products failed ({describe(error)})") from error
         sigma = result.sigma.double().cpu().tolist()
         iterations = result.iterations.cpu().tolist()
         converged = result.converged.cpu().tolist()
@@ -197,11 +154,61 @@ def audit_rows(
             SampleResult(i, sigma[k], iterations[k], bool(converged[k]), finite_or_none(residual[k]))
             for k, i in enumerate(batch)
         ]
-        if settings.search_steps is not None:
+        if found is not None:
             rows = _with_search(rows, found)
         sink(rows)
         if progress is not None:
             progress(len(batch))
+
+
+def _guarded_call(
+    model: LoadedModel, settings: Settings, shape: tuple[int, ...], first: int
+) -> Callable[[Tensor], Any]:
+    """The model's call on one batch (of `shape`, starting at sample `first`) as the engine makes it:
+    with the `--arg` keywords, the `--output-key` output, and the model's failures as lipcheck errors
+    that say what happened (a rejected input, out of memory, a bug of the model, NaN output)."""
+    module, kwargs = model.module, dict(settings.model_kwargs)
+
+    def call(inputs: Tensor) -> Any:
+        try:
+            output = module(inputs, **kwargs)
+        except LipcheckError:
+            raise
+        except (Exception, SystemExit) as error:  # model code cannot end the process
+            if _out_of_memory(error):
+                raise _out_of_memory_error(error, settings) from error
+            if isinstance(error, _REJECTED_INPUT):
+                raise InputError(
+                    f"rejected input of shape {shape} ({describe(error)}){_expected_shape(model)}"
+                ) from error
+            raise AuditFailedError(
+                f"the model raised {describe(error)}: check the model (--debug shows where)"
+            ) from error
+        output = select_output(output, settings.output_key)
+        if isinstance(output, Tensor) and output.is_floating_point() and output.dim() > 0:
+            finite = torch.isfinite(output.reshape(output.shape[0], -1)).all(1)
+            if not bool(finite.all()):
+                bad = first + int((~finite).nonzero()[0, 0])
+                raise AuditFailedError(
+                    f"returned NaN or Inf at sample {bad}, so it cannot be measured there; "
+                    "check the model at that input"
+                )
+        return output
+
+    return call
+
+
+def _measure(
+    call: Callable[[Tensor], Any], x: Tensor, settings: Settings
+) -> tuple[SpectralNormResult, SearchResult | None]:
+    """The engine's result at the samples x (B, ...), and the worst-case search's when one is asked."""
+    if settings.search_steps is None:
+        return spectral_norm(call, x, **_engine_options(settings)), None
+    radius = float(settings.search_radius or 0.0)
+    found = worst_case_search(
+        call, x, radius=radius, steps=settings.search_steps, **_engine_options(settings)
+    )
+    return found.start, found
 
 
 def _engine_options(settings: Settings) -> dict[str, Any]:
