@@ -150,10 +150,14 @@ def audit_rows(
         iterations = result.iterations.cpu().tolist()
         converged = result.converged.cpu().tolist()
         residual = result.residual.double().cpu().tolist()
+        upper = result.sigma_upper.double().cpu().tolist()
         rows = [
-            SampleResult(i, sigma[k], iterations[k], bool(converged[k]), finite_or_none(residual[k]))
+            SampleResult(
+                i, sigma[k], iterations[k], bool(converged[k]), finite_or_none(residual[k]),
+                finite_or_none(upper[k]),
+            )
             for k, i in enumerate(batch)
-        ]
+        ]  # fmt: skip
         if found is not None:
             rows = _with_search(rows, found)
         sink(rows)
@@ -219,6 +223,7 @@ def _engine_options(settings: Settings) -> dict[str, Any]:
         "tol": settings.tol,
         "seed": settings.seed,
         "krylov_dim": settings.krylov_dim,
+        "confidence": settings.confidence,
     }
 
 
@@ -482,7 +487,7 @@ def audit(
     prepared `AuditRequest`, then the only argument. `data` is a data file or image folder (with
     `data_key` and `limit`), a tensor or array (N, ...), or an iterable of batches such as a
     DataLoader (a batch may be a tensor or a tuple (inputs, labels); `data_key` picks another entry).
-    The other keyword arguments are `Settings` fields (method, tol, max_iter, seed, batch_size,
+    The other keyword arguments are `Settings` fields (method, tol, confidence, max_iter, seed, batch_size,
     device, dtype, reduction, krylov_dim, output_key, model_kwargs, search_steps, search_radius) and
     gate rules (fail_above, fail_above_sample, require_converged, fail_above_bound, baseline,
     max_increase, allow_mismatch), judged into `report.gate`.

@@ -540,6 +540,14 @@ OutputKeyOption = Annotated[
 ]
 MethodOption = Annotated[Method, typer.Option("--method", help="Solver: Lanczos or power iteration.")]
 TolOption = Annotated[float, typer.Option("--tol", help="Target relative accuracy of each sigma.")]
+ConfidenceOption = Annotated[
+    float,
+    typer.Option(
+        "--confidence",
+        help="Probability with which each row's sigma_upper bounds the exact norm from above "
+        "(over the random start vector).",
+    ),
+]
 MaxIterOption = Annotated[int, typer.Option("--max-iter", min=1, help="Most products with J^T J per sample.")]
 SeedOption = Annotated[
     int, typer.Option("--seed", min=0, help="Seed of the start vector and of --random data.")
@@ -628,6 +636,7 @@ def audit(
     output_key: OutputKeyOption = None,
     method: MethodOption = Method.lanczos,
     tol: TolOption = 1e-4,
+    confidence: ConfidenceOption = 0.99,
     max_iter: MaxIterOption = 200,
     seed: SeedOption = 0,
     batch_size: BatchSizeOption = 64,
@@ -684,6 +693,7 @@ def _audit_request(flags: dict[str, Any]) -> AuditRequest:
     settings = Settings(
         method=flags["method"].value,
         tol=flags["tol"],
+        confidence=flags["confidence"],
         max_iter=flags["max_iter"],
         seed=flags["seed"],
         batch_size=flags["batch_size"],

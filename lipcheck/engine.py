@@ -676,8 +676,15 @@ def solve(
         converged=converged,
         residual=residual.to(dtype),
         vector=vector.view(shape),
-        sigma_upper=upper.to(dtype),
+        sigma_upper=_rounded_up(upper, dtype),
     )
+
+
+def _rounded_up(values: Tensor, dtype: torch.dtype) -> Tensor:
+    """values (float64) in `dtype`, rounded towards +inf so that a bound stays a bound."""
+    rounded = values.to(dtype)
+    low = rounded.double() < values
+    return torch.where(low, torch.nextafter(rounded, torch.full_like(rounded, math.inf)), rounded)
 
 
 def spectral_norm(

@@ -48,8 +48,12 @@ BOUND = BoundReport(
 
 
 def audit_report() -> Any:
-    """Four samples (two unconverged, one without a residual), every kind of rule (one passes), a bound."""
+    """Four samples (two unconverged, one without a residual or sigma_upper), every kind of rule (one
+    passes), a bound."""
     report = replace(make_report([1.5, 2.75, 0.5, 3.0]), bound=BOUND)
+    upper = (1.515, None, 0.5005, 3.25)  # sigma_upper: None where the run could not bound it
+    samples = tuple(replace(row, sigma_upper=value) for row, value in zip(report.samples, upper, strict=True))
+    report = replace(report, samples=samples)
     rules = [
         FailAbove(2.0),
         FailAboveSample(2.6),
