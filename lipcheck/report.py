@@ -91,7 +91,7 @@ class DataSection:
 
 @dataclass(frozen=True)
 class Settings:
-    """How the audit runs; also the input of `audit.run_audit`."""
+    """How the audit runs: part of an `AuditRequest`, and the input of `auditing.run_audit`."""
 
     method: str = "lanczos"
     tol: float = 1e-4
