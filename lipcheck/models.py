@@ -143,18 +143,39 @@ def _export_input_spec(program: Any) -> tuple[InputSpec, ...]:
 
 
 def _dimension(size: Any, program: Any) -> int | str:
-    """A static size as an int; a dynamic one as its allowed range, e.g. '1..1048576' (the batch)."""
+    """A static size as an int; a dynamic one as its allowed range: '1..65536' for a Dim with a max,
+    '0..inf' for one without (`Dim("batch")`, `Dim.AUTO`, `Dim.DYNAMIC`), and a derived dim with its
+    expression, '2*s1 in 4..inf'. torch.export records an unbounded range with sympy's infinity."""
     if isinstance(size, int):
         return size
     expr = getattr(getattr(size, "node", None), "expr", None)
-    bounds = getattr(program, "range_constraints", {}).get(expr)
-    if bounds is None:
+    if expr is None:
         return "dynamic"
+    ranges = getattr(program, "range_constraints", {})
+    bounds = ranges.get(expr)
+    if bounds is None:
+        bounds = _derived_range(expr, ranges)
+    if bounds is None:
+        return str(expr)
+    shown = f"{_range_end(bounds.lower, '-inf')}..{_range_end(bounds.upper, 'inf')}"
+    return shown if getattr(expr, "is_Symbol", False) else f"{expr} in {shown}"
+
+
+def _range_end(value: Any, unbounded: str) -> str:
+    """An end of a value range as digits, or `unbounded` for sympy's (or torch's int_oo) infinity."""
+    if isinstance(value, int) or getattr(value, "is_Integer", False):
+        return str(int(value))
+    return unbounded
+
+
+def _derived_range(expr: Any, ranges: Mapping[Any, Any]) -> Any:
+    """The range of a derived dim's expression (2*n) from the ranges of its symbols, or None."""
     try:
-        upper = int(bounds.upper)
-    except (TypeError, ValueError, OverflowError):
-        return f"{int(bounds.lower)}.."
-    return f"{int(bounds.lower)}..{upper}"
+        from torch.utils._sympy.value_ranges import bound_sympy
+
+        return bound_sympy(expr, dict(ranges))
+    except Exception:  # a private torch helper: without it the dim is shown by its expression alone
+        return None
 
 
 def _load_torchscript(path: Path) -> _Loaded:
