@@ -249,14 +249,20 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def arch_file(arch: str | None) -> Path | None:
+    """The Python file of ``--arch path/to/file.py:factory``; None for ``package.module:factory``."""
+    source = (arch or "").rpartition(":")[0]
+    return Path(source) if source.endswith(".py") or "/" in source or "\\" in source else None
+
+
 def load_arch(arch: str, arch_kwargs: Mapping[str, Any]) -> nn.Module:
     """Build a module from ``path/to/file.py:factory`` or ``package.module:factory``."""
     source, _, name = arch.rpartition(":")
     if not source or not name:
         raise InputError(f"--arch {arch!r} must look like path/to/file.py:factory or package.module:factory")
+    file = arch_file(arch)
     try:
-        if source.endswith(".py") or "/" in source or "\\" in source:
-            file = Path(source)
+        if file is not None:
             if not file.is_file():
                 raise InputError(f"--arch file '{file}' does not exist: give the path of a Python file")
             spec = importlib.util.spec_from_file_location(f"lipcheck_arch_{file.stem}", file)

@@ -1,19 +1,16 @@
 """The audit report as plain data, its summary statistics, and its JSON round trip.
 
 Everything an audit produces is a frozen dataclass here; `Report.to_dict` and `Report.from_dict` are
-the one place where it is (de)serialised, and `write_atomic` the one place where a report reaches the
-disk (a temporary file in the same folder, then `os.replace`, so a report on disk is complete or
-absent). The JSON Schema of `Report.to_dict()` ships at `lipcheck/schemas/report.schema.json`; that of
-`ModelBoundReport.to_dict()`, the report of `lipcheck bound`, at `lipcheck/schemas/bound.schema.json`.
+the one place where it is (de)serialised; `lipcheck.outputs` writes it to files. The JSON Schema of
+`Report.to_dict()` ships at `lipcheck/schemas/report.schema.json`; that of `ModelBoundReport.to_dict()`,
+the report of `lipcheck bound`, at `lipcheck/schemas/bound.schema.json`.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
@@ -400,31 +397,6 @@ def bound_schema() -> dict[str, Any]:
     """The JSON Schema of the report of `lipcheck bound` (`ModelBoundReport.to_json`)."""
     text = resources.files("lipcheck").joinpath("schemas/bound.schema.json").read_text(encoding="utf-8")
     return json.loads(text)
-
-
-def write_atomic(path: str | Path, text: str | Iterable[str]) -> None:
-    """Write `text` (a string, or pieces of one) to `path` so that the file is either complete or
-    untouched (temp file + os.replace)."""
-    target = Path(path)
-    folder = target.parent if str(target.parent) else Path(".")
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            for piece in [text] if isinstance(text, str) else text:
-                stream.write(piece)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes the file private; give it the usual mode
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current
 
 
 # ----------------------------------------------------------------------------------------------------
