@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from lipcheck.errors import InputError
+from lipcheck.json_schema import first_problem
 
 SCHEMA_VERSION = 1
 
@@ -335,11 +337,16 @@ def worst_samples(report: Report, count: int = 10) -> list[SampleResult]:
     return sorted(report.samples, key=lambda s: (-largest_sigma(s), s.index))[:count]
 
 
-def read_report(path: str | Path, what: str = "report") -> Report:
-    """The report saved at `path` (by `lipcheck audit --output`).
+MAX_NESTING = 64  # a report nests 5 deep; --arg and --arch-kwargs objects have room to nest
 
-    InputError naming `what` and the path when the file is missing, is not JSON, is not a lipcheck
-    report, or was written with a newer schema.
+
+def read_report(path: str | Path, what: str = "report") -> Report:
+    """The report saved at `path` (by `lipcheck audit --output`), checked before anything trusts it.
+
+    InputError naming `what`, the path and the first problem when the file is missing, is not JSON
+    (NaN and Infinity are not), nests deeper than `MAX_NESTING`, was written with a newer schema, does
+    not validate against the shipped schema, or holds a summary (or bracket) that its samples do not
+    give: a report edited by hand cannot tell the gate what it wants to hear.
     """
     source = Path(path)
     where = f"{what} '{source}'"
@@ -347,44 +354,82 @@ def read_report(path: str | Path, what: str = "report") -> Report:
     if not source.is_file():
         problem = "is not a file" if source.exists() else "does not exist"
         raise InputError(f"{where} {problem}: {fix}")
+    text = source.read_bytes()
+    depth = nesting_depth(text)
+    if depth > MAX_NESTING:
+        raise InputError(f"{where} nests {depth} levels deep, more than a report's {MAX_NESTING}: {fix}")
     try:
-        data = json.loads(source.read_bytes())
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        detail = (
-            f"{error.msg} at line {error.lineno}" if isinstance(error, json.JSONDecodeError) else "binary"
-        )
+        data = json.loads(text, parse_constant=_refuse_constant)
+    except (UnicodeDecodeError, ValueError) as error:
+        if isinstance(error, json.JSONDecodeError):
+            detail = f"{error.msg} at line {error.lineno}"
+        else:
+            detail = "binary" if isinstance(error, UnicodeDecodeError) else str(error)
         raise InputError(f"{where} is not JSON ({detail}): {fix}") from None
     if not isinstance(data, dict) or "schema_version" not in data or "summary" not in data:
         raise InputError(f"{where} is not a lipcheck report (no schema_version and summary): {fix}")
     version = data["schema_version"]
-    if isinstance(version, int) and version > SCHEMA_VERSION:
+    if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
         raise InputError(
             f"{where} has schema version {version}, newer than this lipcheck reads ({SCHEMA_VERSION}): "
             "upgrade lipcheck"
         )
-    try:
-        report = Report.from_dict(data)
-        _check_figures(report)
-    except (KeyError, TypeError, ValueError, AttributeError) as error:
-        detail = f"no {error}" if isinstance(error, KeyError) else str(error)
-        raise InputError(f"{where} is not a complete lipcheck report ({detail}): {fix}") from None
+    problem = first_problem(data, report_schema())
+    if problem is not None:
+        raise InputError(f"{where} is not a valid lipcheck report ({problem}): {fix}")
+    report = Report.from_dict(data)
+    problem = inconsistency(report, data)
+    if problem is not None:
+        raise InputError(
+            f"{where} contradicts itself ({problem}): it was edited or damaged; audit again to get a report"
+        )
     return report
 
 
-def _check_figures(report: Report) -> None:
-    """TypeError or ValueError where a figure that the gate and the comparison use is not a number."""
-    if not report.samples:
-        raise ValueError("no samples")
-    for row in report.samples:
-        if not _is_number(row.sigma) or not isinstance(row.index, int) or not isinstance(row.converged, bool):
-            raise TypeError(f"sample row {row} is not index, sigma, converged")
-    for name in ("count", "converged", "max", "mean", "min", "median", "p95", "value", "argmax"):
-        if not _is_number(getattr(report.summary, name)):
-            raise TypeError(f"summary {name} is not a number")
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+def nesting_depth(text: bytes) -> int:
+    """How deep the arrays and objects of the JSON `text` nest, counted without parsing it (so without
+    recursion) at the speed of bytes methods: brackets inside strings do not count."""
+    unescaped = text.replace(b"\\\\", b"").replace(b'\\"', b"")  # escaped backslashes, then quotes
+    structure = re.sub(rb'"[^"]*"', b"", unescaped.translate(None, _NOT_STRUCTURE))
+    steps = np.frombuffer(structure, dtype=np.uint8)
+    opening = (steps == ord("[")) | (steps == ord("{"))
+    return int(np.cumsum(np.where(opening, 1, -1)).max(initial=0))
+
+
+_NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'[]{}"')
+
+
+def inconsistency(report: Report, stored: Mapping[str, Any]) -> str | None:
+    """What in the report `stored` (its JSON, read as `report`) its own samples contradict: a summary
+    figure that `summarise` does not give again (to 1e-9, for sums taken in another order), or a
+    bracket that is not [summary max, upper bound]."""
+    again = summarise(report.samples, report.summary.reduction)
+    for name in (f.name for f in fields(Summary)):
+        written, computed = getattr(report.summary, name), getattr(again, name)
+        if not (written == computed or _close(written, computed)):
+            return f"summary {name} is {written:g} but its samples give {computed:g}"
+    for name, computed in report._bound_sections().items():
+        written = stored.get(name)
+        if name in ("bracket", "bracket_ratio") and not _same_figures(written, computed):
+            return (
+                f"{name} is {json.dumps(written)} but its summary and upper bound give {json.dumps(computed)}"
+            )
+    return None
+
+
+def _same_figures(written: Any, computed: Any) -> bool:
+    if isinstance(written, list) and isinstance(computed, list):
+        return len(written) == len(computed) and all(map(_same_figures, written, computed))
+    return written == computed or _close(written, computed)
+
+
+def _close(stored: Any, computed: Any) -> bool:
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (stored, computed))
+    return numbers and math.isclose(stored, computed, rel_tol=1e-9, abs_tol=1e-300)
 
 
 def report_schema() -> dict[str, Any]:
