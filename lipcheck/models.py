@@ -24,7 +24,7 @@ import re
 import struct
 import sys
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -256,11 +256,35 @@ def arch_file(arch: str | None) -> Path | None:
 
 
 def load_arch(arch: str, arch_kwargs: Mapping[str, Any]) -> nn.Module:
-    """Build a module from ``path/to/file.py:factory`` or ``package.module:factory``."""
+    """Build a module from ``path/to/file.py:factory`` or ``package.module:factory``.
+
+    This runs the file (or module): it is code the user chose. As ``python file.py`` would, a file's
+    folder is first on ``sys.path`` while it is imported and its factory runs, so a module beside it
+    (``import blocks``) imports; the path is as it was afterwards.
+    """
+    file = arch_file(arch)
+    with _first_on_import_path(file.resolve().parent if file is not None and file.is_file() else None):
+        return _build_arch(arch, arch_kwargs, file)
+
+
+@contextlib.contextmanager
+def _first_on_import_path(folder: Path | None) -> Iterator[None]:
+    if folder is None:
+        yield
+        return
+    entry = str(folder)
+    sys.path.insert(0, entry)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError):
+            sys.path.remove(entry)
+
+
+def _build_arch(arch: str, arch_kwargs: Mapping[str, Any], file: Path | None) -> nn.Module:
     source, _, name = arch.rpartition(":")
     if not source or not name:
         raise InputError(f"--arch {arch!r} must look like path/to/file.py:factory or package.module:factory")
-    file = arch_file(arch)
     try:
         if file is not None:
             if not file.is_file():
