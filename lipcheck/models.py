@@ -190,7 +190,22 @@ def _load_safetensors(path: Path) -> _Loaded:
 
 def _load_pickle(path: Path, trust_pickle: bool) -> _Loaded:
     if trust_pickle:
-        return _Loaded(torch.load(str(path), map_location="cpu", weights_only=False), trusted=True)
+        try:
+            return _Loaded(torch.load(str(path), map_location="cpu", weights_only=False), trusted=True)
+        except ModuleNotFoundError as error:
+            raise InputError(
+                f"model file '{path}' is a pickle whose code is in module '{error.name or error}', which "
+                "cannot be imported here: make it importable (add the folder that holds it to PYTHONPATH, "
+                f"or install its package), or {_FIX_FORMAT}"
+            ) from error
+        except AttributeError as error:
+            if not str(error).startswith("Can't get attribute"):
+                raise
+            raise InputError(
+                f"model file '{path}' is a pickle that needs a class its module does not have "
+                f"({_first_line(error)}): use the version of that code the model was saved with, or "
+                f"{_FIX_FORMAT}"
+            ) from error
     try:
         content = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -289,12 +304,7 @@ def _build_arch(arch: str, arch_kwargs: Mapping[str, Any], file: Path | None) ->
         if file is not None:
             if not file.is_file():
                 raise InputError(f"--arch file '{file}' does not exist: give the path of a Python file")
-            spec = importlib.util.spec_from_file_location(f"lipcheck_arch_{file.stem}", file)
-            if spec is None or spec.loader is None:
-                raise InputError(f"--arch file '{file}' cannot be imported as a Python module")
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[spec.name] = module
-            spec.loader.exec_module(module)
+            module = _import_file(file)
         else:
             module = importlib.import_module(source)
     except InputError:
@@ -317,6 +327,40 @@ def _build_arch(arch: str, arch_kwargs: Mapping[str, Any], file: Path | None) ->
     if not isinstance(built, nn.Module):
         raise InputError(f"--arch {arch!r} returned {type(built).__name__}, expected a torch.nn.Module")
     return built
+
+
+def _import_file(file: Path) -> Any:
+    """Import an --arch file: as its package's module when it is in a package (so that its relative
+    imports work, as with ``python -m package.module``), else on its own."""
+    package = _package_of(file)
+    if package is not None:
+        root, dotted = package
+        with _first_on_import_path(root):
+            return importlib.import_module(dotted)
+    spec = importlib.util.spec_from_file_location(f"lipcheck_arch_{file.stem}", file)
+    if spec is None or spec.loader is None:
+        raise InputError(f"--arch file '{file}' cannot be imported as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _package_of(file: Path) -> tuple[Path, str] | None:
+    """(the folder above the top package, the module's dotted name) for a file in a package, i.e. whose
+    folder holds an __init__.py; None otherwise, or when a package of that name is already imported
+    from elsewhere (importing by name would find that one, not this file)."""
+    folder, parts = file.resolve().parent, [] if file.stem == "__init__" else [file.stem]
+    while (folder / "__init__.py").is_file() and folder.name.isidentifier():
+        parts.insert(0, folder.name)
+        folder = folder.parent
+    if not parts or parts == [file.stem]:
+        return None
+    loaded = sys.modules.get(parts[0])
+    here = (folder / parts[0]).resolve()
+    if loaded is not None and here not in {Path(p).resolve() for p in getattr(loaded, "__path__", [])}:
+        return None
+    return folder, ".".join(parts)
 
 
 def _state_dict(content: Any) -> dict[str, torch.Tensor] | None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from cli_fixtures import MLP, assert_one_line_error, mlp_inputs, run
 from safetensors.torch import save_file
 
@@ -131,3 +132,40 @@ def test_an_arch_file_that_fails_to_import_is_still_one_line(tmp_path: Path) -> 
 def test_the_readme_says_that_arch_runs_code_and_how_imports_resolve() -> None:
     text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     assert "**`--arch` runs code**" in text and "its folder is first on the import path" in text
+
+
+def test_an_arch_file_in_a_package_imports_relatively(tmp_path: Path) -> None:
+    package = tmp_path / "src" / "lipcheck_test_pkg"
+    (package / "models").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "models" / "__init__.py").write_text("")
+    (package / "blocks.py").write_text("from cli_fixtures import MLP\n\ndef build():\n    return MLP()\n")
+    (package / "models" / "net.py").write_text(
+        "from ..blocks import build\n\ndef make():\n    return build()\n"
+    )
+    save_file(MLP().state_dict(), tmp_path / "w.safetensors")
+    result = run("inspect", tmp_path / "w.safetensors", "--arch", f"{package / 'models' / 'net.py'}:make")
+    assert result.exit_code == 0, result.stderr
+
+
+def test_a_trusted_pickle_whose_code_cannot_be_imported_names_the_module(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "lipcheck_test_net.py").write_text(
+        "from cli_fixtures import MLP\n\nclass Net(MLP):\n    pass\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path / "code"))
+    import lipcheck_test_net  # type: ignore[import-not-found]
+
+    torch.save(lipcheck_test_net.Net(), tmp_path / "m.pt")
+    monkeypatch.delattr(lipcheck_test_net, "Net")
+    result = run("inspect", tmp_path / "m.pt", "--trust-pickle")
+    assert_one_line_error(result, "needs a class its module does not have", "'Net'", "version of that code")
+    assert "truncated" not in result.stderr
+
+    monkeypatch.delitem(sys.modules, "lipcheck_test_net")
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(tmp_path / "code")])
+    result = run("inspect", tmp_path / "m.pt", "--trust-pickle")
+    assert_one_line_error(result, "module 'lipcheck_test_net', which cannot be imported", "PYTHONPATH")
+    assert "truncated" not in result.stderr
