@@ -238,3 +238,48 @@ def test_gate_writes_the_report_it_read_with_its_schema_version(
     assert result.exit_code == 0, result.stderr
     written = json.loads((tmp_path / "out.json").read_text())
     assert written["schema_version"] == 1 and first_problem(written, report_schema()) is None
+
+
+# ----------------------------------------------------------------------------------------------------
+# Fuzz: whatever a report file holds, gate and compare end with a documented exit code and no traceback.
+
+
+def _gate_and_compare_end_cleanly(path: Path, good: Path) -> list[int]:
+    codes = []
+    for args in (
+        ["gate", path, "--fail-above", 0.75],
+        ["compare", good, path],
+        ["compare", path, good, "-f", "json"],
+    ):
+        result = run(*args)
+        output = result.stdout + result.stderr
+        assert "Traceback" not in output, output
+        assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+        assert result.exit_code in (0, 1, 2), (args, result.exit_code, output)
+        if result.exit_code == 2:
+            assert result.stderr.startswith("lipcheck: error: ") and result.stderr.count("\n") == 1, output
+        codes.append(result.exit_code)
+    return codes
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data(), replacement=JSON_VALUES, delete=st.booleans())
+def test_fuzz_changed_reports(tmp_path: Path, data: st.DataObject, replacement: Any, delete: bool) -> None:
+    document = copy.deepcopy(data.draw(st.sampled_from(list(VALID.values()))))
+    place = data.draw(st.sampled_from(_places(document)))
+    (_delete(place) if delete and isinstance(place[-1], str) else _set(place, replacement))(document)
+    good, path = tmp_path / "good.json", tmp_path / "fuzzed.json"
+    good.write_text(json.dumps(VALID["plain"]))
+    path.write_text(json.dumps(document))
+    codes = _gate_and_compare_end_cleanly(path, good)
+    if not jsonschema.Draft202012Validator(report_schema()).is_valid(document):
+        assert codes == [2, 2, 2]
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(max_size=60) | JSON_VALUES.map(json.dumps) | st.binary(max_size=60).map(repr))
+def test_fuzz_any_file(tmp_path: Path, text: str) -> None:
+    good, path = tmp_path / "good.json", tmp_path / "fuzzed.json"
+    good.write_text(json.dumps(VALID["plain"]))
+    path.write_text(text, encoding="utf-8", errors="surrogatepass")
+    assert _gate_and_compare_end_cleanly(path, good) == [2, 2, 2]
