@@ -62,7 +62,7 @@ def prepare_outputs(
 ) -> list[Destination]:
     """Check every output before the command does any work; open the special files among them.
 
-    `inputs` maps what each input is ("the model file (MODEL)") to its path, None when not given.
+    `inputs` maps what each input is ("the model (MODEL)") to its path, None when not given.
     Raises InputError naming `flag` and the output when it is an input or cannot be written.
     """
     for path in paths:
