@@ -180,10 +180,14 @@ def audit_rows(
         iterations = result.iterations.cpu().tolist()
         converged = result.converged.cpu().tolist()
         residual = result.residual.double().cpu().tolist()
+        upper = result.sigma_upper.double().cpu().tolist()
         rows = [
-            SampleResult(i, sigma[k], iterations[k], bool(converged[k]), finite_or_none(residual[k]))
+            SampleResult(
+                i, sigma[k], iterations[k], bool(converged[k]), finite_or_none(residual[k]),
+                finite_or_none(upper[k]),
+            )
             for k, i in enumerate(batch)
-        ]
+        ]  # fmt: skip
         if settings.search_steps is not None:
             rows = _with_search(rows, found)
         sink(rows)
@@ -199,6 +203,7 @@ def _engine_options(settings: Settings) -> dict[str, Any]:
         "tol": settings.tol,
         "seed": settings.seed,
         "krylov_dim": settings.krylov_dim,
+        "confidence": settings.confidence,
     }
 
 
@@ -303,6 +308,8 @@ def check_settings(settings: Settings) -> None:
         raise InputError(f"--dtype {settings.dtype!r} is not one of {', '.join(DTYPES)}")
     if not 0 < settings.tol < 1:
         raise InputError(f"--tol must be in (0, 1), got {settings.tol:g}")
+    if not 0 < settings.confidence < 1:
+        raise InputError(f"--confidence must be in (0, 1), such as 0.99, got {settings.confidence:g}")
     if settings.max_iter < 1:
         raise InputError(f"--max-iter must be at least 1, got {settings.max_iter}")
     if settings.reduction not in REDUCTIONS:

@@ -584,6 +584,14 @@ def audit(
         Method.lanczos
     ),
     tol: Annotated[float, typer.Option("--tol", help="Target relative accuracy of each sigma.")] = 1e-4,
+    confidence: Annotated[
+        float,
+        typer.Option(
+            "--confidence",
+            help="Probability with which each row's sigma_upper bounds the exact norm from above "
+            "(over the random start vector).",
+        ),
+    ] = 0.99,
     max_iter: Annotated[
         int, typer.Option("--max-iter", min=1, help="Most products with J^T J per sample.")
     ] = 200,
@@ -678,6 +686,7 @@ def audit(
         settings = Settings(
             method=method.value,
             tol=tol,
+            confidence=confidence,
             max_iter=max_iter,
             seed=seed,
             batch_size=batch_size,

@@ -21,6 +21,7 @@ from lipcheck.report import SCHEMA_VERSION, DataSection, Gate, Report, Settings
 COMPARED_SETTINGS: dict[str, str] = {
     "method": "--method",
     "tol": "--tol",
+    "confidence": "--confidence",
     "max_iter": "--max-iter",
     "dtype": "--dtype",
     "reduction": "--reduction",

@@ -35,6 +35,14 @@ IterationCallback = Callable[[int, Tensor, Tensor], None]
 
 DEFAULT_SEED = 0
 DEFAULT_KRYLOV_DIM = 12
+DEFAULT_CONFIDENCE = 0.99
+# Stopping (docs/engine.md): the probabilistic bound, at a failure probability STOP_CONFIDENCE_FACTOR
+# times smaller than the reported one, must put sigma_max within STOP_WIDTH * tol of sigma.
+STOP_CONFIDENCE_FACTOR = 10
+STOP_WIDTH = 10
+# The residual of a Ritz pair is not known below RESIDUAL_FLOOR rounding units of theta: the products
+# themselves carry that much rounding.
+RESIDUAL_FLOOR = 2
 _KEPT_RITZ_VECTORS = 2
 
 
@@ -49,6 +57,9 @@ class SpectralNormResult:
         residual: (B,) ||J^T J u - sigma^2 u|| / sigma^2 for the returned unit vector u (0 when
             sigma is 0). A small residual means u is close to an invariant direction of J^T J.
         vector: (B, ...) like x, the most amplified input direction found, unit norm per sample.
+        sigma_upper: (B,) an upper bound on ||J_i||_2 that holds with probability at least
+            `confidence` over the random start vector (docs/engine.md, "Error bars"); inf when the
+            run could not bound it.
     """
 
     sigma: Tensor
@@ -56,6 +67,7 @@ class SpectralNormResult:
     converged: Tensor
     residual: Tensor
     vector: Tensor
+    sigma_upper: Tensor
 
 
 class JacobianOperator:
@@ -202,7 +214,13 @@ def check_batch_coupling(operator: JacobianOperator, seed: int | None = None) ->
         )
 
 
-def _check_settings(method: str, max_iter: int, tol: float, krylov_dim: int = DEFAULT_KRYLOV_DIM) -> None:
+def _check_settings(
+    method: str,
+    max_iter: int,
+    tol: float,
+    krylov_dim: int = DEFAULT_KRYLOV_DIM,
+    confidence: float = DEFAULT_CONFIDENCE,
+) -> None:
     if method not in METHODS:
         raise InputError(f"method {method!r} is not known, expected one of {', '.join(METHODS)}")
     if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
@@ -211,6 +229,8 @@ def _check_settings(method: str, max_iter: int, tol: float, krylov_dim: int = DE
         raise InputError(f"tol must be a number in (0, 1), got {tol!r}")
     if isinstance(krylov_dim, bool) or not isinstance(krylov_dim, int) or krylov_dim < 1:
         raise InputError(f"krylov_dim must be a positive integer, got {krylov_dim!r}")
+    if isinstance(confidence, bool) or not isinstance(confidence, (int, float)) or not 0 < confidence < 1:
+        raise InputError(f"confidence must be a probability in (0, 1), such as 0.99, got {confidence!r}")
 
 
 def _check_input(x: Any) -> None:
@@ -238,6 +258,15 @@ def start_vector(shape: torch.Size, seed: int | None, dtype: torch.dtype, device
     u = torch.randn(n, generator=generator, dtype=torch.float64)
     u = (u / u.norm()).to(dtype=dtype, device=device)
     return u.expand(shape[0], n).clone()
+
+
+def start_component_floor(n: int, confidence: float) -> float:
+    """t such that P(|<b, v>| < t) <= 1 - confidence for b uniform on the unit sphere of R^n and any
+    unit v: <b, v> has the density c_n (1 - x^2)^((n-3)/2) on [-1, 1], at most c_n <= sqrt((n-1) / 2 pi)
+    (Gautschi's inequality), so t = (1 - confidence) sqrt(pi / (2 (n-1))) will do."""
+    if n <= 1:
+        return 1.0
+    return (1 - confidence) * math.sqrt(math.pi / (2 * (n - 1)))
 
 
 def _non_finite_products(samples: list[int]) -> AuditFailedError:
@@ -269,8 +298,9 @@ def power_method(
     *,
     max_iter: int,
     tol: float,
+    confidence: float = DEFAULT_CONFIDENCE,
     callback: IterationCallback | None = None,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Power iteration on A = J^T J with a Rayleigh quotient, per sample (the seed paper's method).
 
     u_{k+1} = A u_k / ||A u_k||; sigma_k = sqrt(<u_k, A u_k>) increases towards sigma_max at the rate
@@ -286,6 +316,9 @@ def power_method(
     iterations = torch.zeros(batch, dtype=torch.int64, device=u0.device)
     converged = torch.zeros(batch, dtype=torch.bool, device=u0.device)
     vector = u0.clone()
+    log_floor = math.log(start_component_floor(u0.shape[1], confidence))
+    log_power = torch.zeros_like(sigma)  # log ||A^k b||, the product of the iterates' norms
+    log_upper = torch.full_like(sigma, math.inf)
     for iteration in range(1, max_iter + 1):
         active = ~converged
         v = gram(u)
@@ -298,6 +331,10 @@ def power_method(
         new_sigma = theta.sqrt()
         new_residual = _row_norm(v - theta.to(v.dtype).unsqueeze(1) * u).double()
         new_residual = torch.where(theta > 0, new_residual / torch.where(theta > 0, theta, 1), 0)
+        norm = _row_norm(v)
+        log_power = torch.where(active, log_power + norm.double().log(), log_power)
+        bound = (log_power - log_floor) / iteration
+        log_upper = torch.where(active, torch.minimum(log_upper, bound), log_upper)
         change = (new_sigma - sigma).abs()
         stopped = active & ((change <= tol * new_sigma) if iteration > 1 else (theta == 0))
         sigma = torch.where(active, new_sigma, sigma)
@@ -309,8 +346,9 @@ def power_method(
             callback(iteration, sigma, ~converged)
         if bool(converged.all()):
             break
-        u = torch.where((~converged).unsqueeze(1), _safe_divide(v, _row_norm(v)), u)
-    return sigma, iterations, converged, residual, vector
+        u = torch.where((~converged).unsqueeze(1), _safe_divide(v, norm), u)
+    upper = torch.maximum((log_upper / 2).exp(), sigma)
+    return sigma, iterations, converged, residual, vector, upper
 
 
 def lanczos(
@@ -320,8 +358,9 @@ def lanczos(
     max_iter: int,
     tol: float,
     krylov_dim: int = DEFAULT_KRYLOV_DIM,
+    confidence: float = DEFAULT_CONFIDENCE,
     callback: IterationCallback | None = None,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Thick-restart Lanczos on A = J^T J, per sample, with a bounded basis.
 
     The Krylov basis Q = [q_0, ..., q_j] of each sample is kept explicitly orthonormal (classical
@@ -357,7 +396,7 @@ def lanczos(
     basis = torch.zeros(batch, dim + 1, n, dtype=dtype, device=device)
     basis[:, 0] = u0
     column = 0
-    problem = _RitzProblem(batch, dim, tol, torch.finfo(dtype).eps)
+    problem = _RitzProblem(batch, dim, tol, torch.finfo(dtype).eps, n, confidence)
     vector = u0.clone()
 
     for iteration in range(1, max_iter + 1):
@@ -400,7 +439,11 @@ def lanczos(
     def out(values: np.ndarray) -> Tensor:
         return torch.from_numpy(values).to(device)
 
-    return out(problem.sigma), out(problem.iterations), out(problem.converged), out(problem.residual), vector
+    upper = np.sqrt(np.maximum(problem.upper, problem.sigma**2))
+    return (
+        out(problem.sigma), out(problem.iterations), out(problem.converged), out(problem.residual), vector,
+        out(upper),
+    )  # fmt: skip
 
 
 def _with_ritz_vectors(vector: Tensor, span: Tensor, problem: _RitzProblem, samples: np.ndarray) -> Tensor:
@@ -418,9 +461,12 @@ class _RitzProblem:
     made from it (Ritz pairs, error estimates, stopping) is a few operations on (B,) arrays.
     """
 
-    def __init__(self, batch: int, dim: int, tol: float, rounding: float) -> None:
+    def __init__(self, batch: int, dim: int, tol: float, rounding: float, n: int, confidence: float) -> None:
         self.tol = tol
         self.rounding = rounding
+        self.log_start_floor = math.log(start_component_floor(n, confidence))
+        stop_confidence = 1 - (1 - confidence) / STOP_CONFIDENCE_FACTOR
+        self.log_stop_floor = math.log(start_component_floor(n, stop_confidence))
         self.projected = np.zeros((batch, dim + 1, dim + 1))
         self.sigma = np.zeros(batch)
         self.residual = np.full(batch, math.inf)
@@ -429,6 +475,15 @@ class _RitzProblem:
         self.values = np.zeros((batch, 1))
         self.vectors = np.ones((batch, 1, 1))
         self.beta = np.zeros(batch)
+        # The probabilistic bound (docs/engine.md, "Error bars"): the basis spans the Krylov space of
+        # s = psi(A) b, psi the product of (lambda - theta) over the Ritz values discarded at restarts
+        # (`filter_roots`); s = exp(log_scale) Q start, with `start` a unit vector of coordinates.
+        self.start = np.zeros((batch, dim + 1))
+        self.start[:, 0] = 1
+        self.log_scale = np.zeros(batch)
+        self.filter_roots = np.zeros((batch, 0))
+        self.upper = np.full(batch, math.inf)  # the least bound on lambda_max seen so far
+        self.stop_upper = np.full(batch, math.inf)
 
     def extend(self, iteration: int, column: int, transferred: Tensor) -> np.ndarray:
         """Add column `column` of H and beta, the norm of the next direction, both in `transferred`
@@ -461,7 +516,25 @@ class _RitzProblem:
             with np.errstate(divide="ignore", invalid="ignore"):
                 error = np.where(gap > 0, np.minimum(estimate, estimate**2 / gap), estimate)
         exhausted = beta <= 16 * self.rounding * np.maximum(np.abs(values).max(1), self.rounding)
-        stopped = active & ((error <= 2 * self.tol * theta) | exhausted | ((theta == 0) & (beta == 0)))
+        if active.any():
+            floor = RESIDUAL_FLOOR * self.rounding * np.maximum(theta[active], self.rounding)
+            log_norm = _log_krylov_residual(
+                values[active], vectors[active], self.start[active, : column + 1],
+                np.maximum(estimate[active], floor),
+            )  # fmt: skip
+            roots = np.concatenate([values[active], self.filter_roots[active]], 1)
+            bound = _largest_root(roots, log_norm + self.log_scale[active] - self.log_start_floor)
+            self.upper[active] = np.minimum(self.upper[active], bound)
+            bound = _largest_root(roots, log_norm + self.log_scale[active] - self.log_stop_floor)
+            self.stop_upper[active] = np.minimum(self.stop_upper[active], bound)
+        # Stop when the Ritz value is accurate to tol (Kato-Temple) and, at the stricter confidence,
+        # no singular value lies more than STOP_WIDTH tol above it, or the residual has reached its
+        # rounding floor, below which no bound can tighten (docs/engine.md, "Stopping").
+        with np.errstate(divide="ignore", invalid="ignore"):
+            width = np.sqrt(np.maximum(self.stop_upper, theta) / np.where(theta > 0, theta, 1)) - 1
+        at_floor = estimate <= 2 * RESIDUAL_FLOOR * self.rounding * theta
+        accurate = (error <= 2 * self.tol * theta) & ((width <= STOP_WIDTH * self.tol) | at_floor)
+        stopped = active & (accurate | exhausted | ((theta == 0) & (beta == 0)))
         with np.errstate(divide="ignore", invalid="ignore"):
             residual = np.where(theta > 0, estimate / theta, 0)
         self.sigma = np.where(active, np.sqrt(theta), self.sigma)
@@ -480,6 +553,7 @@ class _RitzProblem:
         the last components of their vectors (the arrow). Returns (B, column + 1, kept), the Ritz
         vectors' coefficients, which the caller applies to the basis."""
         leading = self.vectors[:, :, -kept:]
+        self._filter(leading, kept)
         coupling = self.beta[:, None] * leading[:, -1, :]
         projected = self.projected
         projected[:] = 0
@@ -489,10 +563,77 @@ class _RitzProblem:
         projected[:, :kept, kept] = coupling
         return leading
 
+    def _filter(self, leading: np.ndarray, kept: int) -> None:
+        """Carry the bound's start vector through a restart: the kept Ritz vectors y_i span the part of
+        the Krylov space that psi(A) s lies in, psi(lambda) = prod (lambda - theta_j) over the discarded
+        Ritz values, with coordinates psi(theta_i) <y_i, s>; later iterations extend the Krylov space of
+        psi(A) s."""
+        columns = leading.shape[1]
+        kept_values = self.values[:, -kept:]
+        discarded = self.values[:, :-kept]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            along = np.einsum("blk,bl->bk", leading, self.start[:, :columns])
+            differences = np.maximum(kept_values[:, :, None] - discarded[:, None, :], 0)
+            log_size = np.log(np.abs(along)) + np.log(differences).sum(2)
+            largest = log_size.max(1, keepdims=True)
+            coordinates = np.sign(along) * np.exp(log_size - largest)
+            size = np.linalg.norm(coordinates, axis=1)
+            lost = ~np.isfinite(largest[:, 0]) | ~(size > 0)
+            self.start[:] = 0
+            self.start[:, :kept] = np.where(lost[:, None], 0, coordinates / np.where(lost, 1, size)[:, None])
+            self.log_scale = np.where(lost, np.inf, self.log_scale + largest[:, 0] + np.log(size))
+        self.filter_roots = np.concatenate([self.filter_roots, discarded], 1)
+
     def advance(self, column: int) -> None:
         """The basis gained column `column`, the normalised last direction: H's subdiagonal is its beta."""
         projected = self.projected
         projected[:, column, column - 1] = self.beta
+
+
+def _log_krylov_residual(
+    values: np.ndarray, vectors: np.ndarray, start: np.ndarray, residual: np.ndarray
+) -> np.ndarray:
+    """log ||chi_H(A) s|| per sample, chi_H the characteristic polynomial of H (l x l), for a basis Q
+    of the Krylov space K_l(A, s) with A Q = Q H + beta q e_l^T and s = Q start.
+
+    The first l - 1 powers of A keep s inside span Q, so chi_H(A) s = beta (e_l^T H^(l-1) start) q,
+    and e_l^T H^(l-1) start = e_l^T prod_{j != 1} (H - theta_j) start (the lower powers do not reach
+    e_l), which is s_1[l] <s_1, start> prod_{j != 1} (theta_1 - theta_j) for the leading Ritz pair
+    (theta_1, s_1): ||chi_H(A) s|| = r_1 |<s_1, start>| prod_{j != 1} (theta_1 - theta_j), r_1 =
+    beta |s_1[l]| its residual. In this form nothing cancels; `residual` is r_1 with its rounding
+    floor already applied.
+
+    values (B, l) ascending, vectors (B, l, l), start (B, l), residual (B,).
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        along = np.abs(np.einsum("bl,bl->b", vectors[:, :, -1], start))
+        gaps = np.maximum(values[:, -1:] - values[:, :-1], 0)
+        return np.log(residual) + np.log(along) + np.log(gaps).sum(1)
+
+
+def _largest_root(roots: np.ndarray, log_target: np.ndarray, steps: int = 100) -> np.ndarray:
+    """The lambda >= max(roots) with sum_r log(lambda - r) = log_target, per sample (roots (B, R)).
+
+    In u = log(lambda - top) the left side, sum_r log(e^u + top - r), is increasing and convex, and
+    it is at least R u, so Newton's method started at u = log_target / R decreases to the root.
+    A log_target of -inf gives top itself; +inf or NaN gives inf."""
+    top = roots.max(1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_distance = np.log(np.maximum(top[:, None] - roots, 0))
+        count = roots.shape[1]
+        usable = np.isfinite(log_target)
+        u = np.where(usable, log_target, 0) / count
+        target = np.where(usable, log_target, 0)
+        for _ in range(steps):
+            logs = np.logaddexp(u[:, None], log_distance)
+            value = logs.sum(1) - target
+            slope = np.exp(u[:, None] - logs).sum(1)
+            step = value / slope
+            u = u - step
+            if not (np.abs(step) > 1e-14 * np.maximum(1, np.abs(u))).any():
+                break
+        root = top + np.exp(u)
+    return np.where(usable, root, np.where(log_target == -np.inf, top, np.inf))
 
 
 def solve(
@@ -503,11 +644,12 @@ def solve(
     tol: float = 1e-4,
     seed: int | None = None,
     krylov_dim: int = DEFAULT_KRYLOV_DIM,
+    confidence: float = DEFAULT_CONFIDENCE,
     check_coupling: bool = True,
     callback: IterationCallback | None = None,
 ) -> SpectralNormResult:
     """Spectral norms of an existing `JacobianOperator`; see `spectral_norm` for the arguments."""
-    _check_settings(method, max_iter, tol, krylov_dim)
+    _check_settings(method, max_iter, tol, krylov_dim, confidence)
     if check_coupling:
         check_batch_coupling(operator, seed)
     shape = operator.input_shape
@@ -518,10 +660,15 @@ def solve(
 
     with torch.enable_grad():
         if method == "power":
-            outcome = power_method(gram, u0, max_iter=max_iter, tol=tol, callback=callback)
+            outcome = power_method(
+                gram, u0, max_iter=max_iter, tol=tol, confidence=confidence, callback=callback
+            )
         else:
-            outcome = lanczos(gram, u0, max_iter=max_iter, tol=tol, krylov_dim=krylov_dim, callback=callback)
-    sigma, iterations, converged, residual, vector = outcome
+            outcome = lanczos(
+                gram, u0, max_iter=max_iter, tol=tol, krylov_dim=krylov_dim, confidence=confidence,
+                callback=callback,
+            )  # fmt: skip
+    sigma, iterations, converged, residual, vector, upper = outcome
     dtype = operator.x.dtype
     return SpectralNormResult(
         sigma=sigma.to(dtype),
@@ -529,7 +676,15 @@ def solve(
         converged=converged,
         residual=residual.to(dtype),
         vector=vector.view(shape),
+        sigma_upper=_rounded_up(upper, dtype),
     )
+
+
+def _rounded_up(values: Tensor, dtype: torch.dtype) -> Tensor:
+    """values (float64) in `dtype`, rounded towards +inf so that a bound stays a bound."""
+    rounded = values.to(dtype)
+    low = rounded.double() < values
+    return torch.where(low, torch.nextafter(rounded, torch.full_like(rounded, math.inf)), rounded)
 
 
 def spectral_norm(
@@ -543,6 +698,7 @@ def spectral_norm(
     args: Sequence[Any] = (),
     kwargs: Mapping[str, Any] | None = None,
     krylov_dim: int = DEFAULT_KRYLOV_DIM,
+    confidence: float = DEFAULT_CONFIDENCE,
     check_coupling: bool = True,
     callback: IterationCallback | None = None,
 ) -> SpectralNormResult:
@@ -561,6 +717,8 @@ def spectral_norm(
         seed: seed of the start vector; the same seed gives bit-identical results on the same
             machine and settings. None means a fixed default seed.
         krylov_dim: Lanczos basis size per sample (memory is krylov_dim + 1 copies of x).
+        confidence: the probability, over the random start vector, with which `sigma_upper` bounds
+            each sigma from above (docs/engine.md, "Error bars").
         check_coupling: spend one backward pass checking that samples do not interact.
         callback: called after each iteration with (iteration, sigma (B,), active (B,)).
 
@@ -574,7 +732,7 @@ def spectral_norm(
         BatchCouplingError: f mixes samples (BatchNorm in training mode, attention over the batch).
     """
     _check_input(x)
-    _check_settings(method, max_iter, tol, krylov_dim)
+    _check_settings(method, max_iter, tol, krylov_dim, confidence)
     operator = JacobianOperator.from_function(f, x, args, kwargs)
     return solve(
         operator,
@@ -583,6 +741,7 @@ def spectral_norm(
         tol=tol,
         seed=seed,
         krylov_dim=krylov_dim,
+        confidence=confidence,
         check_coupling=check_coupling,
         callback=callback,
     )

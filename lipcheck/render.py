@@ -25,6 +25,7 @@ from lipcheck.report import ModelBoundReport, ModelSection, Report, RuleVerdict,
 FORMATS = ("table", "json", "markdown", "junit")
 SUFFIX_FORMATS = {".json": "json", ".md": "markdown", ".xml": "junit", ".txt": "table"}
 WORST = 10
+RESIDUAL_DIGITS = 3  # the residual is a diagnostic: its order of magnitude is what a reader needs
 JUNIT_LISTED = 100  # failing sample indices in a JUnit failure's text
 
 
@@ -33,8 +34,8 @@ def format_for(path: str | Path, default: str) -> str:
     return SUFFIX_FORMATS.get(Path(path).suffix.lower(), default)
 
 
-def _number(value: float | None) -> str:
-    return "-" if value is None else f"{value:.6g}"
+def _number(value: float | None, digits: int = 6) -> str:
+    return "-" if value is None else f"{value:.{digits}g}"
 
 
 def _model_line(model: ModelSection) -> str:
@@ -87,22 +88,35 @@ def _search_note(report: Report) -> str:
 
 def _worst_table(report: Report) -> Table:
     shown = worst_samples(report, WORST)
-    table = Table(title=f"Worst {len(shown)} of {report.summary.count} samples", title_justify="left")
-    for name in ("index", "sigma", "iterations", "converged", "residual"):
+    title = (
+        f"Worst {len(shown)} of {report.summary.count} samples "
+        f"(sigma_upper at confidence {report.settings.confidence:g})"
+    )
+    table = Table(title=title, title_justify="left")
+    for name in ("index", "sigma", "sigma_upper", "iterations", "converged", "residual"):
         table.add_column(name, justify="left" if name == "converged" else "right")
-    if _searched(report):
-        table.add_column("search sigma", justify="right")
-        table.add_column("distance", justify="right")
     for row in shown:
         converged = Text("yes", style="green") if row.converged else Text("no", style="bold red")
         table.add_row(
             str(row.index),
             _number(row.sigma),
+            _number(row.sigma_upper),
             str(row.iterations),
             converged,
-            _number(row.residual),
-            *_search_cells(report, row),
+            _number(row.residual, RESIDUAL_DIGITS),
         )
+    return table
+
+
+def _search_table(report: Report) -> Table:
+    """The worst samples' worst-case search: a table of its own, so that both fit 80 columns."""
+    shown, settings = worst_samples(report, WORST), report.settings
+    title = f"Worst-case search: {settings.search_steps} steps within radius {settings.search_radius:g}"
+    table = Table(title=title, title_justify="left")
+    for name in ("index", "sigma", "search sigma", "distance"):
+        table.add_column(name, justify="right")
+    for row in shown:
+        table.add_row(str(row.index), _number(row.sigma), *_search_cells(report, row))
     return table
 
 
@@ -164,7 +178,8 @@ def _pairs(title: str, rows: Sequence[tuple[str, str]]) -> Table:
 def render_table(report: Report, console: Console) -> None:
     """Print the header, the worst samples and the summary to `console`."""
     summary = _pairs("Summary", _summary_rows(report) + _gate_rows(report.gate.rules))
-    console.print(Group(_header(report), Text(""), _worst_table(report), Text(""), summary))
+    search = [_search_table(report), Text("")] if _searched(report) else []
+    console.print(Group(_header(report), Text(""), _worst_table(report), Text(""), *search, summary))
 
 
 def _plain(render: Callable[[Console], None], width: int = 100) -> str:
@@ -222,12 +237,14 @@ def render_markdown(report: Report) -> str:
     )
     lines += [
         "",
-        f"| worst sample | sigma | iterations | converged | residual |{search_heads}",
-        f"| ---: | ---: | ---: | --- | ---: |{search_rule}",
+        f"| worst sample | sigma | sigma_upper ({report.settings.confidence:g}) | iterations | converged "
+        f"| residual |{search_heads}",
+        f"| ---: | ---: | ---: | ---: | --- | ---: |{search_rule}",
     ]
     for row in worst_samples(report, 5):
         lines.append(
-            f"| {row.index} | {_number(row.sigma)} | {row.iterations} | {'yes' if row.converged else 'no'} "
+            f"| {row.index} | {_number(row.sigma)} | {_number(row.sigma_upper)} | {row.iterations} "
+            f"| {'yes' if row.converged else 'no'} "
             f"| {_number(row.residual)} |" + "".join(f" {cell} |" for cell in _search_cells(report, row))
         )
     return "\n".join(lines) + "\n"
@@ -445,7 +462,7 @@ def render_comparison_table(comparison: Comparison, console: Console) -> None:
         ("Summary", "figure", figures),
         (f"Samples that rose most ({len(samples)} of {comparison.rose})", "index", samples),
     ):
-        table = Table(title=title, title_justify="left")
+        table = Table(title=title, title_justify="left", pad_edge=False)
         for name in (first, "base", "new", "change", "change %"):
             table.add_column(name, justify="left" if name == "figure" else "right")
         for row in rows:

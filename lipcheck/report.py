@@ -38,6 +38,8 @@ class SampleResult:
     """One audited sample: `index` in the data set, sigma = ||J(x)||_2 and how it was reached.
 
     `residual` is ||J^T J u - sigma^2 u|| / sigma^2 at the returned vector, None when not finite.
+    `sigma_upper` bounds the exact norm from above with probability `Settings.confidence` over the
+    random start vector (docs/engine.md, "Error bars"); None when the run could not bound it.
     With a worst-case search (`--search-steps`, `--search-radius`), `search_sigma` is the largest
     sigma the search found within the radius (never below `sigma`: the sample itself counts) and
     `search_distance` the l2 distance of that point from the sample; both None without a search.
@@ -48,6 +50,7 @@ class SampleResult:
     iterations: int
     converged: bool
     residual: float | None
+    sigma_upper: float | None = None
     search_sigma: float | None = None
     search_distance: float | None = None
 
@@ -97,6 +100,7 @@ class Settings:
     dtype: str = "float32"
     reduction: str = "max"
     krylov_dim: int = 12
+    confidence: float = 0.99
     output_key: str | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     search_steps: int | None = None
@@ -264,7 +268,7 @@ class Report:
 
 def _sample_dict(s: SampleResult) -> dict[str, Any]:
     row = {"index": s.index, "sigma": s.sigma, "iterations": s.iterations, "converged": s.converged,
-           "residual": s.residual}  # fmt: skip
+           "residual": s.residual, "sigma_upper": s.sigma_upper}  # fmt: skip
     if s.search_sigma is not None:
         row["search_sigma"] = s.search_sigma
         row["search_distance"] = s.search_distance
@@ -280,17 +284,19 @@ def _sample_json(s: SampleResult) -> str:
         and type(s.sigma) is float
         and math.isfinite(s.sigma)
         and (s.residual is None or (type(s.residual) is float and math.isfinite(s.residual)))
+        and (s.sigma_upper is None or (type(s.sigma_upper) is float and math.isfinite(s.sigma_upper)))
         and s.search_sigma is None
     )
     if not plain:
         return json.dumps(_sample_dict(s))
     residual = "null" if s.residual is None else repr(s.residual)
+    upper = "null" if s.sigma_upper is None else repr(s.sigma_upper)
     converged = "true" if s.converged is True else "false" if s.converged is False else None
     if converged is None:
         return json.dumps(_sample_dict(s))
     return (
         f'{{"index": {s.index}, "sigma": {s.sigma!r}, "iterations": {s.iterations}, '
-        f'"converged": {converged}, "residual": {residual}}}'
+        f'"converged": {converged}, "residual": {residual}, "sigma_upper": {upper}}}'
     )
 
 

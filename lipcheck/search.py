@@ -40,6 +40,7 @@ import torch
 from torch import Tensor
 
 from lipcheck.engine import (
+    DEFAULT_CONFIDENCE,
     DEFAULT_KRYLOV_DIM,
     JacobianOperator,
     Method,
@@ -92,6 +93,7 @@ def worst_case_search(
     args: Sequence[Any] = (),
     kwargs: Mapping[str, Any] | None = None,
     krylov_dim: int = DEFAULT_KRYLOV_DIM,
+    confidence: float = DEFAULT_CONFIDENCE,
     check_coupling: bool = True,
 ) -> SearchResult:
     """Projected gradient ascent of sigma(x) = ||df/dx (x)||_2 within radius `radius` of every sample.
@@ -101,8 +103,9 @@ def worst_case_search(
         x: (B, ...) floating tensor of samples.
         radius: the l2 radius R of the ball searched around each sample, >= 0.
         steps: the number of ascent steps, >= 0 (0 returns the samples' own values).
-        method, max_iter, tol, seed, args, kwargs, krylov_dim, check_coupling: as for `spectral_norm`,
-            used at the samples and at every candidate (the coupling check only at the samples).
+        method, max_iter, tol, seed, args, kwargs, krylov_dim, confidence, check_coupling: as for
+            `spectral_norm`, used at the samples and at every candidate (the coupling check only at
+            the samples).
 
     Returns:
         SearchResult: the engine's result at the samples, and the largest sigma found, where, and how
@@ -118,7 +121,9 @@ def worst_case_search(
     if radius < 0:
         raise InputError(f"radius must be a finite number >= 0, got {radius!r}")
     _check_input(x)
-    settings: dict[str, Any] = {"method": method, "max_iter": max_iter, "tol": tol, "seed": seed}
+    settings: dict[str, Any] = {
+        "method": method, "max_iter": max_iter, "tol": tol, "seed": seed, "confidence": confidence
+    }  # fmt: skip
     searching = steps > 0 and radius > 0
 
     def evaluate(z: Tensor, check: bool) -> tuple[SpectralNormResult, Tensor]:

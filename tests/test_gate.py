@@ -146,12 +146,12 @@ def test_fail_above_sample_on_audit_lists_the_samples_above(mlp: dict[str, Path]
 
 
 def test_require_converged_on_audit(mlp: dict[str, Path], tmp_path: Path) -> None:
-    result = run("audit", mlp["model"], "--data", mlp["data"], "--require-converged", "--max-iter", 3,
-                 "-o", tmp_path / "r.json")  # fmt: skip
+    result = run("audit", mlp["model"], "--data", mlp["data"], "--require-converged", "--max-iter", 4,
+                 "--tol", 0.001, "-o", tmp_path / "r.json")  # fmt: skip
     report = read_json(tmp_path / "r.json")
     unconverged = [row["index"] for row in report["samples"] if not row["converged"]]
-    assert 0 < len(unconverged) < 10  # some did not converge in 3 products, some did
-    assert result.exit_code == 1 and "did not converge within --max-iter 3" in result.stderr
+    assert 0 < len(unconverged) < 10  # some did not converge in 4 products, some did
+    assert result.exit_code == 1 and "did not converge within --max-iter 4" in result.stderr
     verdict = report["gate"]["rules"][0]
     assert verdict["failing_samples"] == unconverged and verdict["value"] == len(unconverged)
     assert run("audit", mlp["model"], "--data", mlp["data"], "--require-converged").exit_code == 0
