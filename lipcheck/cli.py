@@ -76,6 +76,7 @@ class _OneLineUsageErrors(typer.core.TyperGroup):
 
 if TYPE_CHECKING:
     from lipcheck.gate import MaxIncrease, Rule
+    from lipcheck.outputs import Destination
     from lipcheck.report import DataSection, Report, RuleVerdict, Settings
 
 app = typer.Typer(
@@ -334,8 +335,9 @@ OutputOption = Annotated[
     typer.Option(
         "--output",
         "-o",
-        help="Write the report to FILE (atomically) instead of stdout; repeatable. The suffix sets the "
-        "format: .json, .md (Markdown), .xml (JUnit), .txt (table); any other takes --format (json).",
+        help="Write the report to FILE (atomically; never over an input of the command) instead of stdout; "
+        "repeatable. The suffix sets the format: .json, .md (Markdown), .xml (JUnit), .txt (table); any "
+        "other takes --format (json).",
         metavar="FILE",
         show_default=False,
     ),
@@ -427,20 +429,15 @@ def _gate_rules(
     return rules, _Baseline(baseline, report, max_increase, allow_mismatch)
 
 
-def _output_format(output_format: Format | BoundFormat | None, outputs: Sequence[Path]) -> str:
-    """--format, else table on a terminal, else json; InputError for an --output in no folder."""
-    for target in outputs:
-        if target.is_dir() or not target.parent.is_dir():
-            raise InputError(
-                f"--output '{target}' cannot be written: it is a folder, or its folder does not exist"
-            )
+def _output_format(output_format: Format | BoundFormat | None, outputs: Sequence[Destination]) -> str:
+    """--format, else table on a terminal, else json."""
     if output_format is not None:
         return output_format.value
     return "table" if not outputs and _is_terminal() else "json"
 
 
 def _write(
-    outputs: Sequence[Path],
+    outputs: Sequence[Destination],
     fmt: str,
     quiet: bool,
     text: Callable[[str], str | Iterable[str]],
@@ -448,16 +445,17 @@ def _write(
 ) -> None:
     """Write `text(format)` (a string or its pieces) to each output (its format from its suffix, else
     `fmt`), or to stdout."""
+    from lipcheck.outputs import write_output
     from lipcheck.render import format_for
-    from lipcheck.report import write_atomic
 
-    for target in outputs:
+    for destination in outputs:
         try:
-            write_atomic(target, text(format_for(target, fmt)))
+            write_output(destination, text(format_for(destination.path, fmt)))
         except OSError as error:
-            raise InputError(f"--output '{target}' cannot be written ({error.strerror})") from error
+            reason = error.strerror or error
+            raise InputError(f"--output '{destination.path}' cannot be written ({reason})") from error
         if not quiet:
-            typer.echo(f"lipcheck: report written to {target}", err=True)
+            typer.echo(f"lipcheck: report written to {destination.path}", err=True)
     if outputs:
         return
     if fmt == "table":
@@ -468,7 +466,7 @@ def _write(
         sys.stdout.write(piece)
 
 
-def _write_report(report: Report, outputs: Sequence[Path], fmt: str, quiet: bool) -> None:
+def _write_report(report: Report, outputs: Sequence[Destination], fmt: str, quiet: bool) -> None:
     from lipcheck.render import render_chunks, render_table
 
     _write(
@@ -670,7 +668,8 @@ def audit(
     from lipcheck.audit import bound_model, check_converged, check_settings, data_section, run_audit
     from lipcheck.datasets import open_dataset, parse_shape, random_dataset
     from lipcheck.gate import FailAboveBound
-    from lipcheck.models import load_model
+    from lipcheck.models import arch_file, load_model
+    from lipcheck.outputs import prepare_outputs
     from lipcheck.report import Settings
 
     with _errors_to_exit_codes(debug):
@@ -705,7 +704,11 @@ def audit(
         if assumed and not with_bound:
             raise InputError("--assume goes with --bound (or --fail-above-bound): it is used by the bound")
         _check_thresholds({"--fail-above-bound": fail_above_bound})
-        outputs = output or []
+        outputs = prepare_outputs(
+            output or [],
+            {"the model (MODEL)": model, "the data (--data)": data, "the baseline (--baseline)": baseline,
+             "the --arch file": arch_file(arch)},
+        )  # fmt: skip
         fmt = _output_format(output_format, outputs)
         rules, compared = _gate_rules(
             fail_above, fail_above_sample, require_converged, baseline, max_increase, allow_mismatch
@@ -829,7 +832,8 @@ def bound(
     """
     from lipcheck.audit import run_bound
     from lipcheck.datasets import parse_shape
-    from lipcheck.models import load_model
+    from lipcheck.models import arch_file, load_model
+    from lipcheck.outputs import prepare_outputs
     from lipcheck.render import format_for, render_bound_table, render_bound_text
 
     with _errors_to_exit_codes(debug):
@@ -840,7 +844,10 @@ def bound(
         shape = parse_shape(input_shape, "--input-shape")
         assumed = parse_assumptions(assume)
         kwargs = _parse_json_object(arch_kwargs, "--arch-kwargs")
-        outputs = [output] if output is not None else []
+        outputs = prepare_outputs(
+            [output] if output is not None else [],
+            {"the model (MODEL)": model, "the --arch file": arch_file(arch)},
+        )
         fmt = _output_format(output_format, outputs)
         if outputs and format_for(output, fmt) == "junit":
             raise InputError(
@@ -958,10 +965,14 @@ def gate(
     with --output, so one audit can be gated several ways.
     """
     from lipcheck.gate import FailAboveBound, judge
+    from lipcheck.outputs import prepare_outputs
     from lipcheck.report import read_report
 
     with _errors_to_exit_codes(debug):
-        outputs = output or []
+        outputs = prepare_outputs(
+            output or [],
+            {"the report judged (REPORT.json)": report_path, "the baseline (--baseline)": baseline},
+        )
         fmt = _output_format(output_format, outputs)
         _check_thresholds({"--fail-above-bound": fail_above_bound})
         rules, compared = _gate_rules(
@@ -1046,11 +1057,14 @@ def compare(
     """
     from lipcheck.compare import compare_reports, mismatches
     from lipcheck.gate import MaxIncrease
+    from lipcheck.outputs import prepare_outputs
     from lipcheck.render import render_comparison, render_comparison_table
     from lipcheck.report import read_report
 
     with _errors_to_exit_codes(debug):
-        outputs = output or []
+        outputs = prepare_outputs(
+            output or [], {"the base report (BASE.json)": base_path, "the new report (NEW.json)": new_path}
+        )
         fmt = _output_format(output_format, outputs)
         _check_thresholds({"--max-increase": max_increase})
         base, new = read_report(base_path), read_report(new_path)
