@@ -41,6 +41,7 @@ from lipcheck.errors import AuditFailedError, InputError, LipcheckError, Lipchec
 
 if TYPE_CHECKING:
     from lipcheck.gate import RuleOptions
+    from lipcheck.outputs import Destination
     from lipcheck.render import Renderers
     from lipcheck.report import Report, RuleVerdict
     from lipcheck.request import AuditRequest
@@ -385,8 +386,9 @@ OutputOption = Annotated[
     typer.Option(
         "--output",
         "-o",
-        help="Write the report to FILE (atomically) instead of stdout; repeatable. The suffix sets the "
-        "format: .json, .md (Markdown), .xml (JUnit), .txt (table); any other takes --format (json).",
+        help="Write the report to FILE (atomically; never over an input of the command) instead of stdout; "
+        "repeatable. The suffix sets the format: .json, .md (Markdown), .xml (JUnit), .txt (table); any "
+        "other takes --format (json).",
         metavar="FILE",
         show_default=False,
     ),
@@ -412,34 +414,34 @@ def _rule_options(flags: dict[str, Any]) -> RuleOptions:
     return options
 
 
-def _output_format(output_format: Format | None, outputs: Sequence[Path], renderers: Renderers[Any]) -> str:
-    """--format, else table on a terminal, else json; InputError for an --output in no folder, or a
-    format this kind of report lacks."""
-    for target in outputs:
-        if target.is_dir() or not target.parent.is_dir():
-            raise InputError(
-                f"--output '{target}' cannot be written: it is a folder, or its folder does not exist"
-            )
+def _output_format(
+    output_format: Format | None, outputs: Sequence[Destination], renderers: Renderers[Any]
+) -> str:
+    """--format, else table on a terminal, else json; InputError for a format this kind of report
+    lacks (in --format, or in an --output's suffix)."""
     fmt = output_format.value if output_format is not None else None
     if fmt is not None:
         renderers.check(fmt, f"--format {fmt}")
     fmt = fmt or ("table" if not outputs and _is_terminal() else "json")
-    for target in outputs:
-        renderers.check(format_for(target, fmt), f"--output '{target}'")
+    for destination in outputs:
+        renderers.check(format_for(destination.path, fmt), f"--output '{destination.path}'")
     return fmt
 
 
-def _write(value: Any, renderers: Renderers[Any], outputs: Sequence[Path], fmt: str, quiet: bool) -> None:
+def _write(
+    value: Any, renderers: Renderers[Any], outputs: Sequence[Destination], fmt: str, quiet: bool
+) -> None:
     """Write `value` rendered to each output (its format from its suffix, else `fmt`), or to stdout."""
-    from lipcheck.report import write_atomic
+    from lipcheck.outputs import write_output
 
-    for target in outputs:
+    for destination in outputs:
         try:
-            write_atomic(target, renderers.render(value, format_for(target, fmt)))
+            write_output(destination, renderers.render(value, format_for(destination.path, fmt)))
         except OSError as error:
-            raise InputError(f"--output '{target}' cannot be written ({error.strerror})") from error
+            reason = error.strerror or error
+            raise InputError(f"--output '{destination.path}' cannot be written ({reason})") from error
         if not quiet:
-            typer.echo(f"lipcheck: report written to {target}", err=True)
+            typer.echo(f"lipcheck: report written to {destination.path}", err=True)
     if outputs:
         return
     if fmt == "table":
@@ -450,7 +452,7 @@ def _write(value: Any, renderers: Renderers[Any], outputs: Sequence[Path], fmt: 
         sys.stdout.write(piece)
 
 
-def _write_report(report: Report, outputs: Sequence[Path], fmt: str, quiet: bool) -> None:
+def _write_report(report: Report, outputs: Sequence[Destination], fmt: str, quiet: bool) -> None:
     from lipcheck.render import REPORT
 
     _write(report, REPORT, outputs, fmt, quiet)
@@ -666,20 +668,22 @@ def audit(
     --max-increase) are rules recorded in the report; any failed rule exits 1.
     """
     from lipcheck.auditing import run
+    from lipcheck.outputs import prepare_outputs
     from lipcheck.render import REPORT
 
     flags = dict(locals())
     request = _audit_request(flags)
-    fmt = _output_format(output_format, request.outputs, REPORT)
-    show_progress = not quiet and sys.stderr.isatty() and (fmt == "table" or bool(request.outputs))
+    outputs = prepare_outputs(request.outputs, request.inputs())
+    fmt = _output_format(output_format, outputs, REPORT)
+    show_progress = not quiet and sys.stderr.isatty() and (fmt == "table" or bool(outputs))
     try:
         with _progress(show_progress) as progress:
             report = run(request, progress=progress)
     except AuditFailedError as failure:
         if failure.report is not None:  # no sample converged: the figures are written all the same
-            _write_report(failure.report, request.outputs, fmt, quiet)
+            _write_report(failure.report, outputs, fmt, quiet)
         raise
-    _write_report(report, request.outputs, fmt, quiet)
+    _write_report(report, outputs, fmt, quiet)
     _exit_on_gate(report.gate.rules, quiet)
 
 
@@ -826,7 +830,8 @@ def bound(
 
     from lipcheck.auditing import run_bound
     from lipcheck.datasets import parse_shape
-    from lipcheck.models import load_model
+    from lipcheck.models import arch_file, load_model
+    from lipcheck.outputs import prepare_outputs
     from lipcheck.render import BOUND_REPORT
 
     if input_shape is None:
@@ -836,7 +841,10 @@ def bound(
     shape = parse_shape(input_shape, "--input-shape")
     assumed = parse_assumptions(assume)
     kwargs = _parse_json_object(arch_kwargs, "--arch-kwargs")
-    outputs = [output] if output is not None else []
+    outputs = prepare_outputs(
+        [output] if output is not None else [],
+        {"the model (MODEL)": model, "the --arch file": arch_file(arch)},
+    )
     fmt = _output_format(output_format, outputs, BOUND_REPORT)
     begin = time.perf_counter()
     loaded = load_model(model, arch=arch, arch_kwargs=kwargs, trust_pickle=trust_pickle)
@@ -925,10 +933,13 @@ def gate(
     """
     from lipcheck.compare import comparable
     from lipcheck.gate import judge, rules_for
+    from lipcheck.outputs import prepare_outputs
     from lipcheck.render import REPORT
     from lipcheck.report import read_report
 
-    outputs = output or []
+    outputs = prepare_outputs(
+        output or [], {"the report judged (REPORT.json)": report_path, "the baseline (--baseline)": baseline}
+    )
     fmt = _output_format(output_format, outputs, REPORT)
     options = _rule_options(dict(locals()))
     if options.empty:
@@ -1014,10 +1025,13 @@ def compare(
     """
     from lipcheck.compare import comparable, compare_reports
     from lipcheck.gate import RuleOptions, check_thresholds, rules_for
+    from lipcheck.outputs import prepare_outputs
     from lipcheck.render import COMPARISON
     from lipcheck.report import read_report
 
-    outputs = output or []
+    outputs = prepare_outputs(
+        output or [], {"the base report (BASE.json)": base_path, "the new report (NEW.json)": new_path}
+    )
     fmt = _output_format(output_format, outputs, COMPARISON)
     check_thresholds({"--max-increase": max_increase})
     options = RuleOptions(baseline=base_path, max_increase=max_increase, allow_mismatch=allow_mismatch)

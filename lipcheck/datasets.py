@@ -19,18 +19,27 @@ import contextlib
 import hashlib
 import math
 import mmap
+import os
 import pickle
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from lipcheck.errors import InputError, describe
-from lipcheck.file_formats import is_npy, is_npz, is_safetensors, is_torch_save, read_head
+from lipcheck.file_formats import (
+    ZIP_MAGIC,
+    is_npy,
+    is_npz,
+    is_safetensors,
+    is_torch_save,
+    read_head,
+    zip_names,
+)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -170,13 +179,43 @@ def _no_key(key: str | None, where: str) -> None:
         )
 
 
+_NPY_HEADERS: dict[tuple[int, int], Callable[[BinaryIO], tuple[tuple[int, ...], bool, np.dtype]]] = {
+    (1, 0): np.lib.format.read_array_header_1_0,
+    (2, 0): np.lib.format.read_array_header_2_0,
+}
+
+
+def _check_npy_layout(stream: BinaryIO, size: int, where: str) -> None:
+    """InputError when the .npy content of `stream` (`size` bytes) is not an array of numbers that its
+    header promises: a header cut short, Python objects, or fewer bytes of data than the header's shape
+    and dtype need (a truncated file). np.load would call each of these an object array."""
+    try:
+        read = _NPY_HEADERS.get(np.lib.format.read_magic(stream))
+        if read is None:
+            return  # a format version this check does not know: np.load judges it
+        shape, _, dtype = read(stream)
+    except ValueError as error:
+        raise InputError(
+            f"{where} has an .npy header that cannot be read ({error}): it is truncated or "
+            "corrupt; write it again (numpy.save)"
+        ) from None
+    if dtype.hasobject:
+        raise InputError(f"{where} holds Python objects, not numbers: save a numeric array")
+    declared = math.prod(shape) * dtype.itemsize
+    held = size - stream.tell()
+    if held < declared:
+        raise InputError(
+            f"{where} is truncated: its header declares an array of shape {shape} and dtype {dtype} "
+            f"({declared:,} bytes) but {held:,} bytes follow the header; write it again (numpy.save)"
+        )
+
+
 def _open_npy(path: Path, key: str | None) -> _Array:
     where = f"data file '{path}'"
     _no_key(key, where)
-    try:
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except ValueError as error:
-        raise InputError(f"{where} holds Python objects, not numbers: save a numeric array") from error
+    with path.open("rb") as stream:
+        _check_npy_layout(stream, path.stat().st_size, where)
+    array = np.load(path, mmap_mode="r", allow_pickle=False)
     _check_numeric(array.dtype, where)
     if array.ndim == 0:
         raise InputError(f"{where} holds a scalar, expected an array of samples (N, ...)")
@@ -212,10 +251,10 @@ def _open_npz(path: Path, key: str | None) -> _Array:
     with np.load(path, allow_pickle=False) as archive:
         keys = tuple(archive.files)
         chosen = _choose(keys, key, where)
-        try:
-            array = archive[chosen]
-        except ValueError as error:
-            raise InputError(f"{where}: array {chosen!r} holds Python objects, not numbers") from error
+        member = f"{chosen}.npy" if f"{chosen}.npy" in archive.zip.namelist() else chosen
+        with archive.zip.open(member) as stream:
+            _check_npy_layout(stream, archive.zip.getinfo(member).file_size, f"{where} array {chosen!r}")
+        array = archive[chosen]
     _check_numeric(array.dtype, f"{where} array {chosen!r}")
     if array.ndim == 0:
         raise InputError(f"{where} array {chosen!r} is a scalar, expected an array of samples (N, ...)")
@@ -278,7 +317,14 @@ def _open_safetensors(path: Path, key: str | None) -> _Array:
 def _open_images(path: Path, key: str | None) -> _Array:
     where = f"image folder '{path}'"
     _no_key(key, where)
-    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    named = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    broken = [p for p in named if p.is_symlink() and not p.exists()]
+    if broken:
+        raise InputError(
+            f"{where} has {len(broken)} broken symlink(s) among its images: '{broken[0].name}' points to "
+            f"'{os.readlink(broken[0])}', which does not exist; fix or remove the links"
+        )
+    files = [p for p in named if p.is_file()]
     if not files:
         return _Array(None, (), 0, (), "uint8", lambda a, b: np.zeros((0,)))
     try:
@@ -376,6 +422,8 @@ def open_dataset(path: str | Path, *, key: str | None = None, limit: int | None 
                 array.dtype,
             )
             return Dataset(info, array.reader)
+    if head.startswith(ZIP_MAGIC) and not zip_names(source, head):
+        raise InputError(f"{where} is a truncated or corrupt zip archive (.npz or .pt): write it again")
     raise InputError(
         f"{where} is not a data format lipcheck reads (.npy, .npz, .pt, .safetensors or a folder of "
         "PNG/JPEG images): convert it, e.g. with numpy.save"

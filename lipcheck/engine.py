@@ -435,6 +435,7 @@ def lanczos(
     active = ~problem.converged
     if active.any():
         vector = _with_ritz_vectors(vector, basis[:, : problem.vectors.shape[1]], problem, active)
+        problem.settle(active)
 
     def out(values: np.ndarray) -> Tensor:
         return torch.from_numpy(values).to(device)
@@ -482,8 +483,9 @@ class _RitzProblem:
         self.start[:, 0] = 1
         self.log_scale = np.zeros(batch)
         self.filter_roots = np.zeros((batch, 0))
-        self.upper = np.full(batch, math.inf)  # the least bound on lambda_max seen so far
-        self.stop_upper = np.full(batch, math.inf)
+        self.upper = np.full(batch, math.inf)  # at the requested confidence, set when a sample stops
+        self.stop_upper = np.full(batch, math.inf)  # at the stopping confidence, the least seen so far
+        self.estimate = np.zeros(batch)
 
     def extend(self, iteration: int, column: int, transferred: Tensor) -> np.ndarray:
         """Add column `column` of H and beta, the norm of the next direction, both in `transferred`
@@ -516,33 +518,46 @@ class _RitzProblem:
             with np.errstate(divide="ignore", invalid="ignore"):
                 error = np.where(gap > 0, np.minimum(estimate, estimate**2 / gap), estimate)
         exhausted = beta <= 16 * self.rounding * np.maximum(np.abs(values).max(1), self.rounding)
-        if active.any():
-            floor = RESIDUAL_FLOOR * self.rounding * np.maximum(theta[active], self.rounding)
-            log_norm = _log_krylov_residual(
-                values[active], vectors[active], self.start[active, : column + 1],
-                np.maximum(estimate[active], floor),
-            )  # fmt: skip
-            roots = np.concatenate([values[active], self.filter_roots[active]], 1)
-            bound = _largest_root(roots, log_norm + self.log_scale[active] - self.log_start_floor)
-            self.upper[active] = np.minimum(self.upper[active], bound)
-            bound = _largest_root(roots, log_norm + self.log_scale[active] - self.log_stop_floor)
-            self.stop_upper[active] = np.minimum(self.stop_upper[active], bound)
+        self.values, self.vectors, self.estimate = values, vectors, estimate
         # Stop when the Ritz value is accurate to tol (Kato-Temple) and, at the stricter confidence,
         # no singular value lies more than STOP_WIDTH tol above it, or the residual has reached its
-        # rounding floor, below which no bound can tighten (docs/engine.md, "Stopping").
+        # rounding floor, below which no bound can tighten (docs/engine.md, "Stopping"). The bounds
+        # (a root-finding each) are computed only where they decide something.
+        precise = active & (error <= 2 * self.tol * theta)
+        if precise.any():
+            bound = self.bound(precise, self.log_stop_floor)
+            self.stop_upper[precise] = np.minimum(self.stop_upper[precise], bound)
         with np.errstate(divide="ignore", invalid="ignore"):
             width = np.sqrt(np.maximum(self.stop_upper, theta) / np.where(theta > 0, theta, 1)) - 1
         at_floor = estimate <= 2 * RESIDUAL_FLOOR * self.rounding * theta
-        accurate = (error <= 2 * self.tol * theta) & ((width <= STOP_WIDTH * self.tol) | at_floor)
+        accurate = precise & ((width <= STOP_WIDTH * self.tol) | at_floor)
         stopped = active & (accurate | exhausted | ((theta == 0) & (beta == 0)))
+        self.settle(stopped)
         with np.errstate(divide="ignore", invalid="ignore"):
             residual = np.where(theta > 0, estimate / theta, 0)
         self.sigma = np.where(active, np.sqrt(theta), self.sigma)
         self.residual = np.where(active, residual, self.residual)
         self.iterations = np.where(active, iteration, self.iterations)
         self.converged = self.converged | stopped
-        self.values, self.vectors, self.beta = values, vectors, beta
+        self.beta = beta
         return stopped
+
+    def bound(self, rows: np.ndarray, log_floor: float) -> np.ndarray:
+        """The probabilistic bound on lambda_max of the samples `rows` from the current Ritz problem,
+        for a start component of at least exp(log_floor) (docs/engine.md, "Error bars")."""
+        values, theta = self.values[rows], np.maximum(self.values[rows, -1], 0)
+        floor = RESIDUAL_FLOOR * self.rounding * np.maximum(theta, self.rounding)
+        log_norm = _log_krylov_residual(
+            values, self.vectors[rows], self.start[rows, : values.shape[1]],
+            np.maximum(self.estimate[rows], floor),
+        )  # fmt: skip
+        roots = np.concatenate([values, self.filter_roots[rows]], 1)
+        return _largest_root(roots, log_norm + self.log_scale[rows] - log_floor)
+
+    def settle(self, rows: np.ndarray) -> None:
+        """Record the reported bound (at the requested confidence) of the samples `rows`, which stop."""
+        if rows.any():
+            self.upper[rows] = self.bound(rows, self.log_start_floor)
 
     def ritz_on(self, device: torch.device, dtype: torch.dtype) -> Tensor:
         """(B, column + 1) coefficients of each sample's leading Ritz vector in its basis."""

@@ -22,7 +22,7 @@ import json
 import pickle
 import re
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lipcheck.errors import InputError, describe
+from lipcheck.errors import InputError, describe, first_line
 from lipcheck.file_formats import ZIP_MAGIC, is_safetensors, is_torch_save, read_head, zip_members
 
 _STATE_DICT_KEYS = ("state_dict", "model_state_dict")
@@ -111,18 +111,39 @@ def _export_input_spec(program: Any) -> tuple[InputSpec, ...]:
 
 
 def _dimension(size: Any, program: Any) -> int | str:
-    """A static size as an int; a dynamic one as its allowed range, e.g. '1..1048576' (the batch)."""
+    """A static size as an int; a dynamic one as its allowed range: '1..65536' for a Dim with a max,
+    '0..inf' for one without (`Dim("batch")`, `Dim.AUTO`, `Dim.DYNAMIC`), and a derived dim with its
+    expression, '2*s1 in 4..inf'. torch.export records an unbounded range with sympy's infinity."""
     if isinstance(size, int):
         return size
     expr = getattr(getattr(size, "node", None), "expr", None)
-    bounds = getattr(program, "range_constraints", {}).get(expr)
-    if bounds is None:
+    if expr is None:
         return "dynamic"
+    ranges = getattr(program, "range_constraints", {})
+    bounds = ranges.get(expr)
+    if bounds is None:
+        bounds = _derived_range(expr, ranges)
+    if bounds is None:
+        return str(expr)
+    shown = f"{_range_end(bounds.lower, '-inf')}..{_range_end(bounds.upper, 'inf')}"
+    return shown if getattr(expr, "is_Symbol", False) else f"{expr} in {shown}"
+
+
+def _range_end(value: Any, unbounded: str) -> str:
+    """An end of a value range as digits, or `unbounded` for sympy's (or torch's int_oo) infinity."""
+    if isinstance(value, int) or getattr(value, "is_Integer", False):
+        return str(int(value))
+    return unbounded
+
+
+def _derived_range(expr: Any, ranges: Mapping[Any, Any]) -> Any:
+    """The range of a derived dim's expression (2*n) from the ranges of its symbols, or None."""
     try:
-        upper = int(bounds.upper)
-    except (TypeError, ValueError, OverflowError):
-        return f"{int(bounds.lower)}.."
-    return f"{int(bounds.lower)}..{upper}"
+        from torch.utils._sympy.value_ranges import bound_sympy
+
+        return bound_sympy(expr, dict(ranges))
+    except Exception:  # a private torch helper: without it the dim is shown by its expression alone
+        return None
 
 
 def _load_torchscript(path: Path) -> _Loaded:
@@ -137,7 +158,22 @@ def _load_safetensors(path: Path) -> _Loaded:
 
 def _load_pickle(path: Path, trust_pickle: bool) -> _Loaded:
     if trust_pickle:
-        return _Loaded(torch.load(str(path), map_location="cpu", weights_only=False), trusted=True)
+        try:
+            return _Loaded(torch.load(str(path), map_location="cpu", weights_only=False), trusted=True)
+        except ModuleNotFoundError as error:
+            raise InputError(
+                f"model file '{path}' is a pickle whose code is in module '{error.name or error}', which "
+                "cannot be imported here: make it importable (add the folder that holds it to PYTHONPATH, "
+                f"or install its package), or {_FIX_FORMAT}"
+            ) from error
+        except AttributeError as error:
+            if not str(error).startswith("Can't get attribute"):
+                raise
+            raise InputError(
+                f"model file '{path}' is a pickle that needs a class its module does not have "
+                f"({first_line(error)}): use the version of that code the model was saved with, or "
+                f"{_FIX_FORMAT}"
+            ) from error
     try:
         content = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -195,30 +231,54 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def arch_file(arch: str | None) -> Path | None:
+    """The Python file of ``--arch path/to/file.py:factory``; None for ``package.module:factory``."""
+    source = (arch or "").rpartition(":")[0]
+    return Path(source) if source.endswith(".py") or "/" in source or "\\" in source else None
+
+
 def load_arch(arch: str, arch_kwargs: Mapping[str, Any]) -> nn.Module:
-    """Build a module from ``path/to/file.py:factory`` or ``package.module:factory``."""
+    """Build a module from ``path/to/file.py:factory`` or ``package.module:factory``.
+
+    This runs the file (or module): it is code the user chose. As ``python file.py`` would, a file's
+    folder is first on ``sys.path`` while it is imported and its factory runs, so a module beside it
+    (``import blocks``) imports; the path is as it was afterwards.
+    """
+    file = arch_file(arch)
+    with _first_on_import_path(file.resolve().parent if file is not None and file.is_file() else None):
+        return _build_arch(arch, arch_kwargs, file)
+
+
+@contextlib.contextmanager
+def _first_on_import_path(folder: Path | None) -> Iterator[None]:
+    if folder is None:
+        yield
+        return
+    entry = str(folder)
+    sys.path.insert(0, entry)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError):
+            sys.path.remove(entry)
+
+
+def _build_arch(arch: str, arch_kwargs: Mapping[str, Any], file: Path | None) -> nn.Module:
     source, _, name = arch.rpartition(":")
     if not source or not name:
         raise InputError(f"--arch {arch!r} must look like path/to/file.py:factory or package.module:factory")
     try:
-        if source.endswith(".py") or "/" in source or "\\" in source:
-            file = Path(source)
+        if file is not None:
             if not file.is_file():
                 raise InputError(f"--arch file '{file}' does not exist: give the path of a Python file")
-            spec = importlib.util.spec_from_file_location(f"lipcheck_arch_{file.stem}", file)
-            if spec is None or spec.loader is None:
-                raise InputError(f"--arch file '{file}' cannot be imported as a Python module")
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[spec.name] = module
-            spec.loader.exec_module(module)
+            module = _import_file(file)
         else:
             module = importlib.import_module(source)
     except InputError:
         raise
     except Exception as error:
         raise InputError(
-            f"--arch {arch!r} cannot be imported ({describe(error)}): "
-            "fix the file or the module path"
+            f"--arch {arch!r} cannot be imported ({describe(error)}): fix the file or the module path"
         ) from error
     factory = getattr(module, name, None)
     if not callable(factory):
@@ -227,12 +287,45 @@ def load_arch(arch: str, arch_kwargs: Mapping[str, Any]) -> nn.Module:
         built = factory(**arch_kwargs)
     except Exception as error:
         raise InputError(
-            f"--arch {arch!r} failed with --arch-kwargs {json.dumps(dict(arch_kwargs))} "
-            f"({describe(error)})"
+            f"--arch {arch!r} failed with --arch-kwargs {json.dumps(dict(arch_kwargs))} ({describe(error)})"
         ) from error
     if not isinstance(built, nn.Module):
         raise InputError(f"--arch {arch!r} returned {type(built).__name__}, expected a torch.nn.Module")
     return built
+
+
+def _import_file(file: Path) -> Any:
+    """Import an --arch file: as its package's module when it is in a package (so that its relative
+    imports work, as with ``python -m package.module``), else on its own."""
+    package = _package_of(file)
+    if package is not None:
+        root, dotted = package
+        with _first_on_import_path(root):
+            return importlib.import_module(dotted)
+    spec = importlib.util.spec_from_file_location(f"lipcheck_arch_{file.stem}", file)
+    if spec is None or spec.loader is None:
+        raise InputError(f"--arch file '{file}' cannot be imported as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _package_of(file: Path) -> tuple[Path, str] | None:
+    """(the folder above the top package, the module's dotted name) for a file in a package, i.e. whose
+    folder holds an __init__.py; None otherwise, or when a package of that name is already imported
+    from elsewhere (importing by name would find that one, not this file)."""
+    folder, parts = file.resolve().parent, [] if file.stem == "__init__" else [file.stem]
+    while (folder / "__init__.py").is_file() and folder.name.isidentifier():
+        parts.insert(0, folder.name)
+        folder = folder.parent
+    if not parts or parts == [file.stem]:
+        return None
+    loaded = sys.modules.get(parts[0])
+    here = (folder / parts[0]).resolve()
+    if loaded is not None and here not in {Path(p).resolve() for p in getattr(loaded, "__path__", [])}:
+        return None
+    return folder, ".".join(parts)
 
 
 def _state_dict(content: Any) -> dict[str, torch.Tensor] | None:

@@ -1,19 +1,17 @@
 """The audit report as plain data, its summary statistics, and its JSON round trip.
 
 Everything an audit produces is a frozen dataclass here; `Report.to_dict` and `Report.from_dict` are
-the one place where it is (de)serialised, and `write_atomic` the one place where a report reaches the
-disk (a temporary file in the same folder, then `os.replace`, so a report on disk is complete or
-absent). The JSON Schema of `Report.to_dict()` ships at `lipcheck/schemas/report.schema.json`; that of
-`ModelBoundReport.to_dict()`, the report of `lipcheck bound`, at `lipcheck/schemas/bound.schema.json`.
+the one place where it is (de)serialised; `lipcheck.outputs` writes it to files. The JSON Schema of
+`Report.to_dict()` ships at `lipcheck/schemas/report.schema.json`; that of `ModelBoundReport.to_dict()`,
+the report of `lipcheck bound`, at `lipcheck/schemas/bound.schema.json`.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
@@ -23,6 +21,7 @@ import numpy as np
 
 from lipcheck.choices import Device, Dtype, Method, Reduction, choose
 from lipcheck.errors import InputError
+from lipcheck.json_schema import first_problem
 
 SCHEMA_VERSION = 1
 
@@ -370,11 +369,16 @@ def worst_samples(report: Report, count: int = 10) -> list[SampleResult]:
     return sorted(report.samples, key=lambda s: (-largest_sigma(s), s.index))[:count]
 
 
-def read_report(path: str | Path, what: str = "report") -> Report:
-    """The report saved at `path` (by `lipcheck audit --output`).
+MAX_NESTING = 64  # a report nests 5 deep; --arg and --arch-kwargs objects have room to nest
 
-    InputError naming `what` and the path when the file is missing, is not JSON, is not a lipcheck
-    report, or was written with a newer schema.
+
+def read_report(path: str | Path, what: str = "report") -> Report:
+    """The report saved at `path` (by `lipcheck audit --output`), checked before anything trusts it.
+
+    InputError naming `what`, the path and the first problem when the file is missing, is not JSON
+    (NaN and Infinity are not), nests deeper than `MAX_NESTING`, was written with a newer schema, does
+    not validate against the shipped schema, or holds a summary (or bracket) that its samples do not
+    give: a report edited by hand cannot tell the gate what it wants to hear.
     """
     source = Path(path)
     where = f"{what} '{source}'"
@@ -382,44 +386,82 @@ def read_report(path: str | Path, what: str = "report") -> Report:
     if not source.is_file():
         problem = "is not a file" if source.exists() else "does not exist"
         raise InputError(f"{where} {problem}: {fix}")
+    text = source.read_bytes()
+    depth = nesting_depth(text)
+    if depth > MAX_NESTING:
+        raise InputError(f"{where} nests {depth} levels deep, more than a report's {MAX_NESTING}: {fix}")
     try:
-        data = json.loads(source.read_bytes())
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        detail = (
-            f"{error.msg} at line {error.lineno}" if isinstance(error, json.JSONDecodeError) else "binary"
-        )
+        data = json.loads(text, parse_constant=_refuse_constant)
+    except (UnicodeDecodeError, ValueError) as error:
+        if isinstance(error, json.JSONDecodeError):
+            detail = f"{error.msg} at line {error.lineno}"
+        else:
+            detail = "binary" if isinstance(error, UnicodeDecodeError) else str(error)
         raise InputError(f"{where} is not JSON ({detail}): {fix}") from None
     if not isinstance(data, dict) or "schema_version" not in data or "summary" not in data:
         raise InputError(f"{where} is not a lipcheck report (no schema_version and summary): {fix}")
     version = data["schema_version"]
-    if isinstance(version, int) and version > SCHEMA_VERSION:
+    if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
         raise InputError(
             f"{where} has schema version {version}, newer than this lipcheck reads ({SCHEMA_VERSION}): "
             "upgrade lipcheck"
         )
-    try:
-        report = Report.from_dict(data)
-        _check_figures(report)
-    except (KeyError, TypeError, ValueError, AttributeError) as error:
-        detail = f"no {error}" if isinstance(error, KeyError) else str(error)
-        raise InputError(f"{where} is not a complete lipcheck report ({detail}): {fix}") from None
+    problem = first_problem(data, report_schema())
+    if problem is not None:
+        raise InputError(f"{where} is not a valid lipcheck report ({problem}): {fix}")
+    report = Report.from_dict(data)
+    problem = inconsistency(report, data)
+    if problem is not None:
+        raise InputError(
+            f"{where} contradicts itself ({problem}): it was edited or damaged; audit again to get a report"
+        )
     return report
 
 
-def _check_figures(report: Report) -> None:
-    """TypeError or ValueError where a figure that the gate and the comparison use is not a number."""
-    if not report.samples:
-        raise ValueError("no samples")
-    for row in report.samples:
-        if not _is_number(row.sigma) or not isinstance(row.index, int) or not isinstance(row.converged, bool):
-            raise TypeError(f"sample row {row} is not index, sigma, converged")
-    for name in ("count", "converged", "max", "mean", "min", "median", "p95", "value", "argmax"):
-        if not _is_number(getattr(report.summary, name)):
-            raise TypeError(f"summary {name} is not a number")
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+def nesting_depth(text: bytes) -> int:
+    """How deep the arrays and objects of the JSON `text` nest, counted without parsing it (so without
+    recursion) at the speed of bytes methods: brackets inside strings do not count."""
+    unescaped = text.replace(b"\\\\", b"").replace(b'\\"', b"")  # escaped backslashes, then quotes
+    structure = re.sub(rb'"[^"]*"', b"", unescaped.translate(None, _NOT_STRUCTURE))
+    steps = np.frombuffer(structure, dtype=np.uint8)
+    opening = (steps == ord("[")) | (steps == ord("{"))
+    return int(np.cumsum(np.where(opening, 1, -1)).max(initial=0))
+
+
+_NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'[]{}"')
+
+
+def inconsistency(report: Report, stored: Mapping[str, Any]) -> str | None:
+    """What in the report `stored` (its JSON, read as `report`) its own samples contradict: a summary
+    figure that `summarise` does not give again (to 1e-9, for sums taken in another order), or a
+    bracket that is not [summary max, upper bound]."""
+    again = summarise(report.samples, report.summary.reduction)
+    for name in (f.name for f in fields(Summary)):
+        written, computed = getattr(report.summary, name), getattr(again, name)
+        if not (written == computed or _close(written, computed)):
+            return f"summary {name} is {written:g} but its samples give {computed:g}"
+    for name, computed in report._bound_sections().items():
+        written = stored.get(name)
+        if name in ("bracket", "bracket_ratio") and not _same_figures(written, computed):
+            return (
+                f"{name} is {json.dumps(written)} but its summary and upper bound give {json.dumps(computed)}"
+            )
+    return None
+
+
+def _same_figures(written: Any, computed: Any) -> bool:
+    if isinstance(written, list) and isinstance(computed, list):
+        return len(written) == len(computed) and all(map(_same_figures, written, computed))
+    return written == computed or _close(written, computed)
+
+
+def _close(stored: Any, computed: Any) -> bool:
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (stored, computed))
+    return numbers and math.isclose(stored, computed, rel_tol=1e-9, abs_tol=1e-300)
 
 
 def report_schema() -> dict[str, Any]:
@@ -432,31 +474,6 @@ def bound_schema() -> dict[str, Any]:
     """The JSON Schema of the report of `lipcheck bound` (`ModelBoundReport.to_json`)."""
     text = resources.files("lipcheck").joinpath("schemas/bound.schema.json").read_text(encoding="utf-8")
     return json.loads(text)
-
-
-def write_atomic(path: str | Path, text: str | Iterable[str]) -> None:
-    """Write `text` (a string, or pieces of one) to `path` so that the file is either complete or
-    untouched (temp file + os.replace)."""
-    target = Path(path)
-    folder = target.parent if str(target.parent) else Path(".")
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            for piece in [text] if isinstance(text, str) else text:
-                stream.write(piece)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes the file private; give it the usual mode
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current
 
 
 # ----------------------------------------------------------------------------------------------------

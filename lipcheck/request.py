@@ -99,3 +99,15 @@ class AuditRequest:
     @property
     def with_bound(self) -> bool:
         return self.bound or self.rules.fail_above_bound is not None
+
+    def inputs(self) -> dict[str, Path | None]:
+        """What this audit reads, by what it is ("the model (MODEL)"): no output may overwrite them."""
+        from lipcheck.models import arch_file  # the audit loads the model next: torch is due anyway
+
+        model, data = self.model, self.data
+        return {
+            "the model (MODEL)": Path(model.model) if model.is_path else None,
+            "the data (--data)": Path(data.data) if isinstance(data.data, (str, Path)) else None,
+            "the baseline (--baseline)": self.rules.baseline,
+            "the --arch file": arch_file(model.arch),
+        }

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from cli_fixtures import assert_one_line_error, make_report, run
 
-from lipcheck.report import Report
+from lipcheck.report import Report, summarise
 
 BASE = [1.0, 2.0, 3.0, 4.0]  # samples 10..13, as in test_compare.py
 NEW = [1.5, 1.0, 3.3, 4.4]  # max +10%
@@ -102,6 +102,7 @@ def test_compare_refuses_bad_input(reports: dict[str, Path], tmp_path: Path) -> 
         run("compare", reports["base"], reports["new"], "--max-increase", -1), "--max-increase", ">= 0"
     )
     one = make_report([1.0])
-    elsewhere = saved(replace(one, samples=(replace(one.samples[0], index=99),)), tmp_path / "elsewhere.json")
+    rows = (replace(one.samples[0], index=99),)
+    elsewhere = saved(replace(one, samples=rows, summary=summarise(rows, "max")), tmp_path / "elsewhere.json")
     result = run("compare", reports["base"], elsewhere, "--allow-mismatch")
     assert result.exit_code == 2 and "no sample index in common" in result.stderr

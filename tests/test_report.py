@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lipcheck.gate import FailAboveBound
+from lipcheck.outputs import write_atomic
 from lipcheck.report import (
     BoundReport,
     LayerBound,
@@ -23,7 +24,6 @@ from lipcheck.report import (
     report_schema,
     summarise,
     worst_samples,
-    write_atomic,
 )
 
 
@@ -86,17 +86,6 @@ def test_search_and_bound_round_trip_and_validate() -> None:
     assert worst_samples(report, 2) == [rows[1], rows[2]]
     assert FailAboveBound(3.0, bound.upper_bound).judge().passed is False
     assert FailAboveBound(4.0, bound.upper_bound).judge().passed is True
-
-
-def test_write_atomic_replaces_whole_or_leaves_the_old_file(tmp_path: Path) -> None:
-    target = tmp_path / "report.json"
-    write_atomic(target, "old")
-    write_atomic(target, "new")
-    assert target.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["report.json"]
-
-    with pytest.raises(TypeError):
-        write_atomic(target, 12)  # type: ignore[arg-type]
-    assert target.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["report.json"]
 
 
 @pytest.mark.parametrize("count", [1, 2, 5, 6])
