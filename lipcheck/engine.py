@@ -9,7 +9,7 @@ The model is evaluated once. `JacobianOperator` keeps that evaluation's autograd
 J^T v (one backward pass) and J u (the double-backward trick: g(w) = J^T w is linear in w, so
 differentiating <g(w), u> with respect to w gives J u). Both solvers iterate on the Gram operator
 J^T J, whose largest eigenvalue is sigma^2. While the engine evaluates the model, its convolutions
-build graphs whose double backward is one convolution (lipcheck.convolution), which brings J u on a
+build graphs whose double backward is one convolution (lipcheck.double_backward), which brings J u on a
 convolutional net from about a forward+backward pass down to about a forward.
 """
 
@@ -18,17 +18,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from lipcheck.choices import Method, choose
 from lipcheck.double_backward import linearisable_convolutions
 from lipcheck.errors import AuditFailedError, BatchCouplingError, InputError, ModelOutputError
-
-Method = Literal["lanczos", "power"]
-METHODS: tuple[str, ...] = ("lanczos", "power")
 
 # Called once per iteration with (iteration, sigma (B,), active (B,) bool); for progress and logs.
 IterationCallback = Callable[[int, Tensor, Tensor], None]
@@ -221,8 +219,7 @@ def _check_settings(
     krylov_dim: int = DEFAULT_KRYLOV_DIM,
     confidence: float = DEFAULT_CONFIDENCE,
 ) -> None:
-    if method not in METHODS:
-        raise InputError(f"method {method!r} is not known, expected one of {', '.join(METHODS)}")
+    choose(Method, method, "method")
     if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
         raise InputError(f"max_iter must be a positive integer, got {max_iter!r}")
     if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 < tol < 1:
@@ -233,7 +230,8 @@ def _check_settings(
         raise InputError(f"confidence must be a probability in (0, 1), such as 0.99, got {confidence!r}")
 
 
-def _check_input(x: Any) -> None:
+def check_input(x: Any) -> None:
+    """InputError unless x is a finite floating tensor (B, ...) with at least one sample."""
     if not isinstance(x, Tensor):
         raise InputError(f"x must be a torch.Tensor of shape (B, ...), got {type(x).__name__}")
     if not torch.is_floating_point(x):
@@ -654,7 +652,7 @@ def _largest_root(roots: np.ndarray, log_target: np.ndarray, steps: int = 100) -
 def solve(
     operator: JacobianOperator,
     *,
-    method: Method = "lanczos",
+    method: Method | str = "lanczos",
     max_iter: int = 200,
     tol: float = 1e-4,
     seed: int | None = None,
@@ -706,7 +704,7 @@ def spectral_norm(
     f: Callable[..., Any],
     x: Tensor,
     *,
-    method: Method = "lanczos",
+    method: Method | str = "lanczos",
     max_iter: int = 200,
     tol: float = 1e-4,
     seed: int | None = None,
@@ -746,7 +744,7 @@ def spectral_norm(
         ModelOutputError: f returned a non-tensor, NaN or Inf, or a batch of another size.
         BatchCouplingError: f mixes samples (BatchNorm in training mode, attention over the batch).
     """
-    _check_input(x)
+    check_input(x)
     _check_settings(method, max_iter, tol, krylov_dim, confidence)
     operator = JacobianOperator.from_function(f, x, args, kwargs)
     return solve(

@@ -23,11 +23,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lipcheck.choices import Method
 from lipcheck.double_backward import linearisable_convolutions
 from lipcheck.engine import (
     DEFAULT_KRYLOV_DIM,
     JacobianOperator,
-    Method,
     differentiable_sigma,
     solve,
 )
@@ -83,7 +83,7 @@ class JacobianSpectralNorm(nn.Module):
         reduction: str | None = "max",
         reduced_batchsize: int | None = None,
         *,
-        method: Method = "lanczos",
+        method: Method | str = "lanczos",
         seed: int | None = None,
         krylov_dim: int = DEFAULT_KRYLOV_DIM,
     ) -> None:
@@ -151,7 +151,7 @@ class FNEJacobianSpectralNorm(nn.Module):
         reduction: str | None = "max",
         reduced_batchsize: int | None = None,
         *,
-        method: Method = "lanczos",
+        method: Method | str = "lanczos",
         seed: int | None = None,
         krylov_dim: int = DEFAULT_KRYLOV_DIM,
     ) -> None:

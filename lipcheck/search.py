@@ -39,13 +39,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lipcheck.choices import Method
 from lipcheck.engine import (
     DEFAULT_CONFIDENCE,
     DEFAULT_KRYLOV_DIM,
     JacobianOperator,
-    Method,
     SpectralNormResult,
-    _check_input,
+    check_input,
     differentiable_sigma,
     solve,
 )
@@ -86,7 +86,7 @@ def worst_case_search(
     *,
     radius: float,
     steps: int,
-    method: Method = "lanczos",
+    method: Method | str = "lanczos",
     max_iter: int = 200,
     tol: float = 1e-4,
     seed: int | None = None,
@@ -120,7 +120,7 @@ def worst_case_search(
         raise InputError(f"radius must be a finite number >= 0, got {radius!r}")
     if radius < 0:
         raise InputError(f"radius must be a finite number >= 0, got {radius!r}")
-    _check_input(x)
+    check_input(x)
     settings: dict[str, Any] = {
         "method": method, "max_iter": max_iter, "tol": tol, "seed": seed, "confidence": confidence
     }  # fmt: skip

@@ -271,7 +271,7 @@ def test_batchnorm_in_eval_mode_is_fine() -> None:
         (torch.ones(2, 3), torch.tanh, {"tol": 1.5}, InputError, "tol"),
         (torch.ones(2, 3), torch.tanh, {"max_iter": 0}, InputError, "max_iter must be a positive integer"),
         (torch.ones(2, 3), torch.tanh, {"max_iter": 2.5}, InputError, "max_iter"),
-        (torch.ones(2, 3), torch.tanh, {"method": "svd"}, InputError, "method 'svd'.*lanczos, power"),
+        (torch.ones(2, 3), torch.tanh, {"method": "svd"}, InputError, "method 'svd' is not one of lanczos"),
         (torch.ones(2, 3), torch.tanh, {"krylov_dim": 0}, InputError, "krylov_dim"),
     ],
 )
