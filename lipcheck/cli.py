@@ -434,9 +434,12 @@ def _write(
     """Write `value` rendered to each output (its format from its suffix, else `fmt`), or to stdout."""
     from lipcheck.outputs import write_output
 
-    for destination in outputs:
+    # Rendered before any is written (JSON streams, lazily, but is ASCII), so that a report that cannot
+    # be rendered fails before the first output is written, not after it.
+    rendered = [renderers.render(value, format_for(destination.path, fmt)) for destination in outputs]
+    for destination, text in zip(outputs, rendered, strict=True):
         try:
-            write_output(destination, renderers.render(value, format_for(destination.path, fmt)))
+            write_output(destination, text)
         except OSError as error:
             reason = error.strerror or error
             raise InputError(f"--output '{destination.path}' cannot be written ({reason})") from error
@@ -458,8 +461,31 @@ def _write_report(report: Report, outputs: Sequence[Destination], fmt: str, quie
     _write(report, REPORT, outputs, fmt, quiet)
 
 
-def _exit_on_gate(verdicts: Sequence[RuleVerdict], quiet: bool) -> None:
-    """Exit 1 when a rule failed, after one line on stderr (and `::error::` lines in GitHub Actions)."""
+def _write_and_judge(
+    value: Any,
+    renderers: Renderers[Any],
+    outputs: Sequence[Destination],
+    fmt: str,
+    quiet: bool,
+    verdicts: Sequence[RuleVerdict],
+) -> None:
+    """Write `value` (as `_write`), then say the gate's verdict and exit 1 when a rule failed.
+
+    When a write fails, the verdict is said all the same and the write's error (exit 2) wins over the
+    gate's: the outputs a CI step reads are missing, so a passed gate must not look like success.
+    """
+    try:
+        _write(value, renderers, outputs, fmt, quiet)
+    except LipcheckError:
+        _say_gate(verdicts, quiet)
+        raise
+    if _say_gate(verdicts, quiet):
+        raise typer.Exit(ExitStatus.GATE_FAILED)
+
+
+def _say_gate(verdicts: Sequence[RuleVerdict], quiet: bool) -> bool:
+    """One line on stderr with the gate's verdict (and `::error::` lines in GitHub Actions); whether a
+    rule failed."""
     from lipcheck.render import github_annotations
 
     failed = [verdict for verdict in verdicts if not verdict.passed]
@@ -468,9 +494,9 @@ def _exit_on_gate(verdicts: Sequence[RuleVerdict], quiet: bool) -> None:
             typer.echo(line, err=True)
     if failed:
         typer.echo(f"lipcheck: gate failed: {'; '.join(v.message for v in failed)}", err=True)
-        raise typer.Exit(ExitStatus.GATE_FAILED)
-    if verdicts and not quiet:
+    elif verdicts and not quiet:
         typer.echo(f"lipcheck: gate passed: {', '.join(v.name for v in verdicts)}", err=True)
+    return bool(failed)
 
 
 def _is_terminal() -> bool:
@@ -683,8 +709,7 @@ def audit(
         if failure.report is not None:  # no sample converged: the figures are written all the same
             _write_report(failure.report, outputs, fmt, quiet)
         raise
-    _write_report(report, outputs, fmt, quiet)
-    _exit_on_gate(report.gate.rules, quiet)
+    _write_and_judge(report, REPORT, outputs, fmt, quiet, report.gate.rules)
 
 
 def _audit_request(flags: dict[str, Any]) -> AuditRequest:
@@ -956,8 +981,7 @@ def gate(
         mismatched = comparable(base, saved.settings, saved.data, what, allow_mismatch)
     rules = rules_for(options, saved, baseline=base, mismatched=mismatched, judged=judged)
     report = replace(saved, gate=judge(rules, saved))
-    _write_report(report, outputs, fmt, quiet)
-    _exit_on_gate(report.gate.rules, quiet)
+    _write_and_judge(report, REPORT, outputs, fmt, quiet, report.gate.rules)
 
 
 COMPARE_EPILOG = """\
@@ -1027,7 +1051,7 @@ def compare(
     from lipcheck.gate import RuleOptions, check_thresholds, rules_for
     from lipcheck.outputs import prepare_outputs
     from lipcheck.render import COMPARISON
-    from lipcheck.report import read_report
+    from lipcheck.report import path_text, read_report
 
     outputs = prepare_outputs(
         output or [], {"the base report (BASE.json)": base_path, "the new report (NEW.json)": new_path}
@@ -1041,11 +1065,10 @@ def compare(
     )
     rules = rules_for(options, new, baseline=base, mismatched=found)
     comparison = compare_reports(
-        base, new, base_path=str(base_path), new_path=str(new_path), top=top, rules=rules,
+        base, new, base_path=path_text(base_path), new_path=path_text(new_path), top=top, rules=rules,
         mismatched=found,
     )  # fmt: skip
-    _write(comparison, COMPARISON, outputs, fmt, quiet)
-    _exit_on_gate(comparison.gate.rules, quiet)
+    _write_and_judge(comparison, COMPARISON, outputs, fmt, quiet, comparison.gate.rules)
 
 
 def main() -> None:

@@ -40,6 +40,7 @@ from lipcheck.file_formats import (
     read_head,
     zip_names,
 )
+from lipcheck.report import check_seed
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -151,6 +152,13 @@ def _check_numeric(dtype: Any, where: str) -> None:
         ok = kind in "fiu"
     if not ok:
         raise InputError(f"{where} holds {dtype} values, expected real numbers (float or integer)")
+
+
+def _check_dense(tensor: Tensor, where: str) -> None:
+    """InputError for a sparse (or other non-strided) tensor: samples are read by slicing rows."""
+    if tensor.layout != torch.strided:
+        layout = str(tensor.layout).removeprefix("torch.")
+        raise InputError(f"{where} holds a {layout} tensor, expected a dense one: save tensor.to_dense()")
 
 
 def _choose(keys: Sequence[str], key: str | None, where: str) -> str:
@@ -286,6 +294,7 @@ def _open_pt(path: Path, key: str | None) -> _Array:
         tensor = tensors[chosen]
     else:
         raise InputError(f"{where} holds a {type(content).__name__}, expected a tensor or a dict of tensors")
+    _check_dense(tensor, where)
     _check_numeric(tensor.dtype, where)
     if tensor.dim() == 0:
         raise InputError(f"{where} holds a scalar tensor, expected samples (N, ...)")
@@ -434,6 +443,7 @@ def tensor_dataset(x: Tensor | np.ndarray, *, kind: str = "tensor", limit: int |
     """The samples of a tensor or array (N, ...) in memory (`lipcheck.audit(model, x)`)."""
     where = f"in-memory {kind}"
     tensor = torch.as_tensor(x).detach().cpu()
+    _check_dense(tensor, where)
     _check_numeric(tensor.dtype, where)
     if tensor.dim() == 0:
         raise InputError(f"{where} is a scalar, expected samples (N, ...)")
@@ -485,13 +495,23 @@ def parse_shape(text: str, flag: str = "--random") -> tuple[int, ...]:
     return shape
 
 
+# The most values of one --random sample (2 GiB as float64, before the Jacobian's vectors of that size).
+MAX_RANDOM_VALUES = 2**28
+
+
 def random_dataset(shape: Sequence[int], count: int, *, seed: int = 0) -> Dataset:
     """`count` standard normal samples of `shape`; sample i is drawn from its own stream (seed, i)."""
     if count < 1:
         raise InputError(f"--num-samples must be at least 1, got {count}")
-    if seed < 0:
-        raise InputError(f"--seed must be at least 0, got {seed}")
+    check_seed(seed)
     sample_shape = tuple(int(d) for d in shape)
+    values = math.prod(sample_shape)
+    if values > MAX_RANDOM_VALUES:
+        shown = "x".join(str(d) for d in sample_shape)
+        raise InputError(
+            f"--random {shown} is {values:,} values per sample, more than the {MAX_RANDOM_VALUES:,} that "
+            "lipcheck generates for one sample: give a smaller shape"
+        )
 
     def reader(start: int, stop: int) -> np.ndarray:
         # numpy's SeedSequence mixes (seed, index) into independent streams.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -119,6 +120,7 @@ class Settings:
             raise InputError(f"--confidence must be in (0, 1), such as 0.99, got {self.confidence:g}")
         if self.max_iter < 1:
             raise InputError(f"--max-iter must be at least 1, got {self.max_iter}")
+        check_seed(self.seed)
         if self.batch_size < 1:
             raise InputError(f"--batch-size must be at least 1, got {self.batch_size}")
         steps, radius = self.search_steps, self.search_radius
@@ -132,6 +134,22 @@ class Settings:
             raise InputError(f"--search-steps must be at least 0, got {steps}")
         if radius is not None and not (radius >= 0 and math.isfinite(radius)):
             raise InputError(f"--search-radius must be a finite number >= 0, got {radius:g}")
+
+
+def path_text(path: str | Path) -> str:
+    """A path as text that every output can hold: bytes of the name that are not UTF-8 (which Python
+    keeps as lone surrogates) become '\\xNN' escapes, as `ls -b` shows them."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+# The largest seed a torch.Generator and numpy take (a signed 64-bit integer).
+MAX_SEED = 2**63 - 1
+
+
+def check_seed(seed: int) -> None:
+    """InputError naming --seed when it is not in 0..MAX_SEED."""
+    if not 0 <= seed <= MAX_SEED:
+        raise InputError(f"--seed must be in 0..{MAX_SEED} (2**63 - 1), got {seed}")
 
 
 @dataclass(frozen=True)

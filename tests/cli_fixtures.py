@@ -120,7 +120,17 @@ RAISED: dict[str, BaseException] = {
     "cuda-oom": torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"),
     "cpu-oom": RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: not enough memory"),
     "bug": KeyError("layer4"),
+    "exit": SystemExit(0),
+    "interrupt": KeyboardInterrupt(),
 }
+
+
+class InPlaceMLP(MLP):
+    """Scales its input in place: autograd refuses that on the audited input (a leaf that needs grad)."""
+
+    def forward(self, x: Tensor, scale: float = 1.0) -> Tensor:
+        x.mul_(2)
+        return super().forward(x, scale)
 
 
 class SlowMLP(MLP):
@@ -138,6 +148,10 @@ class SlowMLP(MLP):
 
 def make_raising(error: str) -> nn.Module:
     return RaisingMLP(error)
+
+
+def make_in_place() -> nn.Module:
+    return InPlaceMLP()
 
 
 def make_slow(started: str) -> nn.Module:
