@@ -18,6 +18,7 @@ import json
 import platform
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, fields, replace
 from datetime import datetime, timezone
@@ -35,7 +36,14 @@ from lipcheck.choices import Device, Dtype
 from lipcheck.compare import comparable
 from lipcheck.datasets import Dataset, batches_dataset, open_dataset, random_dataset, tensor_dataset
 from lipcheck.engine import SpectralNormResult, spectral_norm
-from lipcheck.errors import AuditFailedError, InputError, LipcheckError, ModelOutputError, describe
+from lipcheck.errors import (
+    AuditFailedError,
+    InputError,
+    LipcheckError,
+    LipcheckWarning,
+    ModelOutputError,
+    describe,
+)
 from lipcheck.gate import Rule, RuleOptions, judge, rules_for
 from lipcheck.models import LoadedModel, load_model, wrap_model
 from lipcheck.report import (
@@ -50,6 +58,7 @@ from lipcheck.report import (
     Settings,
     Timing,
     finite_or_none,
+    largest_sigma,
     path_text,
     summarise,
 )
@@ -396,8 +405,23 @@ def run_audit(
         summary=summarise(rows, settings.reduction),
         lipcheck_version=__version__,
         bound=bound,
+        notes=_zero_jacobian_notes(rows),
     )
+    for note in report.notes:
+        warnings.warn(note, LipcheckWarning, stacklevel=2)
     return replace(report, gate=judge(rules, report))
+
+
+def _zero_jacobian_notes(rows: Sequence[SampleResult]) -> tuple[str, ...]:
+    """A note when sigma is exactly 0 at every sample (and wherever a search went): a Jacobian audit
+    measures the slope, and a step function (round, floor, sign) has slope 0 between its jumps."""
+    if not rows or any(largest_sigma(row) != 0 for row in rows):
+        return ()
+    return (
+        f"the Jacobian is exactly zero at all {len(rows)} samples: the model is constant around them, or "
+        "piecewise constant (round, floor, sign), whose jumps a Jacobian audit cannot see; sigma 0 "
+        "is then no bound on how much the model can amplify a perturbation",
+    )
 
 
 class _AuditedFunction(torch.nn.Module):

@@ -232,6 +232,7 @@ class Report:
     lipcheck_version: str = ""
     schema_version: int = SCHEMA_VERSION
     bound: BoundReport | None = None
+    notes: tuple[str, ...] = ()  # what a reader of the figures must know (a Jacobian zero everywhere)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict whose keys follow the schema; lists where the dataclasses hold tuples."""
@@ -248,6 +249,8 @@ class Report:
         body["summary"] = asdict(self.summary)
         body["gate"] = {"passed": self.gate.passed, "rules": [asdict(rule) for rule in self.gate.rules]}
         body.update(self._bound_sections())
+        if self.notes:
+            body["notes"] = list(self.notes)
         return body
 
     def _bound_sections(self) -> dict[str, Any]:
@@ -304,6 +307,7 @@ class Report:
             lipcheck_version=data["lipcheck_version"],
             schema_version=data["schema_version"],
             bound=bound_from_dict(data) if "upper_bound" in data else None,
+            notes=tuple(data.get("notes", ())),
         )
 
     @classmethod

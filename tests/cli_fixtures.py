@@ -150,6 +150,28 @@ def make_raising(error: str) -> nn.Module:
     return RaisingMLP(error)
 
 
+class FlatMLP(MLP):
+    """An MLP whose output autograd cannot connect to the input (detach, no_grad, integers) or whose
+    Jacobian is zero everywhere (round, floor, sign): `how` names which."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+
+    def forward(self, x: Tensor, scale: float = 1.0) -> Tensor:
+        if self.how == "no_grad":
+            with torch.no_grad():
+                return super().forward(x, scale)
+        y = super().forward(x, scale)
+        flat = {"detach": y.detach, "integers": lambda: y.long().float(), "round": lambda: torch.round(y),
+                "floor": lambda: torch.floor(y), "sign": lambda: torch.sign(y)}  # fmt: skip
+        return flat[self.how]()
+
+
+def make_flat(how: str) -> nn.Module:
+    return FlatMLP(how)
+
+
 def make_in_place() -> nn.Module:
     return InPlaceMLP()
 

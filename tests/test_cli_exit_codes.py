@@ -16,7 +16,16 @@ from xml.etree import ElementTree
 import numpy as np
 import pytest
 import torch
-from cli_fixtures import ARCH, IN_FEATURES, MLP, assert_one_line_error, exported_mlp, mlp_inputs, run
+from cli_fixtures import (
+    ARCH,
+    IN_FEATURES,
+    MLP,
+    assert_one_line_error,
+    exported_mlp,
+    mlp_inputs,
+    read_json,
+    run,
+)
 from safetensors.torch import save_file
 
 from lipcheck.cli import ExitStatus
@@ -214,6 +223,39 @@ def test_a_failed_write_after_the_gate_says_the_verdict_and_exits_2(
     lines = result.stderr.strip().splitlines()
     assert result.exit_code == ExitStatus.USAGE_OR_INPUT, result.stderr
     assert lines[0].startswith("lipcheck: gate failed:") and "No space left on device" in lines[1]
+
+
+@pytest.mark.parametrize("how", ["detach", "no_grad", "integers"])
+def test_an_output_autograd_cannot_connect_to_the_input_fails_the_audit(
+    weights: dict[str, Path], how: str
+) -> None:
+    result = run(
+        *audit(weights, "make_flat", "--arch-kwargs", json.dumps({"how": how}), "--fail-above", "0.01")
+    )
+    assert_one_line_error(
+        result, "no autograd path to its input", "a sigma of 0 would claim that the model is constant", code=3
+    )
+
+
+@pytest.mark.parametrize("how", ["round", "floor", "sign"])
+def test_a_jacobian_zero_at_every_sample_is_a_warning_and_a_note(
+    weights: dict[str, Path], tmp_path: Path, how: str
+) -> None:
+    output = tmp_path / "r.json"
+    flags = ("--arch-kwargs", json.dumps({"how": how}), "--fail-above", "0.01", "-o", output)
+    result = run(*audit(weights, "make_flat", *flags))
+    assert result.exit_code == ExitStatus.PASSED, result.stderr
+    warning = "lipcheck: warning: the Jacobian is exactly zero at all 4 samples"
+    assert result.stderr.startswith(warning) and "cannot see" in result.stderr
+    report = read_json(output)
+    assert report["summary"]["max"] == 0 and len(report["notes"]) == 1
+    assert report["notes"][0] in result.stderr
+    assert "notes" not in read_json_of(run(*audit(weights, "make_mlp", "-f", "json")))
+
+
+def read_json_of(result: object) -> dict[str, object]:
+    loaded: dict[str, object] = json.loads(result.stdout)  # type: ignore[attr-defined]
+    return loaded
 
 
 def test_a_batch_beyond_the_exported_range_is_an_input_error(tmp_path: Path) -> None:
