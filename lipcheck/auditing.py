@@ -506,7 +506,9 @@ def open_source(source: DataSource, seed: int) -> Dataset:
     if source.random_shape is not None:
         return random_dataset(source.random_shape, source.num_samples or 0, seed=seed)
     if isinstance(source.data, (str, Path)):
-        return open_dataset(source.data, key=source.key, limit=source.limit)
+        return open_dataset(
+            source.data, key=source.key, limit=source.limit, max_read_bytes=source.max_read_bytes
+        )
     if isinstance(source.data, (Tensor, np.ndarray)):
         return tensor_dataset(source.data, limit=source.limit)
     if isinstance(source.data, Iterable):

@@ -38,6 +38,7 @@ from rich.text import Text
 from lipcheck import __version__
 from lipcheck.choices import Device, Dtype, Format, Method, Reduction, format_for
 from lipcheck.errors import AuditFailedError, InputError, LipcheckError, LipcheckWarning, first_line
+from lipcheck.file_formats import MAX_READ_BYTES
 
 if TYPE_CHECKING:
     from lipcheck.gate import RuleOptions
@@ -548,6 +549,16 @@ LimitOption = Annotated[
     int | None,
     typer.Option("--limit", min=1, help="Audit only the first N samples.", metavar="N", show_default=False),
 ]
+MaxReadBytesOption = Annotated[
+    int,
+    typer.Option(
+        "--max-read-bytes",
+        min=1,
+        help="The largest array read whole into memory, as the file declares it: an .npz member (a .npy "
+        "file is memory-mapped instead). Larger ones, and zip bombs, are refused before reading.",
+        metavar="BYTES",
+    ),
+]
 ModelArgOption = Annotated[
     list[str] | None,
     typer.Option(
@@ -657,6 +668,7 @@ def audit(
     num_samples: NumSamplesOption = None,
     data_key: DataKeyOption = None,
     limit: LimitOption = None,
+    max_read_bytes: MaxReadBytesOption = MAX_READ_BYTES,
     arch: ArchOption = None,
     arch_kwargs: ArchKwargsOption = None,
     trust_pickle: TrustPickleOption = False,
@@ -747,6 +759,7 @@ def _audit_request(flags: dict[str, Any]) -> AuditRequest:
             limit=flags["limit"],
             random_shape=parse_shape(random) if random is not None else None,
             num_samples=flags["num_samples"],
+            max_read_bytes=flags["max_read_bytes"],
         ),
         settings=settings,
         rules=_rule_options(flags),

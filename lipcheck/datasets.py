@@ -32,6 +32,7 @@ from torch import Tensor
 
 from lipcheck.errors import InputError, describe
 from lipcheck.file_formats import (
+    MAX_READ_BYTES,
     ZIP_MAGIC,
     is_npy,
     is_npz,
@@ -218,7 +219,7 @@ def _check_npy_layout(stream: BinaryIO, size: int, where: str) -> None:
         )
 
 
-def _open_npy(path: Path, key: str | None) -> _Array:
+def _open_npy(path: Path, key: str | None, max_read_bytes: int) -> _Array:
     where = f"data file '{path}'"
     _no_key(key, where)
     with path.open("rb") as stream:
@@ -254,14 +255,25 @@ def _mapped_reader(array: np.ndarray) -> Reader:
     return reader
 
 
-def _open_npz(path: Path, key: str | None) -> _Array:
+def _open_npz(path: Path, key: str | None, max_read_bytes: int) -> _Array:
     where = f"data file '{path}'"
     with np.load(path, allow_pickle=False) as archive:
         keys = tuple(archive.files)
         chosen = _choose(keys, key, where)
         member = f"{chosen}.npy" if f"{chosen}.npy" in archive.zip.namelist() else chosen
+        # Read whole (a zip member cannot be mapped): its size, as the zip directory declares it, is
+        # checked before a byte is expanded; zipfile never expands more than it declares, and the
+        # .npy header's array must fit in it (_check_npy_layout), so a zip bomb is refused here.
+        size = archive.zip.getinfo(member).file_size
+        if size > max_read_bytes:
+            compressed = archive.zip.getinfo(member).compress_size
+            raise InputError(
+                f"{where} array {chosen!r} expands to {size:,} bytes ({compressed:,} compressed), more "
+                f"than --max-read-bytes {max_read_bytes:,}: an .npz array is read whole into memory; "
+                "save it as .npy (memory-mapped) or raise --max-read-bytes"
+            )
         with archive.zip.open(member) as stream:
-            _check_npy_layout(stream, archive.zip.getinfo(member).file_size, f"{where} array {chosen!r}")
+            _check_npy_layout(stream, size, f"{where} array {chosen!r}")
         array = archive[chosen]
     _check_numeric(array.dtype, f"{where} array {chosen!r}")
     if array.ndim == 0:
@@ -271,7 +283,7 @@ def _open_npz(path: Path, key: str | None) -> _Array:
     )
 
 
-def _open_pt(path: Path, key: str | None) -> _Array:
+def _open_pt(path: Path, key: str | None, max_read_bytes: int) -> _Array:
     where = f"data file '{path}'"
     try:
         try:
@@ -302,7 +314,7 @@ def _open_pt(path: Path, key: str | None) -> _Array:
     return _Array(chosen, keys, tensor.shape[0], tuple(tensor.shape[1:]), dtype, lambda a, b: tensor[a:b])
 
 
-def _open_safetensors(path: Path, key: str | None) -> _Array:
+def _open_safetensors(path: Path, key: str | None, max_read_bytes: int) -> _Array:
     from safetensors import safe_open
 
     where = f"data file '{path}'"
@@ -323,7 +335,7 @@ def _open_safetensors(path: Path, key: str | None) -> _Array:
     return _Array(chosen, keys, shape[0], shape[1:], dtype, reader)
 
 
-def _open_images(path: Path, key: str | None) -> _Array:
+def _open_images(path: Path, key: str | None, max_read_bytes: int) -> _Array:
     where = f"image folder '{path}'"
     _no_key(key, where)
     named = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -376,7 +388,7 @@ class DataKind:
 
     name: str
     detect: Callable[[Path, bytes], bool]
-    open: Callable[[Path, str | None], _Array]
+    open: Callable[[Path, str | None, int], _Array]  # (path, key, max_read_bytes)
 
 
 DATA_KINDS: tuple[DataKind, ...] = (
@@ -396,10 +408,18 @@ def _limited(array: _Array, limit: int | None, where: str) -> int:
     return array.total if limit is None else min(limit, array.total)
 
 
-def open_dataset(path: str | Path, *, key: str | None = None, limit: int | None = None) -> Dataset:
+def open_dataset(
+    path: str | Path,
+    *,
+    key: str | None = None,
+    limit: int | None = None,
+    max_read_bytes: int = MAX_READ_BYTES,
+) -> Dataset:
     """Open the data at `path` (a file or an image folder) for batched reading.
 
-    `key` chooses the array in a file that holds several; `limit` keeps the first that many samples.
+    `key` chooses the array in a file that holds several; `limit` keeps the first that many samples;
+    an array that must be read whole (an .npz member) larger than `max_read_bytes`, as its file
+    declares it, is refused before it is read.
     Raises InputError naming the path and the fix: missing path, unknown format, several arrays and
     no key, an empty data set, non-numeric data, a truncated file.
     """
@@ -411,7 +431,7 @@ def open_dataset(path: str | Path, *, key: str | None = None, limit: int | None 
     for kind in DATA_KINDS:
         if kind.detect(source, head):
             try:
-                array = kind.open(source, key)
+                array = kind.open(source, key, max_read_bytes)
             except InputError:
                 raise
             except Exception as error:
