@@ -98,17 +98,17 @@ def _exit_status(error: BaseException) -> ExitStatus:
     return ExitStatus.INTERNAL_ERROR
 
 
-def _warnings_to_stderr(show: Callable[..., None]) -> Callable[..., None]:
-    """A `warnings.showwarning` that prints a `LipcheckWarning` as one 'lipcheck: warning:' line
-    (none with --quiet) and leaves every other warning to `show`."""
-
-    def shown(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
-        if not issubclass(category, LipcheckWarning):
-            show(message, category, *args, **kwargs)
-        elif not _invocation.quiet:
-            typer.echo(f"lipcheck: warning: {message}", err=True)
-
-    return shown
+def _warnings_to_stderr(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int, *args: Any, **kwargs: Any
+) -> None:
+    """`warnings.showwarning` while a command runs: every warning is one 'lipcheck: warning:' line on
+    stderr (one of torch or of the model with its category and where it was raised), none with --quiet."""
+    if _invocation.quiet:
+        return
+    text = " ".join(str(message).split())
+    if not issubclass(category, LipcheckWarning):
+        text = f"{category.__name__} at {filename}:{lineno}: {text}"
+    typer.echo(f"lipcheck: warning: {text}", err=True)
 
 
 class LipcheckGroup(typer.core.TyperGroup):
@@ -124,7 +124,10 @@ class LipcheckGroup(typer.core.TyperGroup):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("always", LipcheckWarning)
-                warnings.showwarning = _warnings_to_stderr(warnings.showwarning)
+                # as Python does outside __main__: deprecations are for the developers of torch's users
+                warnings.simplefilter("ignore", DeprecationWarning)
+                warnings.simplefilter("ignore", PendingDeprecationWarning)
+                warnings.showwarning = _warnings_to_stderr
                 result = super().main(*args, standalone_mode=False, **kwargs)
             # typer turns Ctrl-C into exit code 130 itself (older versions: into Abort, below)
             status = result if isinstance(result, int) else ExitStatus.PASSED
@@ -288,7 +291,7 @@ DebugOption = Annotated[
     typer.Option("--debug", callback=_remember_debug, help="Show the traceback of an error."),
 ]
 QuietOption = Annotated[
-    bool, typer.Option("--quiet", "-q", callback=_remember_quiet, help="No notes on stderr.")
+    bool, typer.Option("--quiet", "-q", callback=_remember_quiet, help="No notes or warnings on stderr.")
 ]
 
 # The flags that load a model, shared by `audit`, `bound` and `inspect`.
@@ -637,7 +640,10 @@ AuditAssumeOption = Annotated[
     ),
 ]
 AuditQuietOption = Annotated[
-    bool, typer.Option("--quiet", "-q", callback=_remember_quiet, help="No progress bar or notes on stderr.")
+    bool,
+    typer.Option(
+        "--quiet", "-q", callback=_remember_quiet, help="No progress bar, notes or warnings on stderr."
+    ),
 ]
 
 

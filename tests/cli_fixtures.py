@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -170,6 +171,18 @@ class FlatMLP(MLP):
 
 def make_flat(how: str) -> nn.Module:
     return FlatMLP(how)
+
+
+class WarningMLP(MLP):
+    """Warns in its forward, as torch and model code do (a UserWarning)."""
+
+    def forward(self, x: Tensor, scale: float = 1.0) -> Tensor:
+        warnings.warn("this model warns", UserWarning, stacklevel=1)
+        return super().forward(x, scale)
+
+
+def make_warning() -> nn.Module:
+    return WarningMLP()
 
 
 def make_in_place() -> nn.Module:

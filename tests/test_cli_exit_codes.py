@@ -258,6 +258,23 @@ def read_json_of(result: object) -> dict[str, object]:
     return loaded
 
 
+WARNING_LINE = next(
+    number
+    for number, line in enumerate(ARCH.read_text().splitlines(), 1)
+    if 'warnings.warn("this model warns"' in line
+)
+
+
+def test_a_warning_of_the_model_or_torch_is_one_line_and_none_with_quiet(weights: dict[str, Path]) -> None:
+    shown = run(*audit(weights, "make_warning", "-f", "json"))
+    assert shown.exit_code == ExitStatus.PASSED, shown.stderr
+    assert shown.stderr.strip().splitlines() == [
+        f"lipcheck: warning: UserWarning at {ARCH}:{WARNING_LINE}: this model warns"
+    ]
+    quiet = run(*audit(weights, "make_warning", "-f", "json", "-q"))
+    assert quiet.exit_code == ExitStatus.PASSED and quiet.stderr == ""
+
+
 def test_a_batch_beyond_the_exported_range_is_an_input_error(tmp_path: Path) -> None:
     program = torch.export.export(
         MLP(), (torch.zeros(4, IN_FEATURES),), dynamic_shapes=({0: torch.export.Dim("batch", max=8)},)
