@@ -44,6 +44,7 @@ from lipcheck.errors import (
     ModelOutputError,
     describe,
 )
+from lipcheck.file_formats import MAX_READ_BYTES
 from lipcheck.gate import Rule, RuleOptions, judge, rules_for
 from lipcheck.models import LoadedModel, load_model, wrap_model
 from lipcheck.report import (
@@ -562,6 +563,7 @@ def audit(
     *,
     data_key: str | None = None,
     limit: int | None = None,
+    max_read_bytes: int = MAX_READ_BYTES,
     arch: str | None = None,
     arch_kwargs: Mapping[str, Any] | None = None,
     trust_pickle: bool = False,
@@ -575,8 +577,9 @@ def audit(
     `model` is a model file (as for `lipcheck audit`, with `arch`, `arch_kwargs`, `trust_pickle`), an
     nn.Module (put in eval mode and moved to the device and dtype, in place) or a callable; or a
     prepared `AuditRequest`, then the only argument. `data` is a data file or image folder (with
-    `data_key` and `limit`), a tensor or array (N, ...), or an iterable of batches such as a
-    DataLoader (a batch may be a tensor or a tuple (inputs, labels); `data_key` picks another entry).
+    `data_key`, `limit`, and `max_read_bytes` as `--max-read-bytes`), a tensor or array (N, ...), or an
+    iterable of batches such as a DataLoader (a batch may be a tensor or a tuple (inputs, labels);
+    `data_key` picks another entry).
     The other keyword arguments are `Settings` fields (method, tol, confidence, max_iter, seed, batch_size,
     device, dtype, reduction, krylov_dim, output_key, model_kwargs, search_steps, search_radius) and
     gate rules (fail_above, fail_above_sample, require_converged, fail_above_bound, baseline,
@@ -603,7 +606,7 @@ def audit(
         rules["baseline"] = Path(rules["baseline"])
     request = AuditRequest(
         model=ModelSource(model, arch=arch, arch_kwargs=dict(arch_kwargs or {}), trust_pickle=trust_pickle),
-        data=DataSource(data, key=data_key, limit=limit),
+        data=DataSource(data, key=data_key, limit=limit, max_read_bytes=max_read_bytes),
         settings=Settings(**settings),
         rules=RuleOptions(**rules),
         bound=bound,

@@ -28,6 +28,7 @@ from cli_fixtures import (
 from safetensors.numpy import save_file as save_numpy_safetensors
 from safetensors.torch import save_file
 
+import lipcheck
 from lipcheck.datasets import open_dataset, parse_shape, random_dataset
 from lipcheck.errors import InputError
 
@@ -259,9 +260,12 @@ def test_an_npz_array_larger_than_the_limit_is_refused_before_it_is_read(
     assert len(open_dataset(bomb, max_read_bytes=2**27, limit=2)) == 2
 
 
-def test_max_read_bytes_is_a_flag_of_audit(tmp_path: Path) -> None:
+def test_max_read_bytes_is_a_flag_of_audit_and_an_argument_of_lipcheck_audit(tmp_path: Path) -> None:
     np.savez(tmp_path / "x.npz", x=mlp_inputs(4))
     save_file(MLP().state_dict(), tmp_path / "m.safetensors")
     model = ("audit", tmp_path / "m.safetensors", "--arch", f"{ARCH}:make_mlp")
     result = run(*model, "--data", tmp_path / "x.npz", "--max-read-bytes", "64")
     assert_one_line_error(result, "array 'x' expands to", "--max-read-bytes 64", "raise --max-read-bytes")
+    with pytest.raises(InputError, match="--max-read-bytes 64"):
+        lipcheck.audit(MLP(), tmp_path / "x.npz", max_read_bytes=64)
+    assert lipcheck.audit(MLP(), tmp_path / "x.npz", max_read_bytes=2**20).summary.count == 4
