@@ -435,6 +435,11 @@ def load_model(
         loaded = model_format.load(file, trust_pickle)
     except InputError:
         raise
+    except SystemExit as error:  # a trusted pickle runs code, which cannot end lipcheck
+        raise AuditFailedError(
+            f"model file '{file}' raised SystemExit({error.code!r}) while loading: model code cannot end "
+            "lipcheck; save the model without the exit"
+        ) from error
     except Exception as error:
         raise InputError(
             f"model file '{file}' looks like {model_format.name} but cannot be read, it is truncated or "

@@ -287,3 +287,22 @@ def test_a_batch_beyond_the_exported_range_is_an_input_error(tmp_path: Path) -> 
         run("audit", tmp_path / "max8.pt2", "--data", tmp_path / "x.npy", "-b", "8", "-f", "json").exit_code
         == 0
     )
+
+
+class _Exits:
+    """Pickles into a call of sys.exit(0): a trusted pickle that ends the process while loading."""
+
+    def __reduce__(self) -> tuple[object, tuple[int]]:
+        return (sys.exit, (0,))
+
+
+def test_a_trusted_pickle_that_exits_while_loading_fails_the_audit(
+    weights: dict[str, Path], tmp_path: Path
+) -> None:
+    torch.save(_Exits(), tmp_path / "exits.pt")
+    result = run(
+        "audit", tmp_path / "exits.pt", "--trust-pickle", "--data", weights["data"], "--fail-above", "100"
+    )
+    assert_one_line_error(
+        result, "exits.pt' raised SystemExit(0) while loading", code=ExitStatus.AUDIT_FAILED
+    )
