@@ -59,7 +59,7 @@ class ExitStatus(IntEnum):
     PASSED = 0  # done; every gate rule passed, or there was no rule
     GATE_FAILED = 1  # a gate rule failed
     USAGE_OR_INPUT = 2  # a bad flag, file or input (one line naming it and the fix)
-    AUDIT_FAILED = 3  # the audit itself failed: NaN output, no sample converged, out of memory
+    AUDIT_FAILED = 3  # the audit failed: NaN output, no convergence, out of memory, model raised or exited
     INTERNAL_ERROR = 70  # a bug in lipcheck (EX_SOFTWARE of sysexits.h): the traceback, please report it
     INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), as shells report it
 
@@ -139,6 +139,15 @@ class LipcheckGroup(typer.core.TyperGroup):
             status = self._usage_error(error)
         except typer.Exit as done:
             status = done.exit_code
+        except SystemExit as error:  # lipcheck exits only below: this is model code (torch.export traces it)
+            if not standalone_mode:
+                raise
+            status = _exit_status(
+                AuditFailedError(
+                    f"model code raised SystemExit({error.code!r}): it cannot end lipcheck; remove the exit "
+                    "from the model"
+                )
+            )
         except (Exception, KeyboardInterrupt) as error:
             if not standalone_mode:
                 raise

@@ -306,3 +306,15 @@ def test_a_trusted_pickle_that_exits_while_loading_fails_the_audit(
     assert_one_line_error(
         result, "exits.pt' raised SystemExit(0) while loading", code=ExitStatus.AUDIT_FAILED
     )
+
+
+@pytest.mark.parametrize("command", ["bound", "audit --bound"])
+def test_a_model_that_exits_while_torch_export_traces_it_fails(
+    weights: dict[str, Path], command: str
+) -> None:
+    model = [weights["model"], "--arch", f"{ARCH}:make_raising", "--arch-kwargs", '{"error": "exit"}']
+    where = (
+        ["--input-shape", str(IN_FEATURES)] if command == "bound" else ["--data", weights["data"], "--bound"]
+    )
+    result = run(command.split()[0], *model, *where)
+    assert_one_line_error(result, "model code raised SystemExit(0)", "cannot end lipcheck", code=3)
