@@ -809,7 +809,8 @@ lipcheck audit model.pt2 --data x.npy --bound --fail-above-bound 10
 ```
 
 Exit codes: 0 done, 2 bad input or usage, or a model that cannot be bounded (TorchScript, a graph
-torch.export cannot capture, an operation without a rule: the error names it and the --assume to pass).
+torch.export cannot capture, an operation without a rule: the error names it and the --assume to pass),
+3 the model's code exited (sys.exit) while it was loaded or traced.
 """
 
 
