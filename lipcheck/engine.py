@@ -294,7 +294,9 @@ def _non_finite_products(samples: list[int]) -> AuditFailedError:
 
 
 def _row_norm(v: Tensor) -> Tensor:
-    return torch.linalg.vector_norm(v, dim=1)
+    """||v_b|| per row, accumulated in float64: in float32 the squares of a model's products underflow
+    once its norm is below about 1e-10, and a zero norm would end the sample's run."""
+    return torch.linalg.vector_norm(v, dim=1, dtype=torch.float64).to(v.dtype)
 
 
 def _safe_divide(v: Tensor, norms: Tensor) -> Tensor:
@@ -533,7 +535,9 @@ class _RitzProblem:
             gap = np.maximum(theta - values[:, -2], 0)
             with np.errstate(divide="ignore", invalid="ignore"):
                 error = np.where(gap > 0, np.minimum(estimate, estimate**2 / gap), estimate)
-        exhausted = beta <= 16 * self.rounding * np.maximum(np.abs(values).max(1), self.rounding)
+        # Relative to H's own scale, with no absolute floor: a model whose norm is 1e-8 is as well
+        # measured as one whose norm is 1 (an absolute floor called its Krylov space exhausted at once).
+        exhausted = beta <= 16 * self.rounding * np.abs(values).max(1)
         self.values, self.vectors, self.estimate = values, vectors, estimate
         # Stop when the Ritz value is accurate to tol (Kato-Temple) and, at the stricter confidence,
         # no singular value lies more than STOP_WIDTH tol above it, or the residual has reached its
@@ -562,7 +566,7 @@ class _RitzProblem:
         """The probabilistic bound on lambda_max of the samples `rows` from the current Ritz problem,
         for a start component of at least exp(log_floor) (docs/engine.md, "Error bars")."""
         values, theta = self.values[rows], np.maximum(self.values[rows, -1], 0)
-        floor = RESIDUAL_FLOOR * self.rounding * np.maximum(theta, self.rounding)
+        floor = RESIDUAL_FLOOR * self.rounding * theta
         log_norm = _log_krylov_residual(
             values, self.vectors[rows], self.start[rows, : values.shape[1]],
             np.maximum(self.estimate[rows], floor),
