@@ -659,13 +659,17 @@ def _largest_root(roots: np.ndarray, log_target: np.ndarray, steps: int = 100) -
         usable = np.isfinite(log_target)
         u = np.where(usable, log_target, 0) / count
         target = np.where(usable, log_target, 0)
+        # A row stops moving once its step is negligible, so its root does not depend on how long
+        # the other rows of the batch take (a sample's result must not depend on its batch).
+        done = ~usable
         for _ in range(steps):
             logs = np.logaddexp(u[:, None], log_distance)
             value = logs.sum(1) - target
             slope = np.exp(u[:, None] - logs).sum(1)
-            step = value / slope
+            step = np.where(done, 0, value / slope)
             u = u - step
-            if not (np.abs(step) > 1e-14 * np.maximum(1, np.abs(u))).any():
+            done |= ~(np.abs(step) > 1e-14 * np.maximum(1, np.abs(u)))
+            if done.all():
                 break
         root = top + np.exp(u)
     return np.where(usable, root, np.where(log_target == -np.inf, top, np.inf))

@@ -213,3 +213,17 @@ def test_the_scale_of_the_model_does_not_change_the_relative_result(scale: float
     error = (result.sigma.double() / scale - exact).abs() / exact
     assert float(error.max()) <= 1e-4
     assert bool((result.sigma_upper.double() / scale >= exact * (1 - 1e-6)).all())
+
+
+def test_a_samples_bound_and_stop_do_not_depend_on_its_batch() -> None:
+    # The root-finding of the bound runs over the batch at once; a row that has converged stops
+    # moving, so a sample alone and in a batch stops at the same product with the same bound (in
+    # float64, where the model's own arithmetic does not depend on the batch's size either).
+    model, x = corpus()["tanh MLP"]
+    model, x = copy.deepcopy(model).double(), x[:24].double()
+    full = spectral_norm(model, x)
+    for index in (0, 7, 23):
+        alone = spectral_norm(model, x[index : index + 1])
+        assert alone.iterations.item() == full.iterations[index].item()
+        assert alone.sigma.item() == pytest.approx(full.sigma[index].item(), rel=1e-12)
+        assert alone.sigma_upper.item() == pytest.approx(full.sigma_upper[index].item(), rel=1e-9)
