@@ -57,7 +57,10 @@ class SpectralNormResult:
     Attributes:
         sigma: (B,) estimated ||J_i||_2, in the model's dtype.
         iterations: (B,) int64, products with J^T J spent on each sample until it stopped.
-        converged: (B,) bool, whether the sample met the tolerance before max_iter.
+        converged: (B,) bool, whether the sample met its stopping rule before max_iter (Lanczos:
+            its estimated error within tol and, at a ten times smaller failure probability than
+            `confidence`, no singular value more than 10 tol above sigma; power: a relative change
+            below tol).
         residual: (B,) ||J^T J u - sigma^2 u|| / sigma^2 for the returned unit vector u (0 when
             sigma is 0). A small residual means u is close to an invariant direction of J^T J.
         vector: (B, ...) like x, the most amplified input direction found, unit norm per sample.
@@ -393,8 +396,13 @@ def lanczos(
 
     Stopping, per sample: with r = beta_j |s_j| and the gap g to the second Ritz value, the error of
     theta is at most r and about r^2 / g (Kato-Temple); the sample stops when min(r, r^2/g) / (2
-    theta), the relative error of sigma = sqrt(theta), is at most tol, or when the Krylov space is
-    exhausted (beta_j = 0 to rounding, the Ritz value is then exact).
+    theta), the relative error of sigma = sqrt(theta), is at most tol and the probabilistic upper
+    bound (at failure probability (1 - confidence) / STOP_CONFIDENCE_FACTOR) is within STOP_WIDTH
+    tol of sigma, or when the Krylov space is exhausted (beta_j = 0 to rounding, the Ritz value is
+    then exact). The bound: sigma_max^2 <= the largest root of |p(lambda)| = ||p(A) b|| / t, p the
+    run's polynomial (the restarts' filters times the characteristic polynomial of H), which holds
+    unless the start vector's component along the top direction is below t (docs/engine.md,
+    "Error bars").
 
     The vectors stay on u0's device in its dtype. The projected problem, at most (krylov_dim + 1)^2
     numbers per sample, is solved on the host in float64 (`_RitzProblem`), only for the samples still
