@@ -445,3 +445,88 @@ def test_float32_models_are_bounded_in_float64() -> None:
     model = nn.Linear(10, 10)
     report = lipcheck.upper_bound(model, 10)
     assert report.upper_bound >= float(torch.linalg.matrix_norm(model.weight.detach().double(), ord=2))
+
+
+class InPlace(nn.Module):
+    """Convolutions joined by in-place operations, one of them through a view (as DnCNN and UNet do)."""
+
+    def __init__(self, in_place: bool) -> None:
+        super().__init__()
+        self.in_place = in_place
+        self.first = nn.Conv2d(1, 3, 3, padding=1)
+        self.second = nn.Conv2d(3, 3, 3, padding=1)
+        self.third = nn.Conv2d(3, 1, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.first(x)
+        if self.in_place:
+            y.view(1, 3, -1).relu_()  # mutates y through a view: later reads of y see the ReLU
+            y.mul_(3.0)
+            z = self.second(y)
+            nn.functional.leaky_relu_(z, -2.0)
+            nn.functional.hardtanh_(z.clamp_(-1.0, 1.0))
+            torch.sigmoid_(z)
+            w = self.third(z)
+            w.add_(x, alpha=-2.0)
+            return w.tanh_()
+        y = 3.0 * torch.relu(y)
+        z = torch.clamp(nn.functional.leaky_relu(self.second(y), -2.0), -1.0, 1.0)
+        z = torch.sigmoid(nn.functional.hardtanh(z))
+        return torch.tanh(self.third(z) - 2.0 * x)
+
+
+def test_in_place_operations_take_the_rule_of_their_out_of_place_form() -> None:
+    torch.manual_seed(11)
+    in_place = prepared(InPlace(in_place=True))
+    out_of_place = prepared(InPlace(in_place=False))
+    out_of_place.load_state_dict(in_place.state_dict())
+    x = torch.randn(1, 1, 5, 5, dtype=torch.float64)
+    assert torch.allclose(in_place(x.clone()), out_of_place(x))
+    report = lipcheck.upper_bound(in_place, (1, 5, 5))
+    expected = lipcheck.upper_bound(out_of_place, (1, 5, 5))
+    assert report.upper_bound == pytest.approx(expected.upper_bound, rel=1e-12)
+    assert report.upper_bound >= largest_jacobian_norm(out_of_place, (1, 5, 5))  # the same function
+    assert "scale" in [layer.kind for layer in report.layers]  # mul_ by 3 was seen through the aliasing
+
+
+def test_an_in_place_operation_on_the_input_is_bounded() -> None:
+    class ReluInput(nn.Module):
+        def forward(self, x: Tensor) -> Tensor:
+            x.relu_()
+            return 2 * x
+
+    assert lipcheck.upper_bound(ReluInput(), (3,)).upper_bound == pytest.approx(2.0, rel=EXACT)
+
+
+class Amplifier(nn.Module):
+    """Twenty layers scaled by 1e30, then two copies concatenated: the bound passes float64's range."""
+
+    def __init__(self, scale: float = 1e30, layers: int = 20) -> None:
+        super().__init__()
+        self.scale = scale
+        self.layers = layers
+
+    def forward(self, x: Tensor) -> Tensor:
+        for _ in range(self.layers):
+            x = self.scale * x
+        return torch.cat([x, x])
+
+
+def test_a_bound_that_overflows_float64_fails_with_a_message() -> None:
+    with pytest.raises(lipcheck.AuditFailedError, match="overflows.*no finite bound"):
+        lipcheck.upper_bound(Amplifier(1e30, 20), (3,))
+
+
+def test_large_finite_bounds_are_composed_without_overflow() -> None:
+    # sqrt(L1^2 + L2^2) of a concatenation once squared 1e200 and raised a bare OverflowError
+    report = lipcheck.upper_bound(Amplifier(1e200, 1), (3,))
+    assert report.upper_bound == pytest.approx(math.sqrt(2) * 1e200, rel=EXACT)
+
+
+def test_division_by_a_zero_constant_is_refused() -> None:
+    class DivideByZero(nn.Module):
+        def forward(self, x: Tensor) -> Tensor:
+            return x / torch.tensor([1.0, 0.0, 2.0])
+
+    with pytest.raises(UnsupportedOperationError, match="divides by a constant that is 0"):
+        lipcheck.upper_bound(DivideByZero(), (3,))

@@ -149,13 +149,17 @@ def _scaling(site: Site) -> float:
             "is not a Lipschitz function of the input"
         )
     value = site.value(constant)
+    if divide and bool((torch.as_tensor(value) == 0).any()):
+        raise UnsupportedOperationError(
+            f"cannot bound {site.name!r} (node {site.node.name!r}{where(site.node)}): it divides by a "
+            "constant that is 0, which is not a Lipschitz function of the input"
+        )
     if isinstance(value, Tensor) and value.numel() > 1:
         factor = monomial_norm(site, variable)
         method = "exact: max over entries of the (broadcast) constant factor"
     else:
         scalar = float(value)
         factor = 1 / abs(scalar) if divide else abs(scalar)
-        factor = math.inf if math.isnan(factor) else factor
         method = f"|{'1/' if divide else ''}{scalar:g}|"
     if factor == 1.0:
         return site.lip(variable)

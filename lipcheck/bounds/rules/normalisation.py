@@ -15,7 +15,11 @@ from lipcheck.errors import UnsupportedOperationError
 
 @rule(
     aten(
-        "batch_norm", "_native_batch_norm_legit_no_training", "native_batch_norm", "_native_batch_norm_legit"
+        "batch_norm",
+        "_native_batch_norm_legit_no_training",
+        "native_batch_norm",
+        "_native_batch_norm_legit",
+        "_native_batch_norm_legit_functional",  # training mode, functionalised: refused below
     )
 )
 def _batch_norm(site: Site) -> Any:
