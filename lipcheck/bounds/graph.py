@@ -110,9 +110,15 @@ def _export(model: Any, shape: tuple[int, ...]) -> torch.export.ExportedProgram:
         return torch.export.export(model, (example,), strict=False)
     except Exception as error:  # export raises many unrelated types; all mean "no graph to walk"
         reason = first_line(error) or type(error).__name__
+        fix = "only models torch.export can capture as one graph can be bounded"
+        if isinstance(error, TypeError) and "missing" in reason and "argument" in reason:
+            fix = (
+                "its forward needs arguments besides the input: give them with --arg KEY=VALUE on the "
+                "command line, or from Python bound a module whose forward supplies them"
+            )
         raise UnsupportedOperationError(
             f"cannot bound {type(model).__name__}: torch.export could not trace it at input shape "
-            f"{(1, *shape)} ({reason}); only models torch.export can capture as one graph can be bounded"
+            f"{(1, *shape)} ({reason}); {fix}"
         ) from error
 
 
