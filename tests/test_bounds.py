@@ -83,6 +83,22 @@ class Square(nn.Module):
         return x * x
 
 
+class Interpolate(nn.Module):
+    def __init__(self, **options: object) -> None:
+        super().__init__()
+        self.options = options
+
+    def forward(self, x: Tensor) -> Tensor:
+        return nn.functional.interpolate(x, **self.options)  # type: ignore[arg-type]
+
+
+def PReLUWithSlopes(slopes: list[float]) -> nn.PReLU:  # noqa: N802 (a layer factory)
+    layer = nn.PReLU(len(slopes))
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor(slopes))
+    return layer
+
+
 # Every supported layer kind, alone or in a small model: (model, input shape).
 LAYER_KINDS: dict[str, tuple[nn.Module, tuple[int, ...]]] = {
     "linear": (nn.Linear(7, 5), (7,)),
@@ -122,6 +138,14 @@ LAYER_KINDS: dict[str, tuple[nn.Module, tuple[int, ...]]] = {
     "group_norm": (nn.GroupNorm(2, 4, eps=1e-3), (4, 3, 3)),
     "layer_norm_mlp": (nn.Sequential(nn.Linear(6, 8), nn.LayerNorm(8), nn.GELU(), nn.Linear(8, 3)), (6,)),
     "upsample_nearest": (nn.Upsample(scale_factor=2), (1, 3, 3)),
+    "upsample_nearest_exact": (Interpolate(size=(5, 7), mode="nearest-exact"), (2, 3, 4)),
+    "upsample_bilinear": (nn.Upsample(scale_factor=2, mode="bilinear"), (2, 3, 4)),
+    "upsample_bilinear_aligned": (Interpolate(size=(7, 5), mode="bilinear", align_corners=True), (1, 4, 3)),
+    "upsample_bilinear_antialias": (Interpolate(size=(3, 2), mode="bilinear", antialias=True), (1, 7, 5)),
+    "upsample_bicubic": (Interpolate(scale_factor=1.5, mode="bicubic"), (1, 4, 4)),
+    "upsample_linear1d": (Interpolate(size=9, mode="linear"), (2, 4)),
+    "upsample_trilinear": (Interpolate(size=(3, 4, 2), mode="trilinear"), (1, 2, 3, 3)),
+    "prelu_steep": (nn.Sequential(nn.Linear(4, 4), PReLUWithSlopes([-3.0, 0.5, 2.0, 0.1])), (4,)),
     "pad_constant": (nn.ConstantPad2d((1, 2, 0, 1), 0.5), (1, 3, 3)),
     "flatten_unflatten": (nn.Sequential(nn.Flatten(), nn.Linear(12, 12), nn.Unflatten(1, (3, 4))), (3, 4)),
     "dropout_eval": (nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5), nn.Linear(4, 2)), (4,)),
@@ -200,7 +224,9 @@ def test_bound_is_never_below_the_largest_jacobian_norm(kind: str) -> None:
 EXACT_LAYERS = (
     "linear", "conv2d_circular", "avg_pool", "avg_pool_ceil_no_pad_count", "avg_pool_divisor", "avg_pool1d",
     "adaptive_avg_pool", "global_avg_pool", "upsample_nearest", "pad_constant", "conv2d_1x1_strided",
-    "batch_norm_alone", "identity", "linear_no_bias_3d_input", "max_pool1d",
+    "batch_norm_alone", "identity", "linear_no_bias_3d_input", "max_pool1d", "upsample_nearest_exact",
+    "upsample_bilinear", "upsample_bilinear_aligned", "upsample_bilinear_antialias", "upsample_bicubic",
+    "upsample_linear1d", "upsample_trilinear",
 )  # fmt: skip
 
 
@@ -530,3 +556,37 @@ def test_division_by_a_zero_constant_is_refused() -> None:
 
     with pytest.raises(UnsupportedOperationError, match="divides by a constant that is 0"):
         lipcheck.upper_bound(DivideByZero(), (3,))
+
+
+def test_prelu_bound_is_its_steepest_slope() -> None:
+    # one channel at slope -3: at an input negative there the Jacobian of PReLU alone is diag(slopes)
+    layer = PReLUWithSlopes([-3.0, 0.5, 2.0, 0.1]).double()
+    x = -torch.ones(1, 4, 1, dtype=torch.float64)
+    exact = float(torch.linalg.matrix_norm(torch.func.jacrev(layer)(x).detach().reshape(4, 4), ord=2))
+    assert lipcheck.upper_bound(layer, (4, 1)).upper_bound == pytest.approx(exact, rel=EXACT) == 3.0
+
+
+class SelfAttention(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.attention = nn.MultiheadAttention(8, 2, batch_first=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.attention(x, x, x, need_weights=False)[0]
+
+
+def test_attention_is_refused_with_why_and_what_assume_would_mean() -> None:
+    with pytest.raises(UnsupportedOperationError) as raised:
+        lipcheck.upper_bound(SelfAttention().eval(), (4, 8))
+    message = str(raised.value)
+    assert "no global Lipschitz constant" in message and "'attention'" in message
+    assert "--assume aten.scaled_dot_product_attention.default=L" in message and "\n" not in message
+    assumed = lipcheck.upper_bound(
+        SelfAttention().eval(), (4, 8), assume={"aten.scaled_dot_product_attention.default": 1.0}
+    )
+    assert assumed.assumptions == {"aten.scaled_dot_product_attention.default": 1.0}
+
+
+def test_normalisation_factor_says_it_is_dominated_by_eps() -> None:
+    report = lipcheck.upper_bound(nn.LayerNorm(4, eps=1e-4), (4,))
+    assert "dominated by 1/sqrt(eps) = 100" in report.layers[0].method

@@ -164,3 +164,24 @@ def _scaling(site: Site) -> float:
     if factor == 1.0:
         return site.lip(variable)
     return site.scale(variable, "scale", factor, method)
+
+
+@rule(
+    aten(
+        "scaled_dot_product_attention",
+        "_scaled_dot_product_flash_attention",
+        "_scaled_dot_product_flash_attention_for_cpu",
+        "_scaled_dot_product_efficient_attention",
+        "_scaled_dot_product_cudnn_attention",
+    )
+)
+def _attention(site: Site) -> float:
+    """Refused: softmax(q k^T / sqrt(d)) v has no global Lipschitz constant in its inputs (Kim et al.
+    2021, "The Lipschitz constant of self-attention"): scaling q and k sharpens the softmax, and the
+    product with v grows with v, so the Jacobian is unbounded."""
+    raise UnsupportedOperationError(
+        f"cannot bound {site.name!r} (node {site.node.name!r}{where(site.node)}): dot-product attention "
+        "softmax(q k^T / sqrt(d)) v has no global Lipschitz constant (its Jacobian grows without bound with "
+        f"q, k and v); --assume {site.name}=L (Python: assume={{{site.name!r}: L}}) would assert that L "
+        "bounds it jointly in q, k and v on the inputs you care about, which lipcheck cannot check"
+    )

@@ -78,7 +78,11 @@ def _normalization_bound(site: Site, kind: str, gamma: Tensor, entries: int) -> 
     else:
         scale, how = float(gamma.abs().max()), f"max |weight| (at most {k}/{k - 1} times the exact constant)"
     factor = with_margin(scale / math.sqrt(eps))
-    bound = site.scale("input", kind, factor, f"{how} / sqrt(eps), eps = {eps:g}, reached on flat groups")
+    method = (
+        f"{how} / sqrt(eps), eps = {eps:g}: dominated by 1/sqrt(eps) = {1 / math.sqrt(eps):.3g}, reached "
+        "only on inputs flat over a group, far above the factor at typical inputs"
+    )
+    bound = site.scale("input", kind, factor, method)
     return bound
 
 
