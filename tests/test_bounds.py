@@ -590,3 +590,29 @@ def test_attention_is_refused_with_why_and_what_assume_would_mean() -> None:
 def test_normalisation_factor_says_it_is_dominated_by_eps() -> None:
     report = lipcheck.upper_bound(nn.LayerNorm(4, eps=1e-4), (4,))
     assert "dominated by 1/sqrt(eps) = 100" in report.layers[0].method
+
+
+# Elementwise activations and a point where the slope is largest: the bound of the layer alone is its
+# slope there (the Jacobian at a constant input is that slope times the identity).
+STEEPEST_POINTS: dict[str, tuple[nn.Module, float]] = {
+    "relu": (nn.ReLU(), 1.0),
+    "leaky_relu": (nn.LeakyReLU(-1.5), -1.0),
+    "elu": (nn.ELU(2.0), -1e-9),
+    "gelu": (nn.GELU(), math.sqrt(2)),
+    "gelu_tanh": (nn.GELU(approximate="tanh"), 1.41850),
+    "silu": (nn.SiLU(), 2.39936),
+    "mish": (nn.Mish(), 1.49057),
+    "hardswish": (nn.Hardswish(), 3 - 1e-9),
+    "tanh": (nn.Tanh(), 0.0),
+    "sigmoid": (nn.Sigmoid(), 0.0),
+    "softplus": (nn.Softplus(), 40.0),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(STEEPEST_POINTS))
+def test_activation_bound_is_its_largest_slope(kind: str) -> None:
+    layer, point = STEEPEST_POINTS[kind]
+    bound = lipcheck.upper_bound(layer, (3,)).upper_bound
+    steepest = jacobian_norm(layer, torch.full((3,), point, dtype=torch.float64))
+    assert steepest <= bound <= steepest * (1 + 1e-8)
+    assert bound >= largest_jacobian_norm(layer, (3,))
