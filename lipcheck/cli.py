@@ -757,7 +757,8 @@ lipcheck audit model.pt2 --data x.npy --bound --fail-above-bound 10
 ```
 
 Exit codes: 0 done, 2 bad input or usage, or a model that cannot be bounded (TorchScript, a graph
-torch.export cannot capture, an operation without a rule: the error names it and the --assume to pass).
+torch.export cannot capture, an operation without a rule: the error names it and the --assume to pass),
+3 a bound that overflows float64 (no finite bound is certified).
 """
 
 

@@ -67,6 +67,24 @@ def make_noise_level() -> nn.Module:
     return NoiseLevel()
 
 
+class Amplifier(nn.Module):
+    """A linear layer scaled by 1e30 twenty times: a bound past float64's range."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(3, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        for _ in range(20):
+            x = 1e30 * self.linear(x)
+        return x
+
+
+def make_amplifier() -> nn.Module:
+    torch.manual_seed(0)
+    return Amplifier()
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("bound")
@@ -180,6 +198,13 @@ def test_arg_passes_keyword_arguments_of_the_forward_to_the_export(tmp_path: Pat
     expected = lipcheck.upper_bound(make_noise_level().conv, (3, 6, 6)).upper_bound
     assert report["upper_bound"] == pytest.approx(0.5 * expected, rel=1e-9)
     assert_one_line_error(run("bound", *args, "--arg", "sigma"), "--arg", "KEY=VALUE")
+
+
+def test_a_bound_past_float64_is_exit_3_with_one_line(tmp_path: Path) -> None:
+    weights = tmp_path / "amplifier.safetensors"
+    save_file(make_amplifier().state_dict(), weights)
+    result = run("bound", weights, "--arch", f"{HERE}:make_amplifier", "--input-shape", "3")
+    assert_one_line_error(result, "amplifier.safetensors", "overflows", "no finite bound", code=3)
 
 
 def test_models_that_cannot_be_bounded_and_bad_flags(files: dict[str, Path]) -> None:
