@@ -92,6 +92,16 @@ class Interpolate(nn.Module):
         return nn.functional.interpolate(x, **self.options)  # type: ignore[arg-type]
 
 
+class SplitSliceCat(nn.Module):
+    """Chunks, a strided slice and a split, scaled differently and joined again."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        first, second = x.chunk(2, dim=1)
+        head, tail = torch.split(x, [1, 4], dim=2)
+        parts = [3 * first, -second, x[:, :, ::2], 0.5 * head, tail]
+        return torch.cat([part.flatten(1) for part in parts], dim=1)
+
+
 def PReLUWithSlopes(slopes: list[float]) -> nn.PReLU:  # noqa: N802 (a layer factory)
     layer = nn.PReLU(len(slopes))
     with torch.no_grad():
@@ -145,6 +155,11 @@ LAYER_KINDS: dict[str, tuple[nn.Module, tuple[int, ...]]] = {
     "upsample_bicubic": (Interpolate(scale_factor=1.5, mode="bicubic"), (1, 4, 4)),
     "upsample_linear1d": (Interpolate(size=9, mode="linear"), (2, 4)),
     "upsample_trilinear": (Interpolate(size=(3, 4, 2), mode="trilinear"), (1, 2, 3, 3)),
+    "pixel_shuffle": (nn.PixelShuffle(2), (8, 2, 3)),
+    "pixel_unshuffle": (nn.PixelUnshuffle(2), (2, 4, 6)),
+    "reflection_pad": (nn.ReflectionPad2d((1, 2, 0, 1)), (1, 3, 4)),
+    "replication_pad": (nn.ReplicationPad2d((2, 0, 1, 1)), (2, 3, 3)),
+    "split_slice_cat": (SplitSliceCat(), (4, 5)),
     "prelu_steep": (nn.Sequential(nn.Linear(4, 4), PReLUWithSlopes([-3.0, 0.5, 2.0, 0.1])), (4,)),
     "pad_constant": (nn.ConstantPad2d((1, 2, 0, 1), 0.5), (1, 3, 3)),
     "flatten_unflatten": (nn.Sequential(nn.Flatten(), nn.Linear(12, 12), nn.Unflatten(1, (3, 4))), (3, 4)),
@@ -226,7 +241,8 @@ EXACT_LAYERS = (
     "adaptive_avg_pool", "global_avg_pool", "upsample_nearest", "pad_constant", "conv2d_1x1_strided",
     "batch_norm_alone", "identity", "linear_no_bias_3d_input", "max_pool1d", "upsample_nearest_exact",
     "upsample_bilinear", "upsample_bilinear_aligned", "upsample_bilinear_antialias", "upsample_bicubic",
-    "upsample_linear1d", "upsample_trilinear",
+    "upsample_linear1d", "upsample_trilinear", "pixel_shuffle", "pixel_unshuffle", "reflection_pad",
+    "replication_pad",
 )  # fmt: skip
 
 
