@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from lipcheck.errors import (
     AuditFailedError,
     BatchCouplingError,
+    DisconnectedOutputError,
     InputError,
     LipcheckError,
     LipcheckWarning,
@@ -51,6 +52,7 @@ __all__ = [
     "AuditFailedError",
     "AuditRequest",
     "BatchCouplingError",
+    "DisconnectedOutputError",
     "BoundReport",
     "FNEJacobianSpectralNorm",
     "InputError",

@@ -13,8 +13,12 @@ into messages that name the samples and the shapes involved.
 
 from __future__ import annotations
 
+import inspect
+import json
 import platform
 import time
+import traceback
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, fields, replace
 from datetime import datetime, timezone
@@ -25,13 +29,22 @@ import numpy as np
 import torch
 from torch import Tensor
 
+import lipcheck
 from lipcheck import __version__
 from lipcheck.bounds import upper_bound
 from lipcheck.choices import Device, Dtype
 from lipcheck.compare import comparable
 from lipcheck.datasets import Dataset, batches_dataset, open_dataset, random_dataset, tensor_dataset
 from lipcheck.engine import SpectralNormResult, spectral_norm
-from lipcheck.errors import AuditFailedError, InputError, LipcheckError, ModelOutputError, describe
+from lipcheck.errors import (
+    AuditFailedError,
+    InputError,
+    LipcheckError,
+    LipcheckWarning,
+    ModelOutputError,
+    describe,
+)
+from lipcheck.file_formats import MAX_READ_BYTES
 from lipcheck.gate import Rule, RuleOptions, judge, rules_for
 from lipcheck.models import LoadedModel, load_model, wrap_model
 from lipcheck.report import (
@@ -46,6 +59,8 @@ from lipcheck.report import (
     Settings,
     Timing,
     finite_or_none,
+    largest_sigma,
+    path_text,
     summarise,
 )
 from lipcheck.request import AuditRequest, DataSource, ModelSource
@@ -55,9 +70,8 @@ RowSink = Callable[[Sequence[SampleResult]], None]
 Progress = Callable[[int], None]
 
 
-# What a model raises when the input does not fit it (a shape, a dtype, an argument; an exported
-# program's shape guards raise AssertionError): a rejected input. Anything else it raises fails the audit.
-_REJECTED_INPUT = (RuntimeError, TypeError, ValueError, IndexError, AssertionError)
+# Where a traceback's frames are not the model's code: torch's and lipcheck's own modules.
+_LIBRARY_FOLDERS = tuple(str(Path(module.__file__).resolve().parent) for module in (torch, lipcheck))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -104,8 +118,6 @@ def select_output(output: Any, key: str | None) -> Any:
 
 
 def _expected_shape(model: LoadedModel) -> str:
-    if not model.input_spec:
-        return ""
     shape = model.input_spec[0].shape
     shown = ", ".join(
         str(d) if isinstance(d, int) else ("B" if i == 0 else str(d)) for i, d in enumerate(shape)
@@ -117,6 +129,49 @@ def _expected_shape(model: LoadedModel) -> str:
             f"dimension (dynamic_shapes) or pass --batch-size {shape[0]}"
         )
     return f"; the model file records input shape ({shown}){hint}"
+
+
+def _fits(shape: tuple[int, ...], recorded: tuple[int | str, ...], *, ranges: bool = False) -> bool:
+    """Whether an input of `shape` fits the shape a model file records: the same rank, every static size
+    equal, and with `ranges` every dynamic size ('2..64') at most its range's end. Not below its start:
+    torch.export records a batch range from 2 that its program runs at 1."""
+    if len(shape) != len(recorded):
+        return False
+    for size, dim in zip(shape, recorded, strict=True):
+        if isinstance(dim, int):
+            if size != dim:
+                return False
+        elif ranges and dim.partition("..")[2].isdigit() and size > int(dim.partition("..")[2]):
+            return False
+    return True
+
+
+def _where_raised(error: BaseException) -> str:
+    """'file:line' of the innermost frame of the model's code (not torch's, not lipcheck's) in the
+    error's traceback; '' when there is none (a TorchScript or exported model runs inside torch)."""
+    frames = traceback.extract_tb(error.__traceback__)
+    own = [f for f in frames if not str(Path(f.filename).resolve()).startswith(_LIBRARY_FOLDERS)]
+    return f"{own[-1].filename}:{own[-1].lineno}" if own else ""
+
+
+def _check_model_args(module: Any, kwargs: Mapping[str, Any]) -> None:
+    """InputError naming --arg when the keywords cannot be passed to the module's forward with one
+    input (an unknown name, or the name of the input itself)."""
+    if not kwargs:
+        return
+    forward = getattr(module, "forward", module)
+    try:
+        signature = inspect.signature(forward)
+    except (TypeError, ValueError):  # a builtin or a compiled module: the call itself will tell
+        return
+    try:
+        signature.bind(None, **kwargs)
+    except TypeError as error:
+        given = " ".join(f"--arg {k}={json.dumps(v)}" for k, v in kwargs.items())
+        raise InputError(
+            f"{given} does not fit the model's forward{signature} ({error}): pass only its keyword "
+            "parameters other than the input"
+        ) from None
 
 
 def audit_rows(
@@ -137,8 +192,8 @@ def audit_rows(
     device = resolve_device(settings.device)
     for batch, x in data.batches(indices, settings.batch_size, torch_dtype(settings.dtype)):
         where = f"model '{model.path}' on {data.name} samples {batch.start}-{batch.stop - 1}"
-        call = _guarded_call(model, settings, tuple(x.shape), batch.start)
         try:
+            call = _guarded_call(model, settings, tuple(x.shape), batch.start)
             result, found = _measure(call, x.to(device), settings)
         except LipcheckError as error:
             raise error.with_context(where) from error
@@ -172,6 +227,9 @@ def _guarded_call(
     with the `--arg` keywords, the `--output-key` output, and the model's failures as lipcheck errors
     that say what happened (a rejected input, out of memory, a bug of the model, NaN output)."""
     module, kwargs = model.module, dict(settings.model_kwargs)
+    _check_model_args(module, kwargs)
+    if model.input_spec and not _fits(shape, model.input_spec[0].shape):
+        raise InputError(f"the input of shape {shape} does not fit the model{_expected_shape(model)}")
 
     def call(inputs: Tensor) -> Any:
         try:
@@ -181,13 +239,12 @@ def _guarded_call(
         except (Exception, SystemExit) as error:  # model code cannot end the process
             if _out_of_memory(error):
                 raise _out_of_memory_error(error, settings) from error
-            if isinstance(error, _REJECTED_INPUT):
+            if model.input_spec and not _fits(shape, model.input_spec[0].shape, ranges=True):
                 raise InputError(
-                    f"rejected input of shape {shape} ({describe(error)}){_expected_shape(model)}"
+                    f"the input of shape {shape} is out of the range the model was exported for "
+                    f"({describe(error)}){_expected_shape(model)}"
                 ) from error
-            raise AuditFailedError(
-                f"the model raised {describe(error)}: check the model (--debug shows where)"
-            ) from error
+            raise AuditFailedError(_model_raised(error, shape)) from error
         output = select_output(output, settings.output_key)
         if isinstance(output, Tensor) and output.is_floating_point() and output.dim() > 0:
             finite = torch.isfinite(output.reshape(output.shape[0], -1)).all(1)
@@ -200,6 +257,22 @@ def _guarded_call(
         return output
 
     return call
+
+
+def _model_raised(error: BaseException, shape: tuple[int, ...]) -> str:
+    """What a model's exception says in an audit failure: its first line, where it was raised, the input."""
+    where = _where_raised(error)
+    context = f"(at {where}, on inputs of shape {shape})" if where else f"(on inputs of shape {shape})"
+    if isinstance(error, SystemExit):
+        return (
+            f"the model raised SystemExit({error.code!r}) {context}: model code cannot end the audit; "
+            "remove the exit from the model"
+        )
+    said = describe(error)
+    lines = str(error).strip().splitlines()
+    if lines and lines[0].startswith("The following operation failed in the TorchScript interpreter"):
+        said = lines[-1].strip()  # TorchScript puts its own traceback first and the error last
+    return f"the model raised {said} {context}: check the model there"
 
 
 def _measure(
@@ -270,7 +343,7 @@ def environment(device: torch.device) -> Environment:
 
 def model_section(model: LoadedModel) -> ModelSection:
     return ModelSection(
-        path=model.path,
+        path=path_text(model.path),
         format=model.format,
         sha256=model.sha256,
         size_bytes=model.size_bytes,
@@ -285,8 +358,9 @@ def model_section(model: LoadedModel) -> ModelSection:
 def data_section(data: Dataset) -> DataSection:
     """What was audited, with the hash of the samples (free after an audit read them in order)."""
     info = data.info
+    path = None if info.path is None else path_text(info.path)
     return DataSection(
-        info.path, info.kind, info.key, info.count, info.total, info.sample_shape, info.dtype, info.seed,
+        path, info.kind, info.key, info.count, info.total, info.sample_shape, info.dtype, info.seed,
         data.sha256(),
     )  # fmt: skip
 
@@ -332,8 +406,23 @@ def run_audit(
         summary=summarise(rows, settings.reduction),
         lipcheck_version=__version__,
         bound=bound,
+        notes=_zero_jacobian_notes(rows),
     )
+    for note in report.notes:
+        warnings.warn(note, LipcheckWarning, stacklevel=2)
     return replace(report, gate=judge(rules, report))
+
+
+def _zero_jacobian_notes(rows: Sequence[SampleResult]) -> tuple[str, ...]:
+    """A note when sigma is exactly 0 at every sample (and wherever a search went): a Jacobian audit
+    measures the slope, and a step function (round, floor, sign) has slope 0 between its jumps."""
+    if not rows or any(largest_sigma(row) != 0 for row in rows):
+        return ()
+    return (
+        f"the Jacobian is exactly zero at all {len(rows)} samples: the model is constant around them, or "
+        "piecewise constant (round, floor, sign), whose jumps a Jacobian audit cannot see; sigma 0 "
+        "is then no bound on how much the model can amplify a perturbation",
+    )
 
 
 class _AuditedFunction(torch.nn.Module):
@@ -424,7 +513,9 @@ def open_source(source: DataSource, seed: int) -> Dataset:
     if source.random_shape is not None:
         return random_dataset(source.random_shape, source.num_samples or 0, seed=seed)
     if isinstance(source.data, (str, Path)):
-        return open_dataset(source.data, key=source.key, limit=source.limit)
+        return open_dataset(
+            source.data, key=source.key, limit=source.limit, max_read_bytes=source.max_read_bytes
+        )
     if isinstance(source.data, (Tensor, np.ndarray)):
         return tensor_dataset(source.data, limit=source.limit)
     if isinstance(source.data, Iterable):
@@ -478,6 +569,7 @@ def audit(
     *,
     data_key: str | None = None,
     limit: int | None = None,
+    max_read_bytes: int = MAX_READ_BYTES,
     arch: str | None = None,
     arch_kwargs: Mapping[str, Any] | None = None,
     trust_pickle: bool = False,
@@ -491,8 +583,9 @@ def audit(
     `model` is a model file (as for `lipcheck audit`, with `arch`, `arch_kwargs`, `trust_pickle`), an
     nn.Module (put in eval mode and moved to the device and dtype, in place) or a callable; or a
     prepared `AuditRequest`, then the only argument. `data` is a data file or image folder (with
-    `data_key` and `limit`), a tensor or array (N, ...), or an iterable of batches such as a
-    DataLoader (a batch may be a tensor or a tuple (inputs, labels); `data_key` picks another entry).
+    `data_key`, `limit`, and `max_read_bytes` as `--max-read-bytes`), a tensor or array (N, ...), or an
+    iterable of batches such as a DataLoader (a batch may be a tensor or a tuple (inputs, labels);
+    `data_key` picks another entry).
     The other keyword arguments are `Settings` fields (method, tol, confidence, max_iter, seed, batch_size,
     device, dtype, reduction, krylov_dim, output_key, model_kwargs, search_steps, search_radius) and
     gate rules (fail_above, fail_above_sample, require_converged, fail_above_bound, baseline,
@@ -519,7 +612,7 @@ def audit(
         rules["baseline"] = Path(rules["baseline"])
     request = AuditRequest(
         model=ModelSource(model, arch=arch, arch_kwargs=dict(arch_kwargs or {}), trust_pickle=trust_pickle),
-        data=DataSource(data, key=data_key, limit=limit),
+        data=DataSource(data, key=data_key, limit=limit, max_read_bytes=max_read_bytes),
         settings=Settings(**settings),
         rules=RuleOptions(**rules),
         bound=bound,

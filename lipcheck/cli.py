@@ -38,6 +38,7 @@ from rich.text import Text
 from lipcheck import __version__
 from lipcheck.choices import Device, Dtype, Format, Method, Reduction, format_for
 from lipcheck.errors import AuditFailedError, InputError, LipcheckError, LipcheckWarning, first_line
+from lipcheck.file_formats import MAX_READ_BYTES
 
 if TYPE_CHECKING:
     from lipcheck.gate import RuleOptions
@@ -58,7 +59,7 @@ class ExitStatus(IntEnum):
     PASSED = 0  # done; every gate rule passed, or there was no rule
     GATE_FAILED = 1  # a gate rule failed
     USAGE_OR_INPUT = 2  # a bad flag, file or input (one line naming it and the fix)
-    AUDIT_FAILED = 3  # the audit itself failed: NaN output, no sample converged, out of memory
+    AUDIT_FAILED = 3  # the audit failed: NaN output, no convergence, out of memory, model raised or exited
     INTERNAL_ERROR = 70  # a bug in lipcheck (EX_SOFTWARE of sysexits.h): the traceback, please report it
     INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), as shells report it
 
@@ -97,17 +98,17 @@ def _exit_status(error: BaseException) -> ExitStatus:
     return ExitStatus.INTERNAL_ERROR
 
 
-def _warnings_to_stderr(show: Callable[..., None]) -> Callable[..., None]:
-    """A `warnings.showwarning` that prints a `LipcheckWarning` as one 'lipcheck: warning:' line
-    (none with --quiet) and leaves every other warning to `show`."""
-
-    def shown(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
-        if not issubclass(category, LipcheckWarning):
-            show(message, category, *args, **kwargs)
-        elif not _invocation.quiet:
-            typer.echo(f"lipcheck: warning: {message}", err=True)
-
-    return shown
+def _warnings_to_stderr(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int, *args: Any, **kwargs: Any
+) -> None:
+    """`warnings.showwarning` while a command runs: every warning is one 'lipcheck: warning:' line on
+    stderr (one of torch or of the model with its category and where it was raised), none with --quiet."""
+    if _invocation.quiet:
+        return
+    text = " ".join(str(message).split())
+    if not issubclass(category, LipcheckWarning):
+        text = f"{category.__name__} at {filename}:{lineno}: {text}"
+    typer.echo(f"lipcheck: warning: {text}", err=True)
 
 
 class LipcheckGroup(typer.core.TyperGroup):
@@ -123,7 +124,10 @@ class LipcheckGroup(typer.core.TyperGroup):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("always", LipcheckWarning)
-                warnings.showwarning = _warnings_to_stderr(warnings.showwarning)
+                # as Python does outside __main__: deprecations are for the developers of torch's users
+                warnings.simplefilter("ignore", DeprecationWarning)
+                warnings.simplefilter("ignore", PendingDeprecationWarning)
+                warnings.showwarning = _warnings_to_stderr
                 result = super().main(*args, standalone_mode=False, **kwargs)
             # typer turns Ctrl-C into exit code 130 itself (older versions: into Abort, below)
             status = result if isinstance(result, int) else ExitStatus.PASSED
@@ -135,6 +139,15 @@ class LipcheckGroup(typer.core.TyperGroup):
             status = self._usage_error(error)
         except typer.Exit as done:
             status = done.exit_code
+        except SystemExit as error:  # lipcheck exits only below: this is model code (torch.export traces it)
+            if not standalone_mode:
+                raise
+            status = _exit_status(
+                AuditFailedError(
+                    f"model code raised SystemExit({error.code!r}): it cannot end lipcheck; remove the exit "
+                    "from the model"
+                )
+            )
         except (Exception, KeyboardInterrupt) as error:
             if not standalone_mode:
                 raise
@@ -287,7 +300,7 @@ DebugOption = Annotated[
     typer.Option("--debug", callback=_remember_debug, help="Show the traceback of an error."),
 ]
 QuietOption = Annotated[
-    bool, typer.Option("--quiet", "-q", callback=_remember_quiet, help="No notes on stderr.")
+    bool, typer.Option("--quiet", "-q", callback=_remember_quiet, help="No notes or warnings on stderr.")
 ]
 
 # The flags that load a model, shared by `audit`, `bound` and `inspect`.
@@ -434,9 +447,12 @@ def _write(
     """Write `value` rendered to each output (its format from its suffix, else `fmt`), or to stdout."""
     from lipcheck.outputs import write_output
 
-    for destination in outputs:
+    # Rendered before any is written (JSON streams, lazily, but is ASCII), so that a report that cannot
+    # be rendered fails before the first output is written, not after it.
+    rendered = [renderers.render(value, format_for(destination.path, fmt)) for destination in outputs]
+    for destination, text in zip(outputs, rendered, strict=True):
         try:
-            write_output(destination, renderers.render(value, format_for(destination.path, fmt)))
+            write_output(destination, text)
         except OSError as error:
             reason = error.strerror or error
             raise InputError(f"--output '{destination.path}' cannot be written ({reason})") from error
@@ -458,8 +474,31 @@ def _write_report(report: Report, outputs: Sequence[Destination], fmt: str, quie
     _write(report, REPORT, outputs, fmt, quiet)
 
 
-def _exit_on_gate(verdicts: Sequence[RuleVerdict], quiet: bool) -> None:
-    """Exit 1 when a rule failed, after one line on stderr (and `::error::` lines in GitHub Actions)."""
+def _write_and_judge(
+    value: Any,
+    renderers: Renderers[Any],
+    outputs: Sequence[Destination],
+    fmt: str,
+    quiet: bool,
+    verdicts: Sequence[RuleVerdict],
+) -> None:
+    """Write `value` (as `_write`), then say the gate's verdict and exit 1 when a rule failed.
+
+    When a write fails, the verdict is said all the same and the write's error (exit 2) wins over the
+    gate's: the outputs a CI step reads are missing, so a passed gate must not look like success.
+    """
+    try:
+        _write(value, renderers, outputs, fmt, quiet)
+    except LipcheckError:
+        _say_gate(verdicts, quiet)
+        raise
+    if _say_gate(verdicts, quiet):
+        raise typer.Exit(ExitStatus.GATE_FAILED)
+
+
+def _say_gate(verdicts: Sequence[RuleVerdict], quiet: bool) -> bool:
+    """One line on stderr with the gate's verdict (and `::error::` lines in GitHub Actions); whether a
+    rule failed."""
     from lipcheck.render import github_annotations
 
     failed = [verdict for verdict in verdicts if not verdict.passed]
@@ -468,9 +507,9 @@ def _exit_on_gate(verdicts: Sequence[RuleVerdict], quiet: bool) -> None:
             typer.echo(line, err=True)
     if failed:
         typer.echo(f"lipcheck: gate failed: {'; '.join(v.message for v in failed)}", err=True)
-        raise typer.Exit(ExitStatus.GATE_FAILED)
-    if verdicts and not quiet:
+    elif verdicts and not quiet:
         typer.echo(f"lipcheck: gate passed: {', '.join(v.name for v in verdicts)}", err=True)
+    return bool(failed)
 
 
 def _is_terminal() -> bool:
@@ -521,6 +560,16 @@ DataKeyOption = Annotated[
 LimitOption = Annotated[
     int | None,
     typer.Option("--limit", min=1, help="Audit only the first N samples.", metavar="N", show_default=False),
+]
+MaxReadBytesOption = Annotated[
+    int,
+    typer.Option(
+        "--max-read-bytes",
+        min=1,
+        help="The largest array read whole into memory, as the file declares it: an .npz member (a .npy "
+        "file is memory-mapped instead). Larger ones, and zip bombs, are refused before reading.",
+        metavar="BYTES",
+    ),
 ]
 ModelArgOption = Annotated[
     list[str] | None,
@@ -600,7 +649,10 @@ AuditAssumeOption = Annotated[
     ),
 ]
 AuditQuietOption = Annotated[
-    bool, typer.Option("--quiet", "-q", callback=_remember_quiet, help="No progress bar or notes on stderr.")
+    bool,
+    typer.Option(
+        "--quiet", "-q", callback=_remember_quiet, help="No progress bar, notes or warnings on stderr."
+    ),
 ]
 
 
@@ -631,6 +683,7 @@ def audit(
     num_samples: NumSamplesOption = None,
     data_key: DataKeyOption = None,
     limit: LimitOption = None,
+    max_read_bytes: MaxReadBytesOption = MAX_READ_BYTES,
     arch: ArchOption = None,
     arch_kwargs: ArchKwargsOption = None,
     trust_pickle: TrustPickleOption = False,
@@ -683,8 +736,7 @@ def audit(
         if failure.report is not None:  # no sample converged: the figures are written all the same
             _write_report(failure.report, outputs, fmt, quiet)
         raise
-    _write_report(report, outputs, fmt, quiet)
-    _exit_on_gate(report.gate.rules, quiet)
+    _write_and_judge(report, REPORT, outputs, fmt, quiet, report.gate.rules)
 
 
 def _audit_request(flags: dict[str, Any]) -> AuditRequest:
@@ -722,6 +774,7 @@ def _audit_request(flags: dict[str, Any]) -> AuditRequest:
             limit=flags["limit"],
             random_shape=parse_shape(random) if random is not None else None,
             num_samples=flags["num_samples"],
+            max_read_bytes=flags["max_read_bytes"],
         ),
         settings=settings,
         rules=_rule_options(flags),
@@ -758,7 +811,8 @@ lipcheck audit model.pt2 --data x.npy --bound --fail-above-bound 10
 
 Exit codes: 0 done, 2 bad input or usage, or a model that cannot be bounded (TorchScript, a graph
 torch.export cannot capture, an operation without a rule: the error names it and the --assume to pass),
-3 a bound that overflows float64 (no finite bound is certified).
+3 a bound that overflows float64 (no finite bound is certified), or the model's code exited (sys.exit)
+while it was loaded or traced.
 """
 
 
@@ -962,8 +1016,7 @@ def gate(
         mismatched = comparable(base, saved.settings, saved.data, what, allow_mismatch)
     rules = rules_for(options, saved, baseline=base, mismatched=mismatched, judged=judged)
     report = replace(saved, gate=judge(rules, saved))
-    _write_report(report, outputs, fmt, quiet)
-    _exit_on_gate(report.gate.rules, quiet)
+    _write_and_judge(report, REPORT, outputs, fmt, quiet, report.gate.rules)
 
 
 COMPARE_EPILOG = """\
@@ -1033,7 +1086,7 @@ def compare(
     from lipcheck.gate import RuleOptions, check_thresholds, rules_for
     from lipcheck.outputs import prepare_outputs
     from lipcheck.render import COMPARISON
-    from lipcheck.report import read_report
+    from lipcheck.report import path_text, read_report
 
     outputs = prepare_outputs(
         output or [], {"the base report (BASE.json)": base_path, "the new report (NEW.json)": new_path}
@@ -1047,11 +1100,10 @@ def compare(
     )
     rules = rules_for(options, new, baseline=base, mismatched=found)
     comparison = compare_reports(
-        base, new, base_path=str(base_path), new_path=str(new_path), top=top, rules=rules,
+        base, new, base_path=path_text(base_path), new_path=path_text(new_path), top=top, rules=rules,
         mismatched=found,
     )  # fmt: skip
-    _write(comparison, COMPARISON, outputs, fmt, quiet)
-    _exit_on_gate(comparison.gate.rules, quiet)
+    _write_and_judge(comparison, COMPARISON, outputs, fmt, quiet, comparison.gate.rules)
 
 
 def main() -> None:

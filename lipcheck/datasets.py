@@ -32,6 +32,7 @@ from torch import Tensor
 
 from lipcheck.errors import InputError, describe
 from lipcheck.file_formats import (
+    MAX_READ_BYTES,
     ZIP_MAGIC,
     is_npy,
     is_npz,
@@ -40,6 +41,7 @@ from lipcheck.file_formats import (
     read_head,
     zip_names,
 )
+from lipcheck.report import check_seed
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -153,6 +155,13 @@ def _check_numeric(dtype: Any, where: str) -> None:
         raise InputError(f"{where} holds {dtype} values, expected real numbers (float or integer)")
 
 
+def _check_dense(tensor: Tensor, where: str) -> None:
+    """InputError for a sparse (or other non-strided) tensor: samples are read by slicing rows."""
+    if tensor.layout != torch.strided:
+        layout = str(tensor.layout).removeprefix("torch.")
+        raise InputError(f"{where} holds a {layout} tensor, expected a dense one: save tensor.to_dense()")
+
+
 def _choose(keys: Sequence[str], key: str | None, where: str) -> str:
     if not keys:
         raise InputError(f"{where} holds no arrays: give a file with at least one array of samples")
@@ -210,7 +219,7 @@ def _check_npy_layout(stream: BinaryIO, size: int, where: str) -> None:
         )
 
 
-def _open_npy(path: Path, key: str | None) -> _Array:
+def _open_npy(path: Path, key: str | None, max_read_bytes: int) -> _Array:
     where = f"data file '{path}'"
     _no_key(key, where)
     with path.open("rb") as stream:
@@ -246,14 +255,25 @@ def _mapped_reader(array: np.ndarray) -> Reader:
     return reader
 
 
-def _open_npz(path: Path, key: str | None) -> _Array:
+def _open_npz(path: Path, key: str | None, max_read_bytes: int) -> _Array:
     where = f"data file '{path}'"
     with np.load(path, allow_pickle=False) as archive:
         keys = tuple(archive.files)
         chosen = _choose(keys, key, where)
         member = f"{chosen}.npy" if f"{chosen}.npy" in archive.zip.namelist() else chosen
+        # Read whole (a zip member cannot be mapped): its size, as the zip directory declares it, is
+        # checked before a byte is expanded; zipfile never expands more than it declares, and the
+        # .npy header's array must fit in it (_check_npy_layout), so a zip bomb is refused here.
+        size = archive.zip.getinfo(member).file_size
+        if size > max_read_bytes:
+            compressed = archive.zip.getinfo(member).compress_size
+            raise InputError(
+                f"{where} array {chosen!r} expands to {size:,} bytes ({compressed:,} compressed), more "
+                f"than --max-read-bytes {max_read_bytes:,}: an .npz array is read whole into memory; "
+                "save it as .npy (memory-mapped) or raise --max-read-bytes"
+            )
         with archive.zip.open(member) as stream:
-            _check_npy_layout(stream, archive.zip.getinfo(member).file_size, f"{where} array {chosen!r}")
+            _check_npy_layout(stream, size, f"{where} array {chosen!r}")
         array = archive[chosen]
     _check_numeric(array.dtype, f"{where} array {chosen!r}")
     if array.ndim == 0:
@@ -263,7 +283,7 @@ def _open_npz(path: Path, key: str | None) -> _Array:
     )
 
 
-def _open_pt(path: Path, key: str | None) -> _Array:
+def _open_pt(path: Path, key: str | None, max_read_bytes: int) -> _Array:
     where = f"data file '{path}'"
     try:
         try:
@@ -286,6 +306,7 @@ def _open_pt(path: Path, key: str | None) -> _Array:
         tensor = tensors[chosen]
     else:
         raise InputError(f"{where} holds a {type(content).__name__}, expected a tensor or a dict of tensors")
+    _check_dense(tensor, where)
     _check_numeric(tensor.dtype, where)
     if tensor.dim() == 0:
         raise InputError(f"{where} holds a scalar tensor, expected samples (N, ...)")
@@ -293,7 +314,7 @@ def _open_pt(path: Path, key: str | None) -> _Array:
     return _Array(chosen, keys, tensor.shape[0], tuple(tensor.shape[1:]), dtype, lambda a, b: tensor[a:b])
 
 
-def _open_safetensors(path: Path, key: str | None) -> _Array:
+def _open_safetensors(path: Path, key: str | None, max_read_bytes: int) -> _Array:
     from safetensors import safe_open
 
     where = f"data file '{path}'"
@@ -314,7 +335,7 @@ def _open_safetensors(path: Path, key: str | None) -> _Array:
     return _Array(chosen, keys, shape[0], shape[1:], dtype, reader)
 
 
-def _open_images(path: Path, key: str | None) -> _Array:
+def _open_images(path: Path, key: str | None, max_read_bytes: int) -> _Array:
     where = f"image folder '{path}'"
     _no_key(key, where)
     named = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -367,7 +388,7 @@ class DataKind:
 
     name: str
     detect: Callable[[Path, bytes], bool]
-    open: Callable[[Path, str | None], _Array]
+    open: Callable[[Path, str | None, int], _Array]  # (path, key, max_read_bytes)
 
 
 DATA_KINDS: tuple[DataKind, ...] = (
@@ -387,10 +408,18 @@ def _limited(array: _Array, limit: int | None, where: str) -> int:
     return array.total if limit is None else min(limit, array.total)
 
 
-def open_dataset(path: str | Path, *, key: str | None = None, limit: int | None = None) -> Dataset:
+def open_dataset(
+    path: str | Path,
+    *,
+    key: str | None = None,
+    limit: int | None = None,
+    max_read_bytes: int = MAX_READ_BYTES,
+) -> Dataset:
     """Open the data at `path` (a file or an image folder) for batched reading.
 
-    `key` chooses the array in a file that holds several; `limit` keeps the first that many samples.
+    `key` chooses the array in a file that holds several; `limit` keeps the first that many samples;
+    an array that must be read whole (an .npz member) larger than `max_read_bytes`, as its file
+    declares it, is refused before it is read.
     Raises InputError naming the path and the fix: missing path, unknown format, several arrays and
     no key, an empty data set, non-numeric data, a truncated file.
     """
@@ -402,7 +431,7 @@ def open_dataset(path: str | Path, *, key: str | None = None, limit: int | None 
     for kind in DATA_KINDS:
         if kind.detect(source, head):
             try:
-                array = kind.open(source, key)
+                array = kind.open(source, key, max_read_bytes)
             except InputError:
                 raise
             except Exception as error:
@@ -434,6 +463,7 @@ def tensor_dataset(x: Tensor | np.ndarray, *, kind: str = "tensor", limit: int |
     """The samples of a tensor or array (N, ...) in memory (`lipcheck.audit(model, x)`)."""
     where = f"in-memory {kind}"
     tensor = torch.as_tensor(x).detach().cpu()
+    _check_dense(tensor, where)
     _check_numeric(tensor.dtype, where)
     if tensor.dim() == 0:
         raise InputError(f"{where} is a scalar, expected samples (N, ...)")
@@ -485,13 +515,23 @@ def parse_shape(text: str, flag: str = "--random") -> tuple[int, ...]:
     return shape
 
 
+# The most values of one --random sample (2 GiB as float64, before the Jacobian's vectors of that size).
+MAX_RANDOM_VALUES = 2**28
+
+
 def random_dataset(shape: Sequence[int], count: int, *, seed: int = 0) -> Dataset:
     """`count` standard normal samples of `shape`; sample i is drawn from its own stream (seed, i)."""
     if count < 1:
         raise InputError(f"--num-samples must be at least 1, got {count}")
-    if seed < 0:
-        raise InputError(f"--seed must be at least 0, got {seed}")
+    check_seed(seed)
     sample_shape = tuple(int(d) for d in shape)
+    values = math.prod(sample_shape)
+    if values > MAX_RANDOM_VALUES:
+        shown = "x".join(str(d) for d in sample_shape)
+        raise InputError(
+            f"--random {shown} is {values:,} values per sample, more than the {MAX_RANDOM_VALUES:,} that "
+            "lipcheck generates for one sample: give a smaller shape"
+        )
 
     def reader(start: int, stop: int) -> np.ndarray:
         # numpy's SeedSequence mixes (seed, index) into independent streams.

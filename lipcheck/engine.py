@@ -26,7 +26,13 @@ from torch import Tensor
 
 from lipcheck.choices import Method, choose
 from lipcheck.double_backward import linearisable_convolutions
-from lipcheck.errors import AuditFailedError, BatchCouplingError, InputError, ModelOutputError
+from lipcheck.errors import (
+    AuditFailedError,
+    BatchCouplingError,
+    DisconnectedOutputError,
+    InputError,
+    ModelOutputError,
+)
 
 # Called once per iteration with (iteration, sigma (B,), active (B,) bool); for progress and logs.
 IterationCallback = Callable[[int, Tensor, Tensor], None]
@@ -68,12 +74,24 @@ class SpectralNormResult:
     sigma_upper: Tensor
 
 
+def _disconnected(
+    found: str = "the model's output has no autograd path to its input",
+) -> DisconnectedOutputError:
+    return DisconnectedOutputError(
+        f"{found}: a .detach(), torch.no_grad or integer values cut the path, so the Jacobian cannot be "
+        "measured, and a sigma of 0 would claim that the model is constant; compute the output from the "
+        "input with differentiable operations"
+    )
+
+
 class JacobianOperator:
     """The Jacobian of one batched evaluation y = f(x), applied without ever forming it.
 
     Built from an autograd graph linking y (B, ...) to x (B, ...). The graph is evaluated once and
     reused by every product, so a stateful or random model is measured at exactly that call.
-    `samples` restricts the operator to the first that many samples of the batch.
+    `samples` restricts the operator to the first that many samples of the batch. An output without
+    an autograd path to x raises `DisconnectedOutputError`; one whose Jacobian is zero (round, floor)
+    gives zero products.
     """
 
     def __init__(self, y: Tensor, x: Tensor, *, samples: int | None = None) -> None:
@@ -82,6 +100,8 @@ class JacobianOperator:
             raise ModelOutputError(
                 f"the model's output has {found}, expected batch dimension {x.shape[0]} like its input"
             )
+        if not y.requires_grad:
+            raise _disconnected()
         self.y = y
         self.x = x
         self.samples = x.shape[0] if samples is None else min(samples, x.shape[0])
@@ -106,7 +126,7 @@ class JacobianOperator:
                 "pick one output of a model that returns several (a dict or a tuple)"
             )
         if not torch.is_floating_point(y):
-            raise ModelOutputError(f"the model returned a {y.dtype} tensor, expected a floating tensor")
+            raise _disconnected(f"the model returned a {str(y.dtype).removeprefix('torch.')} tensor")
         if not bool(torch.isfinite(y).all()):
             raise ModelOutputError("the model's output contains NaN or Inf at this input")
         return cls(y, x)
@@ -133,12 +153,10 @@ class JacobianOperator:
         so the products that follow reuse it without a backward of their own (J u, the derivative
         of the linear map w -> J^T w, is the same whichever w the graph is built at).
         """
-        if not self.y.requires_grad:
-            return torch.zeros(self.input_shape, dtype=self.x.dtype, device=self.x.device)
         if keep_for_jvp and self._transpose is None:
             g = self._build_transpose(self._pad(v, self.y).detach())
             if g is None:
-                return torch.zeros(self.input_shape, dtype=self.x.dtype, device=self.x.device)
+                raise _disconnected()
             return g[: self.samples].detach()
         (g,) = torch.autograd.grad(
             self.y,
@@ -149,7 +167,7 @@ class JacobianOperator:
             allow_unused=True,
         )
         if g is None:
-            return torch.zeros(self.input_shape, dtype=self.x.dtype, device=self.x.device)
+            raise _disconnected()
         return g[: self.samples]
 
     def _build_transpose(self, w: Tensor) -> Tensor | None:
@@ -162,9 +180,9 @@ class JacobianOperator:
 
     def jvp(self, u: Tensor, *, create_graph: bool = False) -> Tensor:
         """J u for u of the input's shape, by differentiating w -> J^T w, which is linear in w."""
-        if self._transpose is None and self.y.requires_grad:
-            self._build_transpose(torch.zeros_like(self.y))
-        if self._transpose is None or not self._transpose.requires_grad:
+        if self._transpose is None and self._build_transpose(torch.zeros_like(self.y)) is None:
+            raise _disconnected()
+        if self._transpose is None or not self._transpose.requires_grad:  # J^T w = 0 for every w: J = 0
             return torch.zeros(self.output_shape, dtype=self.y.dtype, device=self.y.device)
         (ju,) = torch.autograd.grad(
             self._transpose,
@@ -276,7 +294,9 @@ def _non_finite_products(samples: list[int]) -> AuditFailedError:
 
 
 def _row_norm(v: Tensor) -> Tensor:
-    return torch.linalg.vector_norm(v, dim=1)
+    """||v_b|| per row, accumulated in float64: in float32 the squares of a model's products underflow
+    once its norm is below about 1e-10, and a zero norm would end the sample's run."""
+    return torch.linalg.vector_norm(v, dim=1, dtype=torch.float64).to(v.dtype)
 
 
 def _safe_divide(v: Tensor, norms: Tensor) -> Tensor:
@@ -515,7 +535,9 @@ class _RitzProblem:
             gap = np.maximum(theta - values[:, -2], 0)
             with np.errstate(divide="ignore", invalid="ignore"):
                 error = np.where(gap > 0, np.minimum(estimate, estimate**2 / gap), estimate)
-        exhausted = beta <= 16 * self.rounding * np.maximum(np.abs(values).max(1), self.rounding)
+        # Relative to H's own scale, with no absolute floor: a model whose norm is 1e-8 is as well
+        # measured as one whose norm is 1 (an absolute floor called its Krylov space exhausted at once).
+        exhausted = beta <= 16 * self.rounding * np.abs(values).max(1)
         self.values, self.vectors, self.estimate = values, vectors, estimate
         # Stop when the Ritz value is accurate to tol (Kato-Temple) and, at the stricter confidence,
         # no singular value lies more than STOP_WIDTH tol above it, or the residual has reached its
@@ -544,7 +566,7 @@ class _RitzProblem:
         """The probabilistic bound on lambda_max of the samples `rows` from the current Ritz problem,
         for a start component of at least exp(log_floor) (docs/engine.md, "Error bars")."""
         values, theta = self.values[rows], np.maximum(self.values[rows, -1], 0)
-        floor = RESIDUAL_FLOOR * self.rounding * np.maximum(theta, self.rounding)
+        floor = RESIDUAL_FLOOR * self.rounding * theta
         log_norm = _log_krylov_residual(
             values, self.vectors[rows], self.start[rows, : values.shape[1]],
             np.maximum(self.estimate[rows], floor),
@@ -637,13 +659,17 @@ def _largest_root(roots: np.ndarray, log_target: np.ndarray, steps: int = 100) -
         usable = np.isfinite(log_target)
         u = np.where(usable, log_target, 0) / count
         target = np.where(usable, log_target, 0)
+        # A row stops moving once its step is negligible, so its root does not depend on how long
+        # the other rows of the batch take (a sample's result must not depend on its batch).
+        done = ~usable
         for _ in range(steps):
             logs = np.logaddexp(u[:, None], log_distance)
             value = logs.sum(1) - target
             slope = np.exp(u[:, None] - logs).sum(1)
-            step = value / slope
+            step = np.where(done, 0, value / slope)
             u = u - step
-            if not (np.abs(step) > 1e-14 * np.maximum(1, np.abs(u))).any():
+            done |= ~(np.abs(step) > 1e-14 * np.maximum(1, np.abs(u)))
+            if done.all():
                 break
         root = top + np.exp(u)
     return np.where(usable, root, np.where(log_target == -np.inf, top, np.inf))
@@ -743,6 +769,9 @@ def spectral_norm(
             of range.
         ModelOutputError: f returned a non-tensor, NaN or Inf, or a batch of another size.
         BatchCouplingError: f mixes samples (BatchNorm in training mode, attention over the batch).
+        DisconnectedOutputError: (an AuditFailedError) f's output has no autograd path to x (a
+            detach, torch.no_grad, an integer output). A connected output whose Jacobian is zero
+            (round, floor, sign) gives sigma 0.
     """
     check_input(x)
     _check_settings(method, max_iter, tol, krylov_dim, confidence)

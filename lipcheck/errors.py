@@ -47,6 +47,11 @@ class AuditFailedError(LipcheckError):
     report: Any = None
 
 
+class DisconnectedOutputError(AuditFailedError):
+    """The model's output has no autograd path to its input (a detach, torch.no_grad, integer values),
+    so its Jacobian cannot be measured: a sigma of 0 would claim a constant model."""
+
+
 class UnsupportedOperationError(LipcheckError):
     """A model cannot be bounded: it holds an operation without a Lipschitz rule, or has no graph to walk."""
 

@@ -16,6 +16,10 @@ ZIP_MAGIC = b"PK\x03\x04"
 NPY_MAGIC = b"\x93NUMPY"
 PICKLE_PROTOCOL_MARK = 0x80
 
+# The most bytes of one array read whole into memory (an .npz member, which numpy cannot map), as its
+# file declares them, unless --max-read-bytes says more: 2 GiB.
+MAX_READ_BYTES = 2**31
+
 
 def read_head(path: Path) -> bytes:
     """The first bytes of a regular file; empty for a folder."""

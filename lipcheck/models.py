@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lipcheck.errors import InputError, describe, first_line
+from lipcheck.errors import AuditFailedError, InputError, describe, first_line
 from lipcheck.file_formats import ZIP_MAGIC, is_safetensors, is_torch_save, read_head, zip_members
 
 _STATE_DICT_KEYS = ("state_dict", "model_state_dict")
@@ -276,6 +276,8 @@ def _build_arch(arch: str, arch_kwargs: Mapping[str, Any], file: Path | None) ->
             module = importlib.import_module(source)
     except InputError:
         raise
+    except SystemExit as error:
+        raise _exited(arch, "at import", error) from error
     except Exception as error:
         raise InputError(
             f"--arch {arch!r} cannot be imported ({describe(error)}): fix the file or the module path"
@@ -285,6 +287,8 @@ def _build_arch(arch: str, arch_kwargs: Mapping[str, Any], file: Path | None) ->
         raise InputError(f"--arch {arch!r}: '{source}' has no callable named '{name}'")
     try:
         built = factory(**arch_kwargs)
+    except SystemExit as error:
+        raise _exited(arch, f"in '{name}'", error) from error
     except Exception as error:
         raise InputError(
             f"--arch {arch!r} failed with --arch-kwargs {json.dumps(dict(arch_kwargs))} ({describe(error)})"
@@ -292,6 +296,14 @@ def _build_arch(arch: str, arch_kwargs: Mapping[str, Any], file: Path | None) ->
     if not isinstance(built, nn.Module):
         raise InputError(f"--arch {arch!r} returned {type(built).__name__}, expected a torch.nn.Module")
     return built
+
+
+def _exited(arch: str, when: str, error: SystemExit) -> AuditFailedError:
+    """The audit failure of an --arch file that tried to end the process (`sys.exit`, `exit()`)."""
+    return AuditFailedError(
+        f"--arch {arch!r} raised SystemExit({error.code!r}) {when}: model code cannot end lipcheck; "
+        "remove the exit (put a script's code under `if __name__ == '__main__':`)"
+    )
 
 
 def _import_file(file: Path) -> Any:
@@ -424,6 +436,11 @@ def load_model(
         loaded = model_format.load(file, trust_pickle)
     except InputError:
         raise
+    except SystemExit as error:  # a trusted pickle runs code, which cannot end lipcheck
+        raise AuditFailedError(
+            f"model file '{file}' raised SystemExit({error.code!r}) while loading: model code cannot end "
+            "lipcheck; save the model without the exit"
+        ) from error
     except Exception as error:
         raise InputError(
             f"model file '{file}' looks like {model_format.name} but cannot be read, it is truncated or "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -312,7 +313,17 @@ def junit_xml(
         failure = ET.SubElement(case, "failure", message=verdict.message, type=verdict.name)
         failure.text = "\n".join(lines)
     ET.indent(root)
-    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+    document = ET.tostring(root, encoding="unicode")
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + _NOT_XML.sub(_escaped, document) + "\n"
+
+
+# Characters XML 1.0 cannot hold, even escaped: control characters but tab and newlines, surrogates,
+# U+FFFE and U+FFFF. A path or a message may carry them; the document shows them as '\\xNN' escapes.
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def _escaped(match: re.Match[str]) -> str:
+    return match.group().encode("unicode_escape").decode("ascii")
 
 
 def github_annotations(verdicts: Sequence[RuleVerdict]) -> list[str]:
@@ -327,8 +338,6 @@ def github_annotations(verdicts: Sequence[RuleVerdict]) -> list[str]:
 def _escape(text: str, property: bool = False) -> str:
     text = text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
     return text.replace(":", "%3A").replace(",", "%2C") if property else text
-
-
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -389,8 +398,6 @@ def render_bound_markdown(report: ModelBoundReport) -> str:
     if bound.assumptions:
         lines += ["", f"Assumed with `--assume` (not verified): {_assumptions(report)}."]
     return "\n".join(lines) + "\n"
-
-
 
 
 # A comparison of two reports.

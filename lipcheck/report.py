@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -119,6 +120,7 @@ class Settings:
             raise InputError(f"--confidence must be in (0, 1), such as 0.99, got {self.confidence:g}")
         if self.max_iter < 1:
             raise InputError(f"--max-iter must be at least 1, got {self.max_iter}")
+        check_seed(self.seed)
         if self.batch_size < 1:
             raise InputError(f"--batch-size must be at least 1, got {self.batch_size}")
         steps, radius = self.search_steps, self.search_radius
@@ -132,6 +134,22 @@ class Settings:
             raise InputError(f"--search-steps must be at least 0, got {steps}")
         if radius is not None and not (radius >= 0 and math.isfinite(radius)):
             raise InputError(f"--search-radius must be a finite number >= 0, got {radius:g}")
+
+
+def path_text(path: str | Path) -> str:
+    """A path as text that every output can hold: bytes of the name that are not UTF-8 (which Python
+    keeps as lone surrogates) become '\\xNN' escapes, as `ls -b` shows them."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+# The largest seed a torch.Generator and numpy take (a signed 64-bit integer).
+MAX_SEED = 2**63 - 1
+
+
+def check_seed(seed: int) -> None:
+    """InputError naming --seed when it is not in 0..MAX_SEED."""
+    if not 0 <= seed <= MAX_SEED:
+        raise InputError(f"--seed must be in 0..{MAX_SEED} (2**63 - 1), got {seed}")
 
 
 @dataclass(frozen=True)
@@ -214,6 +232,7 @@ class Report:
     lipcheck_version: str = ""
     schema_version: int = SCHEMA_VERSION
     bound: BoundReport | None = None
+    notes: tuple[str, ...] = ()  # what a reader of the figures must know (a Jacobian zero everywhere)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict whose keys follow the schema; lists where the dataclasses hold tuples."""
@@ -230,6 +249,8 @@ class Report:
         body["summary"] = asdict(self.summary)
         body["gate"] = {"passed": self.gate.passed, "rules": [asdict(rule) for rule in self.gate.rules]}
         body.update(self._bound_sections())
+        if self.notes:
+            body["notes"] = list(self.notes)
         return body
 
     def _bound_sections(self) -> dict[str, Any]:
@@ -286,6 +307,7 @@ class Report:
             lipcheck_version=data["lipcheck_version"],
             schema_version=data["schema_version"],
             bound=bound_from_dict(data) if "upper_bound" in data else None,
+            notes=tuple(data.get("notes", ())),
         )
 
     @classmethod

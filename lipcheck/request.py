@@ -15,6 +15,7 @@ from typing import Any
 
 from lipcheck.choices import Format
 from lipcheck.errors import InputError
+from lipcheck.file_formats import MAX_READ_BYTES
 from lipcheck.gate import RuleOptions
 from lipcheck.report import Settings
 
@@ -53,6 +54,7 @@ class DataSource:
     limit: int | None = None
     random_shape: tuple[int, ...] | None = None
     num_samples: int | None = None
+    max_read_bytes: int = MAX_READ_BYTES  # the largest array read whole (an .npz member)
 
     def validate(self) -> None:
         random = self.random_shape is not None
@@ -68,6 +70,8 @@ class DataSource:
             raise InputError("--limit goes with --data; with --random use --num-samples N")
         if self.limit is not None and self.limit < 1:
             raise InputError(f"--limit must be at least 1, got {self.limit}")
+        if self.max_read_bytes < 1:
+            raise InputError(f"--max-read-bytes must be at least 1, got {self.max_read_bytes}")
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -120,7 +121,17 @@ RAISED: dict[str, BaseException] = {
     "cuda-oom": torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"),
     "cpu-oom": RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: not enough memory"),
     "bug": KeyError("layer4"),
+    "exit": SystemExit(0),
+    "interrupt": KeyboardInterrupt(),
 }
+
+
+class InPlaceMLP(MLP):
+    """Scales its input in place: autograd refuses that on the audited input (a leaf that needs grad)."""
+
+    def forward(self, x: Tensor, scale: float = 1.0) -> Tensor:
+        x.mul_(2)
+        return super().forward(x, scale)
 
 
 class SlowMLP(MLP):
@@ -138,6 +149,44 @@ class SlowMLP(MLP):
 
 def make_raising(error: str) -> nn.Module:
     return RaisingMLP(error)
+
+
+class FlatMLP(MLP):
+    """An MLP whose output autograd cannot connect to the input (detach, no_grad, integers) or whose
+    Jacobian is zero everywhere (round, floor, sign): `how` names which."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+
+    def forward(self, x: Tensor, scale: float = 1.0) -> Tensor:
+        if self.how == "no_grad":
+            with torch.no_grad():
+                return super().forward(x, scale)
+        y = super().forward(x, scale)
+        flat = {"detach": y.detach, "integers": lambda: y.long().float(), "round": lambda: torch.round(y),
+                "floor": lambda: torch.floor(y), "sign": lambda: torch.sign(y)}  # fmt: skip
+        return flat[self.how]()
+
+
+def make_flat(how: str) -> nn.Module:
+    return FlatMLP(how)
+
+
+class WarningMLP(MLP):
+    """Warns in its forward, as torch and model code do (a UserWarning)."""
+
+    def forward(self, x: Tensor, scale: float = 1.0) -> Tensor:
+        warnings.warn("this model warns", UserWarning, stacklevel=1)
+        return super().forward(x, scale)
+
+
+def make_warning() -> nn.Module:
+    return WarningMLP()
+
+
+def make_in_place() -> nn.Module:
+    return InPlaceMLP()
 
 
 def make_slow(started: str) -> nn.Module:

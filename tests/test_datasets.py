@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import sys
 import tracemalloc
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +28,7 @@ from cli_fixtures import (
 from safetensors.numpy import save_file as save_numpy_safetensors
 from safetensors.torch import save_file
 
+import lipcheck
 from lipcheck.datasets import open_dataset, parse_shape, random_dataset
 from lipcheck.errors import InputError
 
@@ -220,3 +223,49 @@ def test_images_without_pillow(
     monkeypatch.setitem(sys.modules, "PIL", None)
     result = run("audit", files["export"], "--data", tmp_path / "images")
     assert_one_line_error(result, "images", 'pip install "lipcheck[images]"')
+
+
+def _zip_bomb(path: Path, values: int) -> Path:
+    """An .npz whose one array of `values` float32 zeros compresses to almost nothing."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f4", "fortran_order": False, "shape": (values // 4, 4)}
+    )
+    with (
+        zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive,
+        archive.open("x.npy", "w", force_zip64=True) as member,
+    ):
+        member.write(header.getvalue())
+        zeros = bytes(2**20)
+        for _ in range(values * 4 // len(zeros)):
+            member.write(zeros)
+    return path
+
+
+def test_an_npz_array_larger_than_the_limit_is_refused_before_it_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bomb = _zip_bomb(tmp_path / "bomb.npz", 2**24)  # 64 MiB of zeros in about 64 KiB
+    assert bomb.stat().st_size < 2**20
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the array was read")
+
+    monkeypatch.setattr(np.lib.npyio.NpzFile, "__getitem__", never)
+    with pytest.raises(
+        InputError, match=r"array 'x' expands to 67,108,992 bytes .* --max-read-bytes 1,048,576"
+    ):
+        open_dataset(bomb, max_read_bytes=2**20)
+    monkeypatch.undo()
+    assert len(open_dataset(bomb, max_read_bytes=2**27, limit=2)) == 2
+
+
+def test_max_read_bytes_is_a_flag_of_audit_and_an_argument_of_lipcheck_audit(tmp_path: Path) -> None:
+    np.savez(tmp_path / "x.npz", x=mlp_inputs(4))
+    save_file(MLP().state_dict(), tmp_path / "m.safetensors")
+    model = ("audit", tmp_path / "m.safetensors", "--arch", f"{ARCH}:make_mlp")
+    result = run(*model, "--data", tmp_path / "x.npz", "--max-read-bytes", "64")
+    assert_one_line_error(result, "array 'x' expands to", "--max-read-bytes 64", "raise --max-read-bytes")
+    with pytest.raises(InputError, match="--max-read-bytes 64"):
+        lipcheck.audit(MLP(), tmp_path / "x.npz", max_read_bytes=64)
+    assert lipcheck.audit(MLP(), tmp_path / "x.npz", max_read_bytes=2**20).summary.count == 4

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from lipcheck import (
     AuditFailedError,
     BatchCouplingError,
+    DisconnectedOutputError,
     InputError,
     JacobianOperator,
     LipcheckError,
@@ -189,10 +190,26 @@ def test_max_iter_reached_is_reported_as_not_converged(method: str) -> None:
 @pytest.mark.parametrize("method", METHODS)
 def test_zero_jacobian_gives_zero(method: str) -> None:
     x = torch.randn(3, 4)
-    for f in (lambda z: torch.zeros_like(z), lambda z: z * 0, lambda z: torch.ones(z.shape[0], 2)):
+    for f in (lambda z: z * 0, torch.round, torch.sign):  # connected to x, with a zero Jacobian
         result = spectral_norm(f, x, method=method)
         assert result.sigma.tolist() == [0.0, 0.0, 0.0]
         assert bool(result.converged.all())
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_an_output_not_connected_to_the_input_is_refused(method: str) -> None:
+    """Zero would claim a constant model: an output without an autograd path to x says nothing."""
+    x = torch.randn(3, 4)
+    weight = torch.randn(4, 2, requires_grad=True)
+    for f in (
+        torch.zeros_like,
+        lambda z: torch.ones(z.shape[0], 2),
+        lambda z: torch.tanh(z).detach(),
+        lambda z: z.long(),
+        lambda z: torch.zeros_like(z) @ weight,  # has a graph, but not to x
+    ):
+        with pytest.raises(DisconnectedOutputError, match="no autograd path|returned a int64 tensor"):
+            spectral_norm(f, x, method=method)
 
 
 def test_scalar_output_per_sample() -> None:
@@ -266,7 +283,7 @@ def test_batchnorm_in_eval_mode_is_fine() -> None:
         (torch.ones(2, 3), lambda z: z / 0 * 0, {}, ModelOutputError, "NaN or Inf"),
         (torch.ones(2, 3), lambda z: z[:1], {}, ModelOutputError, "batch dimension 1.*expected.*2"),
         (torch.ones(2, 3), lambda z: z.sum(), {}, ModelOutputError, "scalar"),
-        (torch.ones(2, 3), lambda z: (z > 0).long(), {}, ModelOutputError, "floating"),
+        (torch.ones(2, 3), lambda z: (z > 0).long(), {}, DisconnectedOutputError, "int64 tensor"),
         (torch.ones(2, 3), torch.tanh, {"tol": 0.0}, InputError, "tol must be a number in \\(0, 1\\)"),
         (torch.ones(2, 3), torch.tanh, {"tol": 1.5}, InputError, "tol"),
         (torch.ones(2, 3), torch.tanh, {"max_iter": 0}, InputError, "max_iter must be a positive integer"),

@@ -198,3 +198,32 @@ def test_confidence_must_be_a_probability(confidence) -> None:
 
     with pytest.raises(InputError, match="confidence"):
         spectral_norm(torch.tanh, torch.ones(2, 3), confidence=confidence)
+
+
+@pytest.mark.parametrize("scale", [1e-12, 1e-8, 1e8, 1e12])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_scale_of_the_model_does_not_change_the_relative_result(scale: float, dtype: torch.dtype) -> None:
+    # Every threshold is relative to the sample's own values: at norm 1e-8 a fixed absolute floor
+    # once called the Krylov space exhausted after one product, 68% low.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.Tanh(), nn.Linear(32, 16)).to(dtype).eval()
+    x = torch.randn(8, 16, dtype=dtype, generator=torch.Generator().manual_seed(1))
+    exact = singular_values(model, x)[:, 0]
+    result = spectral_norm(lambda z: scale * model(z), x)
+    error = (result.sigma.double() / scale - exact).abs() / exact
+    assert float(error.max()) <= 1e-4
+    assert bool((result.sigma_upper.double() / scale >= exact * (1 - 1e-6)).all())
+
+
+def test_a_samples_bound_and_stop_do_not_depend_on_its_batch() -> None:
+    # The root-finding of the bound runs over the batch at once; a row that has converged stops
+    # moving, so a sample alone and in a batch stops at the same product with the same bound (in
+    # float64, where the model's own arithmetic does not depend on the batch's size either).
+    model, x = corpus()["tanh MLP"]
+    model, x = copy.deepcopy(model).double(), x[:24].double()
+    full = spectral_norm(model, x)
+    for index in (0, 7, 23):
+        alone = spectral_norm(model, x[index : index + 1])
+        assert alone.iterations.item() == full.iterations[index].item()
+        assert alone.sigma.item() == pytest.approx(full.sigma[index].item(), rel=1e-12)
+        assert alone.sigma_upper.item() == pytest.approx(full.sigma_upper[index].item(), rel=1e-9)

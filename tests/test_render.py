@@ -86,3 +86,14 @@ def test_junit_timestamp_is_utc_without_a_zone_as_its_schema_wants(started: str,
     report = replace(report, timing=replace(report.timing, started=started))
     suite = ET.fromstring(render_junit(report)).find("testsuite")
     assert suite is not None and suite.get("timestamp") == expected
+
+
+@pytest.mark.parametrize("name", ["data\x1b[31m.npy", "line\x0bfeed.npy", "bad\udcffname.npy", "nul\x00.npy"])
+def test_junit_stays_valid_xml_with_characters_xml_cannot_hold_in_a_path(name: str) -> None:
+    report = make_report([0.5, 1.5], threshold=1.0)
+    report = replace(report, model=replace(report.model, path=name), data=replace(report.data, path=name))
+    document = render_junit(report)
+    document.encode("utf-8")  # no lone surrogate left
+    suite = ET.fromstring(document).find("testsuite")
+    assert suite is not None
+    assert suite.get("name") == name.encode("unicode_escape").decode("ascii")  # shown as \x1b, \udcff
