@@ -160,8 +160,8 @@ def _interpolation(site: Site) -> float:
     to 1, so the operation maps the all-ones input to all ones; that is checked, and it implies
     A_b 1 = c_b 1 with prod c_b = 1, so the scales of the columns read cancel in the product of norms.
     """
-    shape = site.shape("input" if "input" in site.args else "self")
     argument = "input" if "input" in site.args else "self"
+    shape = site.shape(argument)
     d = len(shape) - 2
     spatial = shape[2:]
     ones = site.call_with(argument, torch.ones((1, 1, *spatial), dtype=torch.float64))
@@ -179,5 +179,5 @@ def _interpolation(site: Site) -> float:
         columns = outputs[tuple(index)]  # (n, n_out): column i of A_axis in row i
         factor *= float(torch.linalg.matrix_norm(columns, ord=2))
     factor = with_margin(factor)
-    kind = str(site.node.target.overloadpacket).split(".")[-1].lstrip("_")
+    kind = site.name.split(".")[1].lstrip("_")  # aten._upsample_bilinear2d_aa.vec: upsample_bilinear2d_aa
     return site.scale(argument, kind, factor, "exact: product of the per-axis interpolation norms")
