@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import warnings
 
 import pytest
@@ -419,8 +420,13 @@ def test_large_matrices_use_gram_iteration(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_an_operation_without_a_rule_is_named_with_the_fix() -> None:
-    with pytest.raises(UnsupportedOperationError, match=r"'aten\.special_erfc\.default'.*assume="):
+    # the command line's syntax first (most users meet it there), then Python's
+    operation = "aten.special_erfc.default"
+    fix = re.escape(f"--assume {operation}=L (from Python: assume={{'{operation}': L}})")
+    with pytest.raises(UnsupportedOperationError, match=r"'aten\.special_erfc\.default'.*" + fix):
         lipcheck.upper_bound(Erf(), (4,))
+    with pytest.raises(UnsupportedOperationError, match=r"pass --assume aten\.mul\.Tensor=L \(from Python"):
+        lipcheck.upper_bound(Square(), (3,))
 
 
 def test_assume_supplies_the_constant_and_is_recorded() -> None:

@@ -236,9 +236,8 @@ class GraphBound:
         if rule is None:
             raise UnsupportedOperationError(
                 f"cannot bound operation {name!r} (node {node.name!r}{where(node)}): lipcheck has no "
-                f"Lipschitz rule for it; if you know a Lipschitz constant L for it, pass "
-                f"assume={{{name!r}: L}} (on the command line: --assume {name}=L) and take responsibility "
-                "for it"
+                f"Lipschitz rule for it; if you know a Lipschitz constant L for it, pass --assume {name}=L "
+                f"(from Python: assume={{{name!r}: L}}) and take responsibility for it"
             )
         try:
             bound = rule(site)
@@ -335,8 +334,8 @@ class Site:
             raise UnsupportedOperationError(
                 f"cannot bound operation {self.name!r} (node {self.node.name!r}{where(self.node)}): its "
                 f"argument {argument!r} depends on the input, so the operation is not Lipschitz with a "
-                f"constant lipcheck can compute; pass assume={{{self.name!r}: L}} (--assume "
-                f"{self.name}=L) if you know one"
+                f"constant lipcheck can compute; pass --assume {self.name}=L (from Python: "
+                f"assume={{{self.name!r}: L}}) if you know one"
             )
         return torch.fx.node.map_arg(self.args.get(argument), lambda item: self.walker.constants[item])
 
