@@ -444,16 +444,20 @@ def bound_model(
     *,
     assume: Mapping[str, float] | None = None,
     settings: Settings | None = None,
+    model_kwargs: Mapping[str, Any] | None = None,
 ) -> BoundReport:
     """The certified upper bound of a loaded model (`lipcheck.upper_bound`); errors name the model file.
 
     With audit `settings`, the bound is of the function the audit measures: the model called with the
     settings' `model_kwargs` (`--arg`), and only the output `output_key` picks (`--output-key`), so the
-    bracket compares like with like. Without, it is of the model's default call, all outputs together.
+    bracket compares like with like. Without, it is of the model called with `model_kwargs` (`lipcheck
+    bound --arg`), all outputs together.
     """
     module: Any = model.module
-    if settings is not None and (settings.model_kwargs or settings.output_key is not None):
-        module = _AuditedFunction(module, settings.model_kwargs, settings.output_key)
+    kwargs = settings.model_kwargs if settings is not None else (model_kwargs or {})
+    output_key = settings.output_key if settings is not None else None
+    if kwargs or output_key is not None:
+        module = _AuditedFunction(module, kwargs, output_key)
     try:
         return upper_bound(module, tuple(input_shape), assume=assume)
     except LipcheckError as error:
@@ -465,12 +469,14 @@ def run_bound(
     input_shape: Sequence[int],
     *,
     assume: Mapping[str, float] | None = None,
+    model_kwargs: Mapping[str, Any] | None = None,
     load_seconds: float = 0.0,
 ) -> ModelBoundReport:
-    """`lipcheck bound`: the certified bound of a model file at one input shape, with provenance."""
+    """`lipcheck bound`: the certified bound of a model file at one input shape, with provenance; the
+    model is called with `model_kwargs` (`--arg`) besides the input."""
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     begin = time.perf_counter()
-    bound = bound_model(model, input_shape, assume=assume)
+    bound = bound_model(model, input_shape, assume=assume, model_kwargs=model_kwargs)
     seconds = time.perf_counter() - begin
     return ModelBoundReport(
         model=model_section(model),

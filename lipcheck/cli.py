@@ -805,12 +805,14 @@ lipcheck bound model.pt2 --input-shape 3x32x32
 lipcheck bound model.pt2 --input-shape 20 --format json | jq .upper_bound
 lipcheck bound weights.safetensors --arch nets.py:make_denoiser --input-shape 1,64,64 --format markdown
 lipcheck bound model.pt2 --input-shape 3x32x32 --assume aten.erf.default=1.13 --output bound.json
+lipcheck bound weights.pt --arch nets.py:make_drunet --input-shape 1x32x32 --arg sigma=0.1
 lipcheck audit model.pt2 --data x.npy --bound --fail-above-bound 10
 ```
 
 Exit codes: 0 done, 2 bad input or usage, or a model that cannot be bounded (TorchScript, a graph
 torch.export cannot capture, an operation without a rule: the error names it and the --assume to pass),
-3 the model's code exited (sys.exit) while it was loaded or traced.
+3 a bound that overflows float64 (no finite bound is certified), or the model's code exited (sys.exit)
+while it was loaded or traced.
 """
 
 
@@ -859,6 +861,7 @@ def bound(
     arch: ArchOption = None,
     arch_kwargs: ArchKwargsOption = None,
     trust_pickle: TrustPickleOption = False,
+    model_arg: ModelArgOption = None,
     assume: BoundAssumeOption = None,
     output_format: Annotated[
         Format | None,
@@ -894,6 +897,7 @@ def bound(
         )
     shape = parse_shape(input_shape, "--input-shape")
     assumed = parse_assumptions(assume)
+    model_kwargs = parse_model_args(model_arg)
     kwargs = _parse_json_object(arch_kwargs, "--arch-kwargs")
     outputs = prepare_outputs(
         [output] if output is not None else [],
@@ -902,7 +906,9 @@ def bound(
     fmt = _output_format(output_format, outputs, BOUND_REPORT)
     begin = time.perf_counter()
     loaded = load_model(model, arch=arch, arch_kwargs=kwargs, trust_pickle=trust_pickle)
-    report = run_bound(loaded, shape, assume=assumed, load_seconds=time.perf_counter() - begin)
+    report = run_bound(
+        loaded, shape, assume=assumed, model_kwargs=model_kwargs, load_seconds=time.perf_counter() - begin
+    )
     _write(report, BOUND_REPORT, outputs, fmt, quiet)
 
 

@@ -390,7 +390,8 @@ def wrap_model(model: Callable[..., Any]) -> LoadedModel:
     """
     digest = hashlib.sha256()
     if isinstance(model, nn.Module):
-        model.eval()
+        with contextlib.suppress(NotImplementedError):  # an exported program's module refuses eval()
+            model.eval()
         for name, tensor in model.state_dict().items():
             digest.update(name.encode())
             digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())

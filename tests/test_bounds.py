@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import warnings
 
 import pytest
@@ -83,6 +84,32 @@ class Square(nn.Module):
         return x * x
 
 
+class Interpolate(nn.Module):
+    def __init__(self, **options: object) -> None:
+        super().__init__()
+        self.options = options
+
+    def forward(self, x: Tensor) -> Tensor:
+        return nn.functional.interpolate(x, **self.options)  # type: ignore[arg-type]
+
+
+class SplitSliceCat(nn.Module):
+    """Chunks, a strided slice and a split, scaled differently and joined again."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        first, second = x.chunk(2, dim=1)
+        head, tail = torch.split(x, [1, 4], dim=2)
+        parts = [3 * first, -second, x[:, :, ::2], 0.5 * head, tail]
+        return torch.cat([part.flatten(1) for part in parts], dim=1)
+
+
+def PReLUWithSlopes(slopes: list[float]) -> nn.PReLU:  # noqa: N802 (a layer factory)
+    layer = nn.PReLU(len(slopes))
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor(slopes))
+    return layer
+
+
 # Every supported layer kind, alone or in a small model: (model, input shape).
 LAYER_KINDS: dict[str, tuple[nn.Module, tuple[int, ...]]] = {
     "linear": (nn.Linear(7, 5), (7,)),
@@ -122,6 +149,19 @@ LAYER_KINDS: dict[str, tuple[nn.Module, tuple[int, ...]]] = {
     "group_norm": (nn.GroupNorm(2, 4, eps=1e-3), (4, 3, 3)),
     "layer_norm_mlp": (nn.Sequential(nn.Linear(6, 8), nn.LayerNorm(8), nn.GELU(), nn.Linear(8, 3)), (6,)),
     "upsample_nearest": (nn.Upsample(scale_factor=2), (1, 3, 3)),
+    "upsample_nearest_exact": (Interpolate(size=(5, 7), mode="nearest-exact"), (2, 3, 4)),
+    "upsample_bilinear": (nn.Upsample(scale_factor=2, mode="bilinear"), (2, 3, 4)),
+    "upsample_bilinear_aligned": (Interpolate(size=(7, 5), mode="bilinear", align_corners=True), (1, 4, 3)),
+    "upsample_bilinear_antialias": (Interpolate(size=(3, 2), mode="bilinear", antialias=True), (1, 7, 5)),
+    "upsample_bicubic": (Interpolate(scale_factor=1.5, mode="bicubic"), (1, 4, 4)),
+    "upsample_linear1d": (Interpolate(size=9, mode="linear"), (2, 4)),
+    "upsample_trilinear": (Interpolate(size=(3, 4, 2), mode="trilinear"), (1, 2, 3, 3)),
+    "pixel_shuffle": (nn.PixelShuffle(2), (8, 2, 3)),
+    "pixel_unshuffle": (nn.PixelUnshuffle(2), (2, 4, 6)),
+    "reflection_pad": (nn.ReflectionPad2d((1, 2, 0, 1)), (1, 3, 4)),
+    "replication_pad": (nn.ReplicationPad2d((2, 0, 1, 1)), (2, 3, 3)),
+    "split_slice_cat": (SplitSliceCat(), (4, 5)),
+    "prelu_steep": (nn.Sequential(nn.Linear(4, 4), PReLUWithSlopes([-3.0, 0.5, 2.0, 0.1])), (4,)),
     "pad_constant": (nn.ConstantPad2d((1, 2, 0, 1), 0.5), (1, 3, 3)),
     "flatten_unflatten": (nn.Sequential(nn.Flatten(), nn.Linear(12, 12), nn.Unflatten(1, (3, 4))), (3, 4)),
     "dropout_eval": (nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5), nn.Linear(4, 2)), (4,)),
@@ -200,7 +240,10 @@ def test_bound_is_never_below_the_largest_jacobian_norm(kind: str) -> None:
 EXACT_LAYERS = (
     "linear", "conv2d_circular", "avg_pool", "avg_pool_ceil_no_pad_count", "avg_pool_divisor", "avg_pool1d",
     "adaptive_avg_pool", "global_avg_pool", "upsample_nearest", "pad_constant", "conv2d_1x1_strided",
-    "batch_norm_alone", "identity", "linear_no_bias_3d_input", "max_pool1d",
+    "batch_norm_alone", "identity", "linear_no_bias_3d_input", "max_pool1d", "upsample_nearest_exact",
+    "upsample_bilinear", "upsample_bilinear_aligned", "upsample_bilinear_antialias", "upsample_bicubic",
+    "upsample_linear1d", "upsample_trilinear", "pixel_shuffle", "pixel_unshuffle", "reflection_pad",
+    "replication_pad",
 )  # fmt: skip
 
 
@@ -377,8 +420,13 @@ def test_large_matrices_use_gram_iteration(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_an_operation_without_a_rule_is_named_with_the_fix() -> None:
-    with pytest.raises(UnsupportedOperationError, match=r"'aten\.special_erfc\.default'.*assume="):
+    # the command line's syntax first (most users meet it there), then Python's
+    operation = "aten.special_erfc.default"
+    fix = re.escape(f"--assume {operation}=L (from Python: assume={{'{operation}': L}})")
+    with pytest.raises(UnsupportedOperationError, match=r"'aten\.special_erfc\.default'.*" + fix):
         lipcheck.upper_bound(Erf(), (4,))
+    with pytest.raises(UnsupportedOperationError, match=r"pass --assume aten\.mul\.Tensor=L \(from Python"):
+        lipcheck.upper_bound(Square(), (3,))
 
 
 def test_assume_supplies_the_constant_and_is_recorded() -> None:
@@ -445,3 +493,148 @@ def test_float32_models_are_bounded_in_float64() -> None:
     model = nn.Linear(10, 10)
     report = lipcheck.upper_bound(model, 10)
     assert report.upper_bound >= float(torch.linalg.matrix_norm(model.weight.detach().double(), ord=2))
+
+
+class InPlace(nn.Module):
+    """Convolutions joined by in-place operations, one of them through a view (as DnCNN and UNet do)."""
+
+    def __init__(self, in_place: bool) -> None:
+        super().__init__()
+        self.in_place = in_place
+        self.first = nn.Conv2d(1, 3, 3, padding=1)
+        self.second = nn.Conv2d(3, 3, 3, padding=1)
+        self.third = nn.Conv2d(3, 1, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.first(x)
+        if self.in_place:
+            y.view(1, 3, -1).relu_()  # mutates y through a view: later reads of y see the ReLU
+            y.mul_(3.0)
+            z = self.second(y)
+            nn.functional.leaky_relu_(z, -2.0)
+            nn.functional.hardtanh_(z.clamp_(-1.0, 1.0))
+            torch.sigmoid_(z)
+            w = self.third(z)
+            w.add_(x, alpha=-2.0)
+            return w.tanh_()
+        y = 3.0 * torch.relu(y)
+        z = torch.clamp(nn.functional.leaky_relu(self.second(y), -2.0), -1.0, 1.0)
+        z = torch.sigmoid(nn.functional.hardtanh(z))
+        return torch.tanh(self.third(z) - 2.0 * x)
+
+
+def test_in_place_operations_take_the_rule_of_their_out_of_place_form() -> None:
+    torch.manual_seed(11)
+    in_place = prepared(InPlace(in_place=True))
+    out_of_place = prepared(InPlace(in_place=False))
+    out_of_place.load_state_dict(in_place.state_dict())
+    x = torch.randn(1, 1, 5, 5, dtype=torch.float64)
+    assert torch.allclose(in_place(x.clone()), out_of_place(x))
+    report = lipcheck.upper_bound(in_place, (1, 5, 5))
+    expected = lipcheck.upper_bound(out_of_place, (1, 5, 5))
+    assert report.upper_bound == pytest.approx(expected.upper_bound, rel=1e-12)
+    assert report.upper_bound >= largest_jacobian_norm(out_of_place, (1, 5, 5))  # the same function
+    assert "scale" in [layer.kind for layer in report.layers]  # mul_ by 3 was seen through the aliasing
+
+
+def test_an_in_place_operation_on_the_input_is_bounded() -> None:
+    class ReluInput(nn.Module):
+        def forward(self, x: Tensor) -> Tensor:
+            x.relu_()
+            return 2 * x
+
+    assert lipcheck.upper_bound(ReluInput(), (3,)).upper_bound == pytest.approx(2.0, rel=EXACT)
+
+
+class Amplifier(nn.Module):
+    """Twenty layers scaled by 1e30, then two copies concatenated: the bound passes float64's range."""
+
+    def __init__(self, scale: float = 1e30, layers: int = 20) -> None:
+        super().__init__()
+        self.scale = scale
+        self.layers = layers
+
+    def forward(self, x: Tensor) -> Tensor:
+        for _ in range(self.layers):
+            x = self.scale * x
+        return torch.cat([x, x])
+
+
+def test_a_bound_that_overflows_float64_fails_with_a_message() -> None:
+    with pytest.raises(lipcheck.AuditFailedError, match="overflows.*no finite bound"):
+        lipcheck.upper_bound(Amplifier(1e30, 20), (3,))
+
+
+def test_large_finite_bounds_are_composed_without_overflow() -> None:
+    # sqrt(L1^2 + L2^2) of a concatenation once squared 1e200 and raised a bare OverflowError
+    report = lipcheck.upper_bound(Amplifier(1e200, 1), (3,))
+    assert report.upper_bound == pytest.approx(math.sqrt(2) * 1e200, rel=EXACT)
+
+
+def test_division_by_a_zero_constant_is_refused() -> None:
+    class DivideByZero(nn.Module):
+        def forward(self, x: Tensor) -> Tensor:
+            return x / torch.tensor([1.0, 0.0, 2.0])
+
+    with pytest.raises(UnsupportedOperationError, match="divides by a constant that is 0"):
+        lipcheck.upper_bound(DivideByZero(), (3,))
+
+
+def test_prelu_bound_is_its_steepest_slope() -> None:
+    # one channel at slope -3: at an input negative there the Jacobian of PReLU alone is diag(slopes)
+    layer = PReLUWithSlopes([-3.0, 0.5, 2.0, 0.1]).double()
+    x = -torch.ones(1, 4, 1, dtype=torch.float64)
+    exact = float(torch.linalg.matrix_norm(torch.func.jacrev(layer)(x).detach().reshape(4, 4), ord=2))
+    assert lipcheck.upper_bound(layer, (4, 1)).upper_bound == pytest.approx(exact, rel=EXACT) == 3.0
+
+
+class SelfAttention(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.attention = nn.MultiheadAttention(8, 2, batch_first=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.attention(x, x, x, need_weights=False)[0]
+
+
+def test_attention_is_refused_with_why_and_what_assume_would_mean() -> None:
+    with pytest.raises(UnsupportedOperationError) as raised:
+        lipcheck.upper_bound(SelfAttention().eval(), (4, 8))
+    message = str(raised.value)
+    assert "no global Lipschitz constant" in message and "'attention'" in message
+    assert "--assume aten.scaled_dot_product_attention.default=L" in message and "\n" not in message
+    assumed = lipcheck.upper_bound(
+        SelfAttention().eval(), (4, 8), assume={"aten.scaled_dot_product_attention.default": 1.0}
+    )
+    assert assumed.assumptions == {"aten.scaled_dot_product_attention.default": 1.0}
+
+
+def test_normalisation_factor_says_it_is_dominated_by_eps() -> None:
+    report = lipcheck.upper_bound(nn.LayerNorm(4, eps=1e-4), (4,))
+    assert "dominated by 1/sqrt(eps) = 100" in report.layers[0].method
+
+
+# Elementwise activations and a point where the slope is largest: the bound of the layer alone is its
+# slope there (the Jacobian at a constant input is that slope times the identity).
+STEEPEST_POINTS: dict[str, tuple[nn.Module, float]] = {
+    "relu": (nn.ReLU(), 1.0),
+    "leaky_relu": (nn.LeakyReLU(-1.5), -1.0),
+    "elu": (nn.ELU(2.0), -1e-9),
+    "gelu": (nn.GELU(), math.sqrt(2)),
+    "gelu_tanh": (nn.GELU(approximate="tanh"), 1.41850),
+    "silu": (nn.SiLU(), 2.39936),
+    "mish": (nn.Mish(), 1.49057),
+    "hardswish": (nn.Hardswish(), 3 - 1e-9),
+    "tanh": (nn.Tanh(), 0.0),
+    "sigmoid": (nn.Sigmoid(), 0.0),
+    "softplus": (nn.Softplus(), 40.0),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(STEEPEST_POINTS))
+def test_activation_bound_is_its_largest_slope(kind: str) -> None:
+    layer, point = STEEPEST_POINTS[kind]
+    bound = lipcheck.upper_bound(layer, (3,)).upper_bound
+    steepest = jacobian_norm(layer, torch.full((3,), point, dtype=torch.float64))
+    assert steepest <= bound <= steepest * (1 + 1e-8)
+    assert bound >= largest_jacobian_norm(layer, (3,))

@@ -51,6 +51,40 @@ def make_erfc() -> nn.Module:
     return Erfc()
 
 
+class NoiseLevel(nn.Module):
+    """A denoiser whose forward needs the noise level, as deepinv's DRUNet does: x - sigma conv(x)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1, padding_mode="circular")
+
+    def forward(self, x: Tensor, sigma: float) -> Tensor:
+        return self.conv(x) * sigma
+
+
+def make_noise_level() -> nn.Module:
+    torch.manual_seed(0)
+    return NoiseLevel()
+
+
+class Amplifier(nn.Module):
+    """A linear layer scaled by 1e30 twenty times: a bound past float64's range."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(3, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        for _ in range(20):
+            x = 1e30 * self.linear(x)
+        return x
+
+
+def make_amplifier() -> nn.Module:
+    torch.manual_seed(0)
+    return Amplifier()
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("bound")
@@ -153,6 +187,24 @@ def test_assume_supplies_a_constant_and_is_recorded(files: dict[str, Path]) -> N
     assert report["upper_bound"] >= largest_exact_norm(make_erfc(), (4,))
     table = run("bound", *args, "--assume", "aten.special_erfc=1.2", "--format", "table")
     assert "aten.special_erfc = 1.2" in table.stdout and "not verified" in table.stdout
+
+
+def test_arg_passes_keyword_arguments_of_the_forward_to_the_export(tmp_path: Path) -> None:
+    weights = tmp_path / "noise_level.safetensors"
+    save_file(make_noise_level().state_dict(), weights)
+    args = (weights, "--arch", f"{HERE}:make_noise_level", "--input-shape", "3x6x6")
+    assert_one_line_error(run("bound", *args), "noise_level.safetensors", "sigma", "--arg")
+    report = bound_json(*args, "--arg", "sigma=0.5")
+    expected = lipcheck.upper_bound(make_noise_level().conv, (3, 6, 6)).upper_bound
+    assert report["upper_bound"] == pytest.approx(0.5 * expected, rel=1e-9)
+    assert_one_line_error(run("bound", *args, "--arg", "sigma"), "--arg", "KEY=VALUE")
+
+
+def test_a_bound_past_float64_is_exit_3_with_one_line(tmp_path: Path) -> None:
+    weights = tmp_path / "amplifier.safetensors"
+    save_file(make_amplifier().state_dict(), weights)
+    result = run("bound", weights, "--arch", f"{HERE}:make_amplifier", "--input-shape", "3")
+    assert_one_line_error(result, "amplifier.safetensors", "overflows", "no finite bound", code=3)
 
 
 def test_models_that_cannot_be_bounded_and_bad_flags(files: dict[str, Path]) -> None:

@@ -39,6 +39,14 @@ def test_a_module_on_a_tensor_matches_dense_jacobians() -> None:
     jsonschema.validate(json.loads(report.to_json()), report_schema())
 
 
+def test_an_exported_programs_module_is_audited_in_memory() -> None:
+    # its module refuses eval() (NotImplementedError): that once escaped from lipcheck.audit as a traceback
+    x = torch.from_numpy(mlp_inputs())
+    module = torch.export.export(MLP().eval(), (x[:5],)).module()  # batches of 5, as exported
+    report = lipcheck.audit(module, x, batch_size=5, **EXACT)
+    assert [row.sigma for row in report.samples] == pytest.approx(reference(MLP(), x), rel=1e-6)
+
+
 def test_a_dataloader_of_inputs_and_labels() -> None:
     x = torch.from_numpy(mlp_inputs())
     loader = DataLoader(TensorDataset(x, torch.arange(10)), batch_size=3)

@@ -7,6 +7,8 @@ operation's arguments by schema name, their bounds and constant values."""
 from __future__ import annotations
 
 import math
+import operator
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -15,7 +17,7 @@ from torch import Tensor, nn
 from torch.fx import Node
 
 from lipcheck.bounds.norms import with_margin
-from lipcheck.errors import InputError, UnsupportedOperationError, first_line
+from lipcheck.errors import AuditFailedError, InputError, UnsupportedOperationError, first_line
 from lipcheck.report import BoundReport, LayerBound
 
 
@@ -35,14 +37,19 @@ def upper_bound(
             "aten.erf") -> a Lipschitz constant of that operation, jointly in all its tensor inputs,
             that the user takes responsibility for. It replaces lipcheck's rule where there is one.
 
+    In-place operations (`relu_`, `add_`, ...) are bounded by the rule of their out-of-place form: a graph
+    that mutates tensors is functionalised first (`run_decompositions({})`, which decomposes nothing), so
+    every later use of a mutated tensor, or of a view of it, reads the value the mutation produced.
+
     Raises:
         UnsupportedOperationError: the model cannot be exported, or holds an operation without a rule
             and without an assumption; the message names it and the `assume` entry that would help.
         InputError: a bad input shape or assumption.
+        AuditFailedError: the bound overflows float64 (the composed factors exceed about 1.8e308).
     """
     shape = _check_shape(input_shape)
     assumptions = _check_assumptions(assume)
-    program = _export(model, shape)
+    program = functional(_export(model, shape))
     walker = GraphBound(program, assumptions)
     bound = walker.run()
     unused = sorted(set(assumptions) - walker.operations)
@@ -103,10 +110,37 @@ def _export(model: Any, shape: tuple[int, ...]) -> torch.export.ExportedProgram:
         return torch.export.export(model, (example,), strict=False)
     except Exception as error:  # export raises many unrelated types; all mean "no graph to walk"
         reason = first_line(error) or type(error).__name__
+        fix = "only models torch.export can capture as one graph can be bounded"
+        if isinstance(error, TypeError) and "missing" in reason and "argument" in reason:
+            fix = (
+                "its forward needs arguments besides the input: give them with --arg KEY=VALUE on the "
+                "command line, or from Python bound a module whose forward supplies them"
+            )
         raise UnsupportedOperationError(
             f"cannot bound {type(model).__name__}: torch.export could not trace it at input shape "
-            f"{(1, *shape)} ({reason}); only models torch.export can capture as one graph can be bounded"
+            f"{(1, *shape)} ({reason}); {fix}"
         ) from error
+
+
+def functional(program: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
+    """The program without in-place operations, when it has any.
+
+    An exported graph may keep `aten.relu_` and `aten.add_`, whose effect reaches later nodes through
+    aliasing rather than through graph edges (`y.view(...).relu_()` changes what a later node reading `y`
+    sees), so a rule per node would be unsound there. Functionalisation rewrites them into their
+    out-of-place forms with explicit data flow; the empty decomposition table keeps every other operation
+    as it was exported.
+    """
+    if not any(_mutates(node) for node in program.graph.nodes):
+        return program
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch's own pytree deprecations, not the user's
+        return program.run_decompositions({})
+
+
+def _mutates(node: Node) -> bool:
+    schema = getattr(node.target, "_schema", None)
+    return node.op == "call_function" and schema is not None and schema.is_mutable
 
 
 def operation_name(target: Any) -> str:
@@ -172,11 +206,12 @@ class GraphBound:
         self.bounds[tensor_inputs[0]] = 1.0
 
     def _output_bound(self, node: Node) -> float:
-        total = 0.0
-        for item in nodes_in(node.args[0]):
-            if item in self.bounds:
-                total += finite_bound(self, item) ** 2
-        return math.sqrt(total)
+        from torch.export.graph_signature import OutputKind
+
+        specs = self.program.graph_signature.output_specs
+        user_outputs = {spec.arg.name for spec in specs if spec.kind == OutputKind.USER_OUTPUT}
+        items = [item for item in nodes_in(node.args[0]) if item in self.bounds and item.name in user_outputs]
+        return math.hypot(*(finite_bound(self, item) for item in items))
 
     def _visit(self, node: Node) -> None:
         name = operation_name(node.target)
@@ -193,19 +228,37 @@ class GraphBound:
         if assumed is not None:
             key = name if name in self.assumptions else str(packet)
             self.used_assumptions[key] = assumed
-            joint = math.sqrt(sum(finite_bound(self, item) ** 2 for item in inputs))
+            joint = math.hypot(*(finite_bound(self, item) for item in inputs))
             site.record("assumed", assumed, f"assumed by the user ({key})")
-            self.bounds[node] = like_value(node, assumed * joint)
+            self.bounds[node] = self._checked(node, like_value(node, assumed * joint))
             return
         rule = RULES.get(node.target) or RULES.get(getattr(node.target, "overloadpacket", None))
         if rule is None:
             raise UnsupportedOperationError(
                 f"cannot bound operation {name!r} (node {node.name!r}{where(node)}): lipcheck has no "
-                f"Lipschitz rule for it; if you know a Lipschitz constant L for it, pass "
-                f"assume={{{name!r}: L}} (on the command line: --assume {name}=L) and take responsibility "
-                "for it"
+                f"Lipschitz rule for it; if you know a Lipschitz constant L for it, pass --assume {name}=L "
+                f"(from Python: assume={{{name!r}: L}}) and take responsibility for it"
             )
-        self.bounds[node] = rule(site)
+        try:
+            bound = rule(site)
+        except ArithmeticError as error:  # float arithmetic of a rule: a fact about this node, not a bug
+            raise self._overflow(node, f"{type(error).__name__}: {first_line(error)}") from error
+        self.bounds[node] = self._checked(node, bound)
+
+    def _checked(self, node: Node, bound: Any) -> Any:
+        """The bound of a node, refused when finite inputs composed to an infinite (overflowed) bound."""
+        # getitem passes on a tuple's entries, whose infinite ones mark outputs that are not Lipschitz
+        if isinstance(bound, float | int) and math.isinf(bound) and node.target is not operator.getitem:
+            raise self._overflow(node, "the composed bound exceeds the largest float64, about 1.8e308")
+        return bound
+
+    def _overflow(self, node: Node, reason: str) -> AuditFailedError:
+        largest = sorted(self.layers, key=lambda layer: layer.bound, reverse=True)[:3]
+        factors = ", ".join(f"{layer.kind} {layer.name!r} {layer.bound:.3g}" for layer in largest) or "none"
+        return AuditFailedError(
+            f"the bound overflows at node {node.name!r}{where(node)} ({reason}): no finite bound is "
+            f"certified for this model, whose layer factors multiply past float64 (largest: {factors})"
+        )
 
     def _evaluate(self, node: Node) -> Any:
         def value(item: Node) -> Any:
@@ -273,7 +326,7 @@ class Site:
     def lip(self, argument: str) -> float:
         """The bound of an argument (0 for a constant, sqrt of the sum of squares for a list)."""
         items = [item for item in nodes_in(self.args.get(argument)) if item in self.walker.bounds]
-        return math.sqrt(sum(finite_bound(self.walker, item) ** 2 for item in items))
+        return math.hypot(*(finite_bound(self.walker, item) for item in items))
 
     def value(self, argument: str) -> Any:
         """The concrete value of an argument that must not depend on the input."""
@@ -281,8 +334,8 @@ class Site:
             raise UnsupportedOperationError(
                 f"cannot bound operation {self.name!r} (node {self.node.name!r}{where(self.node)}): its "
                 f"argument {argument!r} depends on the input, so the operation is not Lipschitz with a "
-                f"constant lipcheck can compute; pass assume={{{self.name!r}: L}} (--assume "
-                f"{self.name}=L) if you know one"
+                f"constant lipcheck can compute; pass --assume {self.name}=L (from Python: "
+                f"assume={{{self.name!r}: L}}) if you know one"
             )
         return torch.fx.node.map_arg(self.args.get(argument), lambda item: self.walker.constants[item])
 

@@ -10,7 +10,19 @@ import torch
 from torch import Tensor
 
 from lipcheck.bounds.graph import Site, aten, broadcast_copies, first_tensor, monomial_norm, rule, where
+from lipcheck.bounds.norms import with_margin
 from lipcheck.errors import UnsupportedOperationError
+
+# Largest slopes of the smooth activations, each the global Lipschitz constant (the sup of |f'|), rounded
+# up in the 10th digit. GELU(x) = x Phi(x) has f' = Phi(x) + x phi(x) and f'' = (2 - x^2) phi(x), so the
+# maximum is at x = sqrt(2): Phi(sqrt(2)) + sqrt(2) phi(sqrt(2)) = Phi(sqrt(2)) + exp(-1) / sqrt(pi).
+# SiLU x sigmoid(x), Mish x tanh(softplus(x)) and the tanh form of GELU have no closed form: the maxima
+# were found in float64 by a grid of step 1e-5 on [-10, 10] refined by golden-section search on f' (and
+# |f'| < 1 outside [-10, 10] for all three, where they are x or 0 to within e^-10).
+GELU_SLOPE = 0.5 * (1 + math.erf(1.0)) + math.exp(-1.0) / math.sqrt(math.pi)  # 1.12890414518...
+GELU_TANH_SLOPE = 1.1289930687  # 1.12899306866 at x = 1.41850
+SILU_SLOPE = 1.0998393202  # 1.09983932013 at x = 2.39936
+MISH_SLOPE = 1.0884981613  # 1.08849816125 at x = 1.49057
 
 
 # Elementwise functions: name -> (Lipschitz constant from the node's arguments, why).
@@ -37,6 +49,12 @@ def _prelu(site: Site) -> tuple[float, str]:
     return max(1.0, float(weight.abs().max())), "max(1, max |weight|)"
 
 
+def _gelu(site: Site) -> tuple[float, str]:
+    if site.value("approximate") == "tanh":
+        return GELU_TANH_SLOPE, f"{GELU_TANH_SLOPE}: max gelu' of the tanh form (at x = 1.41850)"
+    return with_margin(GELU_SLOPE), f"{GELU_SLOPE:.10f}: max gelu' = Phi(sqrt(2)) + exp(-1) / sqrt(pi)"
+
+
 def _softmax(site: Site) -> tuple[float, str]:
     # J = diag(p) - p p^T is symmetric PSD and v^T J v = Var_p(v) <= (max v - min v)^2 / 4 <= 1/2 for unit v.
     return 0.5, "1/2: the Jacobian diag(p) - p p^T has v^T J v = Var_p(v) <= 1/2"
@@ -60,9 +78,9 @@ _ACTIVATIONS: dict[str, Callable[[Site], tuple[float, str]]] = {
     "sigmoid": _constant_rule(0.25, "1/4: sigmoid' <= 1/4"),
     "hardsigmoid": _constant_rule(1 / 6, "1/6"),
     "hardswish": _constant_rule(1.5, "3/2: slope (2x + 3)/6 at x = 3"),
-    "silu": _constant_rule(1.1, "1.1 >= max silu' = 1.0998"),
-    "gelu": _constant_rule(1.13, "1.13 >= max gelu' = 1.1290 (exact and tanh forms)"),
-    "mish": _constant_rule(1.09, "1.09 >= max mish' = 1.0885"),
+    "silu": _constant_rule(SILU_SLOPE, f"{SILU_SLOPE}: max silu' (at x = 2.39936)"),
+    "gelu": _gelu,
+    "mish": _constant_rule(MISH_SLOPE, f"{MISH_SLOPE}: max mish' (at x = 1.49057)"),
     "softplus": _constant_rule(1.0, "1: softplus' = sigmoid(beta x) <= 1"),
     "log_sigmoid": _constant_rule(1.0, "1: logsigmoid' = sigmoid(-x) <= 1"),
     "celu": _constant_rule(1.0, "1: celu' = min(1, exp(x / alpha)) <= 1"),
@@ -149,14 +167,39 @@ def _scaling(site: Site) -> float:
             "is not a Lipschitz function of the input"
         )
     value = site.value(constant)
+    if divide and bool((torch.as_tensor(value) == 0).any()):
+        raise UnsupportedOperationError(
+            f"cannot bound {site.name!r} (node {site.node.name!r}{where(site.node)}): it divides by a "
+            "constant that is 0, which is not a Lipschitz function of the input"
+        )
     if isinstance(value, Tensor) and value.numel() > 1:
         factor = monomial_norm(site, variable)
         method = "exact: max over entries of the (broadcast) constant factor"
     else:
         scalar = float(value)
         factor = 1 / abs(scalar) if divide else abs(scalar)
-        factor = math.inf if math.isnan(factor) else factor
         method = f"|{'1/' if divide else ''}{scalar:g}|"
     if factor == 1.0:
         return site.lip(variable)
     return site.scale(variable, "scale", factor, method)
+
+
+@rule(
+    aten(
+        "scaled_dot_product_attention",
+        "_scaled_dot_product_flash_attention",
+        "_scaled_dot_product_flash_attention_for_cpu",
+        "_scaled_dot_product_efficient_attention",
+        "_scaled_dot_product_cudnn_attention",
+    )
+)
+def _attention(site: Site) -> float:
+    """Refused: softmax(q k^T / sqrt(d)) v has no global Lipschitz constant in its inputs (Kim et al.
+    2021, "The Lipschitz constant of self-attention"): scaling q and k sharpens the softmax, and the
+    product with v grows with v, so the Jacobian is unbounded."""
+    raise UnsupportedOperationError(
+        f"cannot bound {site.name!r} (node {site.node.name!r}{where(site.node)}): dot-product attention "
+        "softmax(q k^T / sqrt(d)) v has no global Lipschitz constant (its Jacobian grows without bound with "
+        f"q, k and v); --assume {site.name}=L (Python: assume={{{site.name!r}: L}}) would assert that L "
+        "bounds it jointly in q, k and v on the inputs you care about, which lipcheck cannot check"
+    )

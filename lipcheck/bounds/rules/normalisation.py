@@ -15,7 +15,11 @@ from lipcheck.errors import UnsupportedOperationError
 
 @rule(
     aten(
-        "batch_norm", "_native_batch_norm_legit_no_training", "native_batch_norm", "_native_batch_norm_legit"
+        "batch_norm",
+        "_native_batch_norm_legit_no_training",
+        "native_batch_norm",
+        "_native_batch_norm_legit",
+        "_native_batch_norm_legit_functional",  # training mode, functionalised: refused below
     )
 )
 def _batch_norm(site: Site) -> Any:
@@ -74,7 +78,11 @@ def _normalization_bound(site: Site, kind: str, gamma: Tensor, entries: int) -> 
     else:
         scale, how = float(gamma.abs().max()), f"max |weight| (at most {k}/{k - 1} times the exact constant)"
     factor = with_margin(scale / math.sqrt(eps))
-    bound = site.scale("input", kind, factor, f"{how} / sqrt(eps), eps = {eps:g}, reached on flat groups")
+    method = (
+        f"{how} / sqrt(eps), eps = {eps:g}: dominated by 1/sqrt(eps) = {1 / math.sqrt(eps):.3g}, reached "
+        "only on inputs flat over a group, far above the factor at typical inputs"
+    )
+    bound = site.scale("input", kind, factor, method)
     return bound
 
 

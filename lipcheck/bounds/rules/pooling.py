@@ -1,4 +1,5 @@
-"""Rules of pooling: max pooling by its window overlap, average pooling by its separable norm."""
+"""Rules of pooling and resampling: max pooling by its window overlap, average pooling and interpolation
+(linear, bilinear, bicubic, trilinear, antialiased) by their separable norms."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lipcheck.bounds.graph import Site, aten, constant_value, expand, rule
+from lipcheck.bounds.graph import Site, aten, constant_value, expand, rule, where
 from lipcheck.bounds.norms import with_margin
+from lipcheck.errors import UnsupportedOperationError
 
 
 def _pool_axes(site: Site, d: int) -> tuple[list[int], ...]:
@@ -138,3 +140,44 @@ def _adaptive_avg_pool(site: Site) -> float:
     factor = _separable_pool_norm(site, d, one_axis)
     method = "exact: product of the per-axis pooling norms"
     return site.scale("self", f"adaptive_avg_pool{d}d", factor, method)
+
+
+@rule(
+    aten(
+        "upsample_linear1d",
+        "upsample_bilinear2d",
+        "upsample_bicubic2d",
+        "upsample_trilinear3d",
+        "_upsample_bilinear2d_aa",
+        "_upsample_bicubic2d_aa",
+    )
+)
+def _interpolation(site: Site) -> float:
+    """Interpolation is separable, A_1 (x) ... (x) A_d on each channel, so its norm is prod ||A_i||_2.
+
+    A_a is read by calling the operation on a batch of n_a inputs e_i (along axis a) (x) ones (along the
+    others): output i is (A_a e_i) (x) (x)_{b != a} A_b 1. The interpolation weights of every output sum
+    to 1, so the operation maps the all-ones input to all ones; that is checked, and it implies
+    A_b 1 = c_b 1 with prod c_b = 1, so the scales of the columns read cancel in the product of norms.
+    """
+    argument = "input" if "input" in site.args else "self"
+    shape = site.shape(argument)
+    d = len(shape) - 2
+    spatial = shape[2:]
+    ones = site.call_with(argument, torch.ones((1, 1, *spatial), dtype=torch.float64))
+    if not torch.allclose(ones, torch.ones_like(ones), rtol=0, atol=1e-12):
+        raise UnsupportedOperationError(
+            f"cannot bound {site.name!r} (node {site.node.name!r}{where(site.node)}): its weights do not sum "
+            "to 1, so lipcheck's separable rule does not apply"
+        )
+    factor = 1.0
+    for axis, n in enumerate(spatial):
+        basis = torch.eye(n, dtype=torch.float64).reshape(n, 1, *[n if b == axis else 1 for b in range(d)])
+        inputs = basis.expand(n, 1, *spatial)
+        outputs = site.call_with(argument, inputs.contiguous())  # (n, 1, *out_spatial)
+        index = [slice(None), 0] + [slice(None) if b == axis else 0 for b in range(d)]
+        columns = outputs[tuple(index)]  # (n, n_out): column i of A_axis in row i
+        factor *= float(torch.linalg.matrix_norm(columns, ord=2))
+    factor = with_margin(factor)
+    kind = site.name.split(".")[1].lstrip("_")  # aten._upsample_bilinear2d_aa.vec: upsample_bilinear2d_aa
+    return site.scale(argument, kind, factor, "exact: product of the per-axis interpolation norms")

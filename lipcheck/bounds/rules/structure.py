@@ -100,6 +100,9 @@ def _conversion(site: Site) -> float:
         "upsample_nearest1d",
         "upsample_nearest2d",
         "upsample_nearest3d",
+        "_upsample_nearest_exact1d",
+        "_upsample_nearest_exact2d",
+        "_upsample_nearest_exact3d",
         "_unsafe_index",
         "index",
     )
