@@ -265,6 +265,15 @@ def exported_mlp(folder: Path) -> tuple[Path, Path]:
     return export(MLP(), folder / "mlp.pt2", torch.from_numpy(mlp_inputs(2))), folder / "inputs.npy"
 
 
+def saved_mlp(folder: Path) -> dict[str, Path]:
+    """The MLP's weights in folder/mlp.safetensors (for the factories above) and 4 inputs in folder/x.npy."""
+    from safetensors.torch import save_file
+
+    save_file(MLP().state_dict(), folder / "mlp.safetensors")
+    np.save(folder / "x.npy", mlp_inputs(4))
+    return {"model": folder / "mlp.safetensors", "data": folder / "x.npy"}
+
+
 def read_json(path: Path) -> dict[str, Any]:
     """A report written by the CLI, checked against the schema."""
     report = json.loads(Path(path).read_text())

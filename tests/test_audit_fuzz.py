@@ -10,12 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
-from cli_fixtures import ARCH, MLP, mlp_inputs, run
+from cli_fixtures import ARCH, run, saved_mlp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from safetensors.torch import save_file
 
 from lipcheck.cli import ExitStatus
 
@@ -60,10 +58,7 @@ FLAGS = ["--require-converged", "--allow-mismatch", "--quiet", "--bound"]
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    folder = tmp_path_factory.mktemp("fuzz")
-    save_file(MLP().state_dict(), folder / "mlp.safetensors")
-    np.save(folder / "x.npy", mlp_inputs(4))
-    return {"model": folder / "mlp.safetensors", "data": folder / "x.npy"}
+    return saved_mlp(tmp_path_factory.mktemp("fuzz"))
 
 
 @st.composite

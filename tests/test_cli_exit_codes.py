@@ -25,8 +25,8 @@ from cli_fixtures import (
     mlp_inputs,
     read_json,
     run,
+    saved_mlp,
 )
-from safetensors.torch import save_file
 
 from lipcheck.cli import ExitStatus
 
@@ -34,10 +34,7 @@ from lipcheck.cli import ExitStatus
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The MLP's weights (for the factories of cli_fixtures) and its inputs."""
-    folder = tmp_path_factory.mktemp("exit")
-    save_file(MLP().state_dict(), folder / "mlp.safetensors")
-    np.save(folder / "x.npy", mlp_inputs(4))
-    return {"model": folder / "mlp.safetensors", "data": folder / "x.npy"}
+    return saved_mlp(tmp_path_factory.mktemp("exit"))
 
 
 def audit(weights: dict[str, Path], factory: str, *flags: str) -> list[str]:
