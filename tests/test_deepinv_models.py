@@ -16,6 +16,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -139,20 +140,39 @@ def shell_blocks() -> list[str]:
     os.environ.get("LIPCHECK_DEEPINV_DOCS") != "1", reason="minutes on a CPU: set LIPCHECK_DEEPINV_DOCS=1"
 )
 def test_the_pages_commands_run_as_printed(tmp_path: Path) -> None:
+    """Every ```bash block of the page but the sample model's (tests/test_operator.py runs that one), in
+    order, in an empty folder, with `lipcheck` the entry point of this checkout; then the one-line
+    message the page prints for GSDRUNet as deepinv builds it."""
     script = "\n".join(block for block in shell_blocks() if "sample_models/" not in block)
+    bin_folder = tmp_path / ".bin"
+    bin_folder.mkdir()
+    shim = bin_folder / "lipcheck"
+    shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m lipcheck "$@"\n')
+    shim.chmod(0o755)
     environment = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(HERE.parents[1]), os.environ.get("PYTHONPATH", "")]),
+        "PATH": f"{bin_folder}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE.parents[1]), os.environ.get("PYTHONPATH")])),
     }
-    done = subprocess.run(
-        ["bash", "-e", "-c", script],
-        cwd=tmp_path,
-        env=environment,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+
+    def shell(text: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["bash", "-e", "-c", text],
+            cwd=tmp_path,
+            env=environment,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+
+    done = shell(script)
     assert done.returncode == 0, done.stderr[-4000:]
     for name in ("dncnn", "drunet", "scunet", "unet", "gsdrunet"):
         report = json.loads((tmp_path / f"{name}.json").read_text())
         assert report["summary"]["converged"] == report["summary"]["count"] == 6
+    (printed,) = [line for line in DOC.read_text(encoding="utf-8").splitlines() if "freed part" in line]
+    refused = shell(
+        "lipcheck audit gsdrunet.safetensors --arch deepinv.models:GSDRUNet --arch-kwargs "
+        """'{"in_channels": 1, "out_channels": 1, "pretrained": null}' --arg sigma=0.1 -d images.npy"""
+    )
+    assert refused.returncode == 3 and refused.stderr.strip() == printed

@@ -6,6 +6,10 @@ and the one-line explanation for a model that frees its own graph inside forward
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -282,3 +286,32 @@ def test_the_engine_explains_a_freed_graph_from_python() -> None:
         exact_operator_sigma(model, x, "model"),
         rtol=1e-7,
     )
+
+
+def test_the_fne_section_of_docs_deepinv_runs_as_printed(tmp_path: Path) -> None:
+    """docs/deepinv.md, "Is my denoiser firmly nonexpansive?": its command on the sample model, run as
+    printed from the repository's root, fails the gate at the figures the page quotes."""
+    page = (ROOT / "docs" / "deepinv.md").read_text(encoding="utf-8")
+    section = page[page.index("## Is my denoiser firmly nonexpansive?") :]
+    (script,) = re.findall(r"```bash\n(.*?)```", section, re.S)
+    (printed,) = re.findall(r"```text\n(.*?)```", section, re.S)
+    shim = tmp_path / "lipcheck"  # the installed entry point, for this checkout's lipcheck
+    shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m lipcheck "$@"\n')
+    shim.chmod(0o755)
+    environment = {
+        **os.environ,
+        "PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    done = subprocess.run(
+        ["bash", "-c", script], cwd=ROOT, env=environment, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.rstrip().endswith("exit 1")
+    assert "lipcheck: gate failed: max sigma 2.71314 > 1" in done.stderr
+    for figure in (
+        "2.71314 (sample 9)",
+        "bracket                 │ [2.71314, ",
+        "operator fne (sigma = ||2J - I||)",
+    ):
+        assert figure in done.stdout and figure in printed, figure
