@@ -146,9 +146,10 @@ def test_the_pages_commands_run_as_printed(tmp_path: Path) -> None:
     script = "\n".join(block for block in shell_blocks() if "sample_models/" not in block)
     bin_folder = tmp_path / ".bin"
     bin_folder.mkdir()
-    shim = bin_folder / "lipcheck"
-    shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m lipcheck "$@"\n')
-    shim.chmod(0o755)
+    for name, command in (("lipcheck", f'"{sys.executable}" -m lipcheck'), ("python", f'"{sys.executable}"')):
+        shim = bin_folder / name  # this interpreter (the one with deepinv) and this checkout's lipcheck
+        shim.write_text(f'#!/bin/sh\nexec {command} "$@"\n')
+        shim.chmod(0o755)
     environment = {
         **os.environ,
         "PATH": f"{bin_folder}{os.pathsep}{os.environ['PATH']}",
