@@ -56,6 +56,7 @@ td.failed { color: #a33f00; }
 td.passed { color: #006b4f; }
 figure.chart { margin: 0.5rem 0; }
 figure.chart svg { width: 100%; max-width: 52rem; height: auto; display: block; }
+figure#chart-scatter svg { max-width: 30rem; }
 figcaption { font-size: 0.85rem; color: #444444; margin-top: 0.3rem; }
 details { margin: 0.3rem 0 1rem; }
 summary { cursor: pointer; color: #0057a0; }
