@@ -37,7 +37,7 @@ SORTED_POINTS = 400  # ranks drawn of the sorted sigmas; more samples are subsam
 RASTER_POINTS = 2000  # a scatter of more points is embedded as a raster image
 MAX_LAYERS = 40  # layer factors drawn; a model with more shows its largest ones
 
-_STYLE: dict[str, Any] = {
+_STYLE: dict[Any, Any] = {  # matplotlib's rcParams keys are typed as literals
     "svg.hashsalt": "lipcheck",
     "svg.fonttype": "path",
     "font.family": "DejaVu Sans",

@@ -22,6 +22,7 @@ the file is older than the writing process.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import signal
@@ -33,7 +34,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from lipcheck.errors import InputError
 
@@ -140,7 +141,7 @@ def write_output(destination: Destination, text: str | bytes | Iterable[str]) ->
     with destination.stream as stream:
         if isinstance(text, bytes):
             stream.flush()
-            stream.buffer.write(text)
+            cast(io.TextIOWrapper, stream).buffer.write(text)  # opened by `_destination` with os.fdopen
             return
         for piece in [text] if isinstance(text, str) else text:
             stream.write(piece)
