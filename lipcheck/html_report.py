@@ -16,7 +16,7 @@ import numpy as np
 
 from lipcheck import charts
 from lipcheck.charts import Mark
-from lipcheck.compare import Comparison
+from lipcheck.compare import Comparison, SampleChange
 from lipcheck.render import (
     WORST,
     _assumptions,
@@ -34,6 +34,7 @@ from lipcheck.report import ModelBoundReport, Report, RuleVerdict, worst_samples
 HISTOGRAM_BINS = 30
 PICTURES = 6  # the worst samples drawn beside their directions
 SORTED_ROWS = 50  # rows of the table beneath the sorted sigmas; more samples are listed at even ranks
+SCATTER_ROWS = 100  # rows of the table beneath the scatter; more samples list their largest changes
 
 _STYLE = """
 :root { color-scheme: light; }
@@ -427,6 +428,15 @@ def _max_increase(comparison: Comparison) -> float | None:
     return None
 
 
+def _listed(comparison: Comparison) -> list[SampleChange]:
+    """The samples in the table beneath the scatter: all, or the `SCATTER_ROWS` largest changes (up or
+    down) in index order."""
+    if len(comparison.samples) <= SCATTER_ROWS:
+        return list(comparison.samples)
+    largest = sorted(comparison.samples, key=lambda s: (-abs(s.change), s.index))[:SCATTER_ROWS]
+    return sorted(largest, key=lambda s: s.index)
+
+
 def render_comparison_html(comparison: Comparison) -> str:
     """A comparison of two reports as one self-contained HTML page."""
     figures, movers = _change_rows(comparison)
@@ -442,9 +452,14 @@ def render_comparison_html(comparison: Comparison) -> str:
         )
         svg = charts.scatter(base, new, percent, description)
         rows = [
-            (str(s.index), _number(s.base), _number(s.new), f"{s.change:+.6g}") for s in comparison.samples
+            (str(s.index), _number(s.base), _number(s.new), f"{s.change:+.6g}") for s in _listed(comparison)
         ]
-        table = _table(("sample", "base", "new", "change"), rows, (True,) * 4)
+        which = (
+            "" if len(rows) == len(base) else f": the {len(rows)} largest changes either way of {len(base)}"
+        )
+        table = _table(
+            ("sample", "base", "new", "change"), rows, (True,) * 4, caption=f"Matched samples{which}"
+        )
         parts.append(
             _section(
                 "scatter",

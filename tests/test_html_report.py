@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +19,9 @@ from test_golden import KINDS, audit_report
 from lipcheck import charts
 from lipcheck.auditing import run as run_request
 from lipcheck.choices import Format
+from lipcheck.compare import compare_reports
 from lipcheck.errors import InputError
-from lipcheck.render import REPORT
+from lipcheck.render import COMPARISON, REPORT
 from lipcheck.report import Settings
 from lipcheck.request import AuditRequest, DataSource, ModelSource
 
@@ -100,6 +102,18 @@ def test_a_large_audit_stays_small() -> None:
     page = REPORT.render_text(make_report(sigma), Format.html)
     assert len(page) < 600_000
     assert "drawn at 400 evenly spaced ranks" in page
+
+
+def test_a_large_comparison_stays_small_and_lists_its_largest_changes() -> None:
+    sigma = np.random.default_rng(0).gamma(4.0, 0.25, 20_000)
+    base, new = make_report(list(sigma)), make_report(list(sigma * 1.01))
+    moved = replace(new.samples[7], sigma=100.0)  # the one largest change
+    new = replace(new, samples=(*new.samples[:7], moved, *new.samples[8:]))
+    page = COMPARISON.render_text(compare_reports(base, new, base_path="b", new_path="n"), Format.html)
+    assert len(page) < 600_000
+    assert "data:image/png;base64," in page  # the scatter is a raster of 20,000 points
+    assert "the 100 largest changes either way of 20000" in page
+    assert '<tr><td class="number">17</td>' in page  # sample 17, the index of the row moved
 
 
 def test_without_matplotlib_html_is_one_error_naming_the_extra(
