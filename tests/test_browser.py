@@ -19,9 +19,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from cli_fixtures import run
+from cli_fixtures import run, write_pages
 from PIL import Image
-from test_html_report import write_pages
 
 CHROMIUM = Path(os.environ.get("LIPCHECK_CHROMIUM", "/usr/bin/chromium"))
 REQUIRED = os.environ.get("LIPCHECK_REQUIRE_BROWSER") == "1"
