@@ -92,10 +92,12 @@ def _svg(figure: Any, description: str) -> str:
 
 
 def _styled(draw: Any) -> Any:
-    """Run a drawing function inside the chart style (fonts and grid are read when artists are made)."""
-    import matplotlib
+    """Run a drawing function inside the chart style (fonts and grid are read when artists are made).
+    matplotlib is imported when a chart is drawn, never with this module: it is an optional extra."""
 
     def styled(*args: Any, **kwargs: Any) -> str:
+        import matplotlib
+
         with matplotlib.rc_context(_STYLE):
             result: str = draw(*args, **kwargs)
         return result

@@ -12,14 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_fixtures import SmallConv, assert_one_line_error, make_report, run, write_pages
+from cli_fixtures import SmallConv, make_report, write_pages
 from test_golden import KINDS, audit_report
 
-from lipcheck import charts
 from lipcheck.auditing import run as run_request
 from lipcheck.choices import Format
 from lipcheck.compare import compare_reports
-from lipcheck.errors import InputError
 from lipcheck.render import COMPARISON, REPORT
 from lipcheck.report import Settings
 from lipcheck.request import AuditRequest, DataSource, ModelSource
@@ -115,16 +113,36 @@ def test_a_large_comparison_stays_small_and_lists_its_largest_changes() -> None:
     assert '<tr><td class="number">17</td>' in page  # sample 17, the index of the row moved
 
 
-def test_without_matplotlib_html_is_one_error_naming_the_extra(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    monkeypatch.setattr(charts, "available", lambda: False)
-    with pytest.raises(InputError, match=r'pip install "lipcheck\[html\]"'):
-        REPORT.check(Format.html, "--output 'r.html'")
+def test_without_matplotlib_html_is_one_error_naming_the_extra(tmp_path: Path) -> None:
+    """In a process where matplotlib cannot be imported: the other formats work, and an .html output
+    is refused before anything is read, in one line that names the extra to install."""
     saved = tmp_path / "r.json"
     saved.write_text(make_report([1.0, 2.0]).to_json())
-    result = run("gate", saved, "--fail-above", "3", "-o", tmp_path / "r.html")
-    assert_one_line_error(result, "--output", "r.html", "matplotlib", 'pip install "lipcheck[html]"')
+    script = (
+        "import sys\n"
+        "sys.modules['matplotlib'] = None  # as if it were not installed\n"
+        "from lipcheck.cli import main\n"
+        "sys.argv = ['lipcheck', *sys.argv[1:]]\n"
+        "main()\n"
+    )
+    root = str(Path(__file__).resolve().parent.parent)
+    environment = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
+    }
+
+    def lipcheck(*args: object) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-c", script, *map(str, args)]
+        return subprocess.run(command, capture_output=True, text=True, timeout=120, env=environment)
+
+    markdown = lipcheck("gate", saved, "--fail-above", 3, "-o", tmp_path / "r.md")
+    assert markdown.returncode == 0, markdown.stderr
+    refused = lipcheck("gate", saved, "--fail-above", 3, "-o", tmp_path / "r.md", "-o", tmp_path / "r.html")
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines() == [
+        f"lipcheck: error: --output '{tmp_path / 'r.html'}': HTML reports draw their charts with matplotlib, "
+        'which is missing: pip install "lipcheck[html]"'
+    ]
     assert not (tmp_path / "r.html").exists()
 
 
