@@ -364,9 +364,15 @@ def _pictures_section(report: Report) -> str:
         return ""
     count = len(directions.inputs)
     titles = [f"#{directions.indices[k]}  {directions.sigma[k]:.4g}" for k in range(count)]
+    shape = report.data.sample_shape
+    legend = (
+        "mid grey is 0, each channel brighter or darker by its sign"
+        if len(shape) == 3 and shape[0] == 3
+        else "purple and orange are opposite signs, white is 0"
+    )
     description = (
         f"The {count} samples of largest sigma (top row) above their most amplified input direction "
-        "(bottom row; purple and orange are opposite signs, white is 0)"
+        f"(bottom row; {legend})"
     )
     svg = charts.thumbnails(list(directions.inputs), list(directions.vectors[:count]), titles, description)
     rows = [
