@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from cli_fixtures import run, write_pages
+from cli_fixtures import run
 from PIL import Image
 
 CHROMIUM = Path(os.environ.get("LIPCHECK_CHROMIUM", "/usr/bin/chromium"))
@@ -51,10 +51,10 @@ def browser() -> Iterator[Any]:
 
 
 @pytest.fixture(scope="module")
-def pages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def pages(tmp_path_factory: pytest.TempPathFactory, small_pages: dict[str, Path]) -> dict[str, Path]:
     """The sample audit of the README with and without the bound, and a comparison and a bound."""
     folder = tmp_path_factory.mktemp("pages")
-    written = {f"small-{name}": path for name, path in write_pages(folder).items()}
+    written = {f"small-{name}": path for name, path in small_pages.items()}
     here = Path.cwd()
     os.chdir(SAMPLES.parent)  # the README's command line, paths as a user types them
     try:

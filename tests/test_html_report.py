@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_fixtures import SmallConv, make_report, write_pages
+from cli_fixtures import SmallConv, make_report
 from test_golden import KINDS, audit_report
 
 from lipcheck.auditing import run as run_request
@@ -146,8 +146,8 @@ def test_without_matplotlib_html_is_one_error_naming_the_extra(tmp_path: Path) -
     assert not (tmp_path / "r.html").exists()
 
 
-def test_the_commands_write_their_pages(tmp_path: Path) -> None:
-    pages = {name: path.read_text() for name, path in write_pages(tmp_path).items()}
+def test_the_commands_write_their_pages(small_pages: dict[str, Path]) -> None:
+    pages = {name: path.read_text() for name, path in small_pages.items()}
     audit = pages["audit"]
     for chart in ("histogram", "sorted", "bracket", "layers", "pictures"):
         assert f'id="chart-{chart}"' in audit
@@ -159,11 +159,11 @@ def test_the_commands_write_their_pages(tmp_path: Path) -> None:
 
 def test_pictures_are_the_samples_of_largest_sigma() -> None:
     x = np.random.default_rng(3).standard_normal((11, 1, 5, 5)).astype(np.float32)
-    settings = Settings(batch_size=3, dtype="float64", tol=1e-7)
+    settings = Settings(batch_size=3)  # the kept rows come from four batches
     report = run_request(AuditRequest(ModelSource(SmallConv(1)), DataSource(x), settings, pictures=4))
     directions = report.directions
     assert directions is not None
     largest = sorted(report.samples, key=lambda row: (-row.sigma, row.index))[:4]
     assert directions.indices.tolist() == [row.index for row in largest]
-    np.testing.assert_array_equal(directions.inputs, x[directions.indices].astype(np.float64))
-    np.testing.assert_allclose(np.linalg.norm(directions.vectors.reshape(4, -1), axis=1), 1.0, atol=1e-12)
+    np.testing.assert_array_equal(directions.inputs, x[directions.indices])
+    np.testing.assert_allclose(np.linalg.norm(directions.vectors.reshape(4, -1), axis=1), 1.0, atol=1e-6)
