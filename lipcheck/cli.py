@@ -401,8 +401,7 @@ OutputOption = Annotated[
         "-o",
         help="Write the report to FILE (atomically; never over an input of the command) instead of stdout; "
         "repeatable. The suffix sets the format: .json, .md (Markdown), .xml (JUnit), .html (a page with "
-        "charts), .txt (table); any "
-        "other takes --format (json).",
+        "charts), .txt (table); any other takes --format (json).",
         metavar="FILE",
         show_default=False,
     ),
@@ -766,8 +765,12 @@ def audit(
         if failure.report is not None:  # no sample converged: the figures are written all the same
             _write_report(failure.report, outputs, fmt, quiet)
         raise
-    for destination in directions_file:
-        _write_directions(report, destination, request.top, quiet)
+    try:
+        for destination in directions_file:
+            _write_directions(report, destination, request.top, quiet)
+    except LipcheckError:
+        _say_gate(report.gate.rules, quiet)  # as `_write_and_judge` does when a report cannot be written
+        raise
     _write_and_judge(report, REPORT, outputs, fmt, quiet, report.gate.rules)
 
 
