@@ -228,17 +228,18 @@ def test_a_baseline_of_another_operator_is_a_mismatch(tmp_path: Path) -> None:
 
 
 def test_outputs_name_the_operator(tmp_path: Path) -> None:
-    outputs = [tmp_path / name for name in ("r.json", "r.md", "r.xml", "r.txt")]
+    outputs = [tmp_path / name for name in ("r.json", "r.md", "r.xml", "r.txt", "r.html")]
     result = run(
         "audit", SAMPLE_MODEL, "-d", SAMPLE_DATA, "--limit", "4", "--operator", "fne", "--quiet",
         *(item for path in outputs for item in ("-o", path)),
     )  # fmt: skip
     assert result.exit_code == 0, result.stderr
-    report, markdown, junit, table = (path.read_text() for path in outputs)
+    report, markdown, junit, table, page = (path.read_text() for path in outputs)
     assert json.loads(report)["settings"]["operator"] == "fne"
     assert "operator fne (sigma = ||2J - I||)" in markdown and "sigma \\|\\|2J - I\\|\\|" in markdown
     assert '<property name="operator" value="fne (sigma = ||2J - I||)" />' in junit
     assert "operator fne (sigma = ||2J - I||)" in table and "sigma ||2J - I||" in table
+    assert "operator fne (sigma = ||2J - I||)" in page and "sigma ||2J - I||" in page
 
 
 def test_reports_without_an_operator_measured_the_model() -> None:
