@@ -312,6 +312,7 @@ def test_the_fne_section_of_docs_deepinv_runs_as_printed(tmp_path: Path) -> None
     assert "lipcheck: gate failed: max sigma 2.71314 > 1" in done.stderr
     for figure in (
         "2.71314 (sample 9)",
+        "(histogram, max bin 5)",
         "bracket                 │ [2.71314, ",
         "operator fne (sigma = ||2J - I||)",
     ):
