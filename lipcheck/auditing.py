@@ -32,10 +32,10 @@ from torch import Tensor
 import lipcheck
 from lipcheck import __version__
 from lipcheck.bounds import upper_bound
-from lipcheck.choices import Device, Dtype
+from lipcheck.choices import Device, Dtype, Operator
 from lipcheck.compare import comparable
 from lipcheck.datasets import Dataset, batches_dataset, open_dataset, random_dataset, tensor_dataset
-from lipcheck.engine import SpectralNormResult, spectral_norm
+from lipcheck.engine import SpectralNormResult, operator_output, spectral_norm
 from lipcheck.errors import (
     AuditFailedError,
     InputError,
@@ -298,6 +298,7 @@ def _measure(
 def _engine_options(settings: Settings) -> dict[str, Any]:
     """The engine's keyword arguments from the audit's settings (for `spectral_norm` and the search)."""
     return {
+        "operator": settings.operator,
         "method": settings.method,
         "max_iter": settings.max_iter,
         "tol": settings.tol,
@@ -481,16 +482,36 @@ def _zero_jacobian_notes(rows: Sequence[SampleResult]) -> tuple[str, ...]:
 
 
 class _AuditedFunction(torch.nn.Module):
-    """x -> the audited output of module(x, **model_kwargs): what an audit measures, as one module."""
+    """x -> the audited output of module(x, **model_kwargs): what an audit measures, as one module.
 
-    def __init__(self, module: Any, model_kwargs: Mapping[str, Any], output_key: str | None) -> None:
+    With an `operator` other than "model", the output is that operator's (2 f(x) - x or x - f(x),
+    `engine.operator_output`), so its exported graph, and the bound composed over it, are of the
+    operator the audit measures.
+    """
+
+    def __init__(
+        self,
+        module: Any,
+        model_kwargs: Mapping[str, Any],
+        output_key: str | None,
+        operator: str = Operator.model.value,
+    ) -> None:
         super().__init__()
         self.module = module
         self.model_kwargs = dict(model_kwargs)
         self.output_key = output_key
+        self.operator = operator
 
     def forward(self, x: Tensor) -> Any:
-        return select_output(self.module(x, **self.model_kwargs), self.output_key)
+        output = select_output(self.module(x, **self.model_kwargs), self.output_key)
+        if self.operator == Operator.model:
+            return output
+        if not isinstance(output, Tensor):
+            raise ModelOutputError(
+                f"--operator {self.operator} needs one output tensor of the input's shape, and the model "
+                f"returned {type(output).__name__}: pick one with --output-key"
+            )
+        return operator_output(output, x, self.operator)
 
 
 def bound_model(
@@ -504,19 +525,37 @@ def bound_model(
     """The certified upper bound of a loaded model (`lipcheck.upper_bound`); errors name the model file.
 
     With audit `settings`, the bound is of the function the audit measures: the model called with the
-    settings' `model_kwargs` (`--arg`), and only the output `output_key` picks (`--output-key`), so the
+    settings' `model_kwargs` (`--arg`), only the output `output_key` picks (`--output-key`), and the
+    settings' `operator` (2f - Id or Id - f exported as one graph and bounded through it), so the
     bracket compares like with like. Without, it is of the model called with `model_kwargs` (`lipcheck
     bound --arg`), all outputs together.
     """
     module: Any = model.module
     kwargs = settings.model_kwargs if settings is not None else (model_kwargs or {})
     output_key = settings.output_key if settings is not None else None
-    if kwargs or output_key is not None:
-        module = _AuditedFunction(module, kwargs, output_key)
+    operator = settings.operator if settings is not None else Operator.model.value
+    if kwargs or output_key is not None or operator != Operator.model:
+        module = _AuditedFunction(module, kwargs, output_key, operator)
     try:
         return upper_bound(module, tuple(input_shape), assume=assume)
     except LipcheckError as error:
+        refused = _operator_refusal(error)
+        if refused is not None:  # torch.export wraps the shape refusal of the operator: say it plainly
+            raise refused.with_context(f"model '{model.path}'") from error
         raise error.with_context(f"model '{model.path}'") from error
+
+
+def _operator_refusal(error: BaseException) -> ModelOutputError | None:
+    """The ModelOutputError of `_AuditedFunction` (an output the operator cannot take) among the causes
+    of an error of the bound, where torch.export's tracing wrapped it; None when there is none."""
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, ModelOutputError):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def run_bound(
@@ -644,15 +683,17 @@ def audit(
     `data_key`, `limit`, and `max_read_bytes` as `--max-read-bytes`), a tensor or array (N, ...), or an
     iterable of batches such as a DataLoader (a batch may be a tensor or a tuple (inputs, labels);
     `data_key` picks another entry).
-    The other keyword arguments are `Settings` fields (method, tol, confidence, max_iter, seed, batch_size,
-    device, dtype, reduction, krylov_dim, output_key, model_kwargs, search_steps, search_radius) and
-    gate rules (fail_above, fail_above_sample, require_converged, fail_above_bound, baseline,
-    max_increase, allow_mismatch), judged into `report.gate`.
+    The other keyword arguments are `Settings` fields (operator, method, tol, confidence, max_iter,
+    seed, batch_size, device, dtype, reduction, krylov_dim, output_key, model_kwargs, search_steps,
+    search_radius) and gate rules (fail_above, fail_above_sample, require_converged, fail_above_bound,
+    baseline, max_increase, allow_mismatch), judged into `report.gate`.
 
     Raises InputError for bad input and AuditFailedError when the audit fails (as `run`)::
 
         report = lipcheck.audit(model, loader, max_iter=100)
         assert report.summary.max < 2
+        report = lipcheck.audit(denoiser, images, operator="fne", fail_above=1)  # firmly nonexpansive?
+        assert report.gate.passed
     """
     if isinstance(model, AuditRequest):
         if data is not None or options or bound or assume or arch or arch_kwargs or trust_pickle:

@@ -21,6 +21,30 @@ class Method(str, Enum):
     power = "power"
 
 
+class Operator(str, Enum):
+    """Whose Jacobian an audit measures, for a model f: f itself, 2f - Id, or Id - f.
+
+    `fne` is the question of plug-and-play restoration with a firmly nonexpansive denoiser (arXiv
+    2012.13247): f is firmly nonexpansive iff 2f - Id is nonexpansive, so a sample passes when
+    ||2 J - I|| <= 1. `residual` is that of Ryu et al. (2019), who need Id - f contractive. Both need
+    an output of the input's shape. `symbol` is the operator's Jacobian in J, f's Jacobian.
+    """
+
+    symbol: str
+    function: str
+
+    def __new__(cls, value: str, symbol: str = "", function: str = "") -> Operator:
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.symbol = symbol
+        member.function = function
+        return member
+
+    model = "model", "J", "f"
+    fne = "fne", "2J - I", "2f - Id"
+    residual = "residual", "I - J", "Id - f"
+
+
 class Reduction(str, Enum):
     """How sigma over the samples reduces to the one value a gate judges."""
 

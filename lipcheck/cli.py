@@ -36,7 +36,7 @@ from rich.progress import (
 from rich.text import Text
 
 from lipcheck import __version__
-from lipcheck.choices import Device, Dtype, Format, Method, Reduction, format_for
+from lipcheck.choices import Device, Dtype, Format, Method, Operator, Reduction, format_for
 from lipcheck.errors import AuditFailedError, InputError, LipcheckError, LipcheckWarning, first_line
 from lipcheck.file_formats import MAX_READ_BYTES
 
@@ -589,6 +589,15 @@ OutputKeyOption = Annotated[
         show_default=False,
     ),
 ]
+OperatorOption = Annotated[
+    Operator,
+    typer.Option(
+        "--operator",
+        help="Whose Jacobian to measure: the model f (J), fne: 2f - Id (2J - I; f is firmly nonexpansive "
+        "at a sample iff its sigma <= 1), or residual: Id - f (I - J). fne and residual need an output "
+        "of the input's shape; --bound and --search-steps then concern the same operator.",
+    ),
+]
 MethodOption = Annotated[Method, typer.Option("--method", help="Solver: Lanczos or power iteration.")]
 TolOption = Annotated[float, typer.Option("--tol", help="Target relative accuracy of each sigma.")]
 ConfidenceOption = Annotated[
@@ -685,6 +694,7 @@ lipcheck audit model.pt2 --data inputs.npz --data-key images --limit 1000 --form
 lipcheck audit weights.safetensors --arch nets.py:make_denoiser --arch-kwargs '{"channels": 4}' --data x.pt
 lipcheck audit model.pt2 --random 3x32x32 --num-samples 256 --seed 1 --dtype float64
 lipcheck audit model.pt2 --data inputs.npy --search-steps 10 --search-radius 0.5 --bound
+lipcheck audit denoiser.pt2 --data images.npy --operator fne --fail-above 1 --bound
 lipcheck audit model.pt2 --data images/ --fail-above 2.5 --output report.json
 lipcheck audit model.pt2 --data x.npy --bound -o report.html   # charts; needs pip install "lipcheck[html]"
 lipcheck audit model.pt2 --data x.npy --save-directions worst.safetensors --top 100
@@ -711,6 +721,7 @@ def audit(
     trust_pickle: TrustPickleOption = False,
     model_arg: ModelArgOption = None,
     output_key: OutputKeyOption = None,
+    operator: OperatorOption = Operator.model,
     method: MethodOption = Method.lanczos,
     tol: TolOption = 1e-4,
     confidence: ConfidenceOption = 0.99,
@@ -738,7 +749,8 @@ def audit(
     allow_mismatch: AllowMismatchOption = False,
     debug: DebugOption = False,
 ) -> None:
-    """Audit MODEL on a data set: the spectral norm of its Jacobian at every sample.
+    """Audit MODEL on a data set: the spectral norm of its Jacobian at every sample (or of the Jacobian
+    of 2f - Id or Id - f, with --operator).
 
     Prints the worst samples and a summary (table), or the full report (json, markdown, junit, html).
     The gate flags (--fail-above, --fail-above-sample, --require-converged, --baseline with
@@ -805,6 +817,7 @@ def _audit_request(flags: dict[str, Any]) -> AuditRequest:
 
     random = flags["random"]
     settings = Settings(
+        operator=flags["operator"].value,
         method=flags["method"].value,
         tol=flags["tol"],
         confidence=flags["confidence"],

@@ -20,6 +20,7 @@ from lipcheck.report import SCHEMA_VERSION, DataSection, Gate, Report, Settings
 
 # The settings that change the figures, and the flag that sets each.
 COMPARED_SETTINGS: dict[str, str] = {
+    "operator": "--operator",
     "method": "--method",
     "tol": "--tol",
     "confidence": "--confidence",

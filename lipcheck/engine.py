@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lipcheck.choices import Method, choose
+from lipcheck.choices import Method, Operator, choose
 from lipcheck.double_backward import linearisable_convolutions
 from lipcheck.errors import (
     AuditFailedError,
@@ -118,8 +118,14 @@ class JacobianOperator:
         x: Tensor,
         args: Sequence[Any] = (),
         kwargs: Mapping[str, Any] | None = None,
+        *,
+        operator: Operator | str = Operator.model,
     ) -> JacobianOperator:
-        """Evaluate f once at x (B, ...) and keep the graph. f(x, *args, **kwargs) must return (B, ...)."""
+        """Evaluate f once at x (B, ...) and keep the graph. f(x, *args, **kwargs) must return (B, ...).
+
+        `operator` chooses whose Jacobian the products apply (`operator_output`): f's, or that of
+        2f - Id or Id - f, which need f's output to have x's shape (ModelOutputError otherwise)."""
+        choose(Operator, operator, "operator")
         x = x.detach().requires_grad_(True)
         with torch.enable_grad(), linearisable_convolutions():
             y = f(x, *args, **(kwargs or {}))
@@ -132,7 +138,9 @@ class JacobianOperator:
             raise _disconnected(f"the model returned a {str(y.dtype).removeprefix('torch.')} tensor")
         if not bool(torch.isfinite(y).all()):
             raise ModelOutputError("the model's output contains NaN or Inf at this input")
-        return cls(y, x)
+        if not y.requires_grad:
+            raise _disconnected()
+        return cls(operator_output(y, x, operator), x)
 
     @property
     def input_shape(self) -> torch.Size:
@@ -202,6 +210,28 @@ class JacobianOperator:
     def gram(self, u: Tensor) -> Tensor:
         """J^T J u for u of the input's shape: one product of the solvers."""
         return self.vjp(self.jvp(u))
+
+
+def operator_output(y: Tensor, x: Tensor, operator: Operator | str) -> Tensor:
+    """The audited operator's output from y = f(x) (B, ...): y itself, 2 y - x (fne) or x - y (residual).
+
+    The Jacobian of 2f - Id is 2 J - I and that of Id - f is I - J, so building them into the graph
+    of y gives their products, 2 J u - u and 2 J^T v - v, from the same single evaluation of f: no
+    further model call, and the solvers, the error bars and the search act on the operator as on any
+    model. Raises ModelOutputError naming both shapes when fne or residual meet an output whose shape
+    is not x's.
+    """
+    chosen = Operator(operator)
+    if chosen is Operator.model:
+        return y
+    if y.shape != x.shape:
+        raise ModelOutputError(
+            f"--operator {chosen.value} measures the Jacobian of {chosen.function}, which needs the model's "
+            f"output to have its input's shape, but inputs of shape {tuple(x.shape)} give outputs of shape "
+            f"{tuple(y.shape)}: use --operator model (operator='model'), or --output-key to pick an output "
+            "of the input's shape"
+        )
+    return 2 * y - x if chosen is Operator.fne else x - y
 
 
 def check_batch_coupling(operator: JacobianOperator, seed: int | None = None) -> None:
@@ -286,6 +316,28 @@ def start_component_floor(n: int, confidence: float) -> float:
     if n <= 1:
         return 1.0
     return (1 - confidence) * math.sqrt(math.pi / (2 * (n - 1)))
+
+
+# What torch says when a product needs a part of the graph that was freed before it ran.
+_FREED_GRAPH = (
+    "Trying to backward through the graph a second time",
+    "saved tensors after they have already been freed",
+)
+
+
+def _freed_graph(error: BaseException) -> AuditFailedError | None:
+    """The explanation of a product that failed because the model freed part of its own graph inside
+    its forward; None for any other error. torch's own message advises `retain_graph`, which is not
+    the fix here: the model's output must be differentiable as it is computed."""
+    if not isinstance(error, RuntimeError) or not any(text in str(error) for text in _FREED_GRAPH):
+        return None
+    return AuditFailedError(
+        "the model freed part of its own autograd graph while computing its output (an inner "
+        "torch.autograd.grad without create_graph=True, or a .backward() inside forward), so its output is "
+        "not differentiable as called and its Jacobian cannot be measured: compute inner gradients with "
+        "create_graph=True (for deepinv's gradient-step denoisers, GSDRUNet and GSPnP, set "
+        "model.detach = False in the --arch factory)"
+    )
 
 
 def _non_finite_products(samples: list[int]) -> AuditFailedError:
@@ -697,24 +749,30 @@ def solve(
 ) -> SpectralNormResult:
     """Spectral norms of an existing `JacobianOperator`; see `spectral_norm` for the arguments."""
     _check_settings(method, max_iter, tol, krylov_dim, confidence)
-    if check_coupling:
-        check_batch_coupling(operator, seed)
     shape = operator.input_shape
     u0 = start_vector(shape, seed, operator.x.dtype, operator.x.device)
 
     def gram(u: Tensor) -> Tensor:
         return operator.gram(u.view(shape)).flatten(1).detach()
 
-    with torch.enable_grad():
-        if method == "power":
-            outcome = power_method(
-                gram, u0, max_iter=max_iter, tol=tol, confidence=confidence, callback=callback
-            )
-        else:
-            outcome = lanczos(
-                gram, u0, max_iter=max_iter, tol=tol, krylov_dim=krylov_dim, confidence=confidence,
-                callback=callback,
-            )  # fmt: skip
+    try:
+        if check_coupling:
+            check_batch_coupling(operator, seed)
+        with torch.enable_grad():
+            if method == "power":
+                outcome = power_method(
+                    gram, u0, max_iter=max_iter, tol=tol, confidence=confidence, callback=callback
+                )
+            else:
+                outcome = lanczos(
+                    gram, u0, max_iter=max_iter, tol=tol, krylov_dim=krylov_dim, confidence=confidence,
+                    callback=callback,
+                )  # fmt: skip
+    except RuntimeError as error:
+        freed = _freed_graph(error)
+        if freed is None:
+            raise
+        raise freed from error
     sigma, iterations, converged, residual, vector, upper = outcome
     dtype = operator.x.dtype
     return SpectralNormResult(
@@ -748,6 +806,7 @@ def spectral_norm(
     confidence: float = DEFAULT_CONFIDENCE,
     check_coupling: bool = True,
     callback: IterationCallback | None = None,
+    operator: Operator | str = Operator.model,
 ) -> SpectralNormResult:
     """Estimate sigma_i = ||df/dx (x_i)||_2 for every sample of the batch x.
 
@@ -768,6 +827,9 @@ def spectral_norm(
             each sigma from above (docs/engine.md, "Error bars").
         check_coupling: spend one backward pass checking that samples do not interact.
         callback: called after each iteration with (iteration, sigma (B,), active (B,)).
+        operator: whose Jacobian is measured: "model" (f's, J; the default), "fne" (that of 2f - Id,
+            2J - I: f is firmly nonexpansive at x_i iff sigma_i <= 1) or "residual" (that of Id - f,
+            I - J). The last two need an output of x's shape and cost no further call of f.
 
     Returns:
         SpectralNormResult with sigma, iterations, converged, residual (B,) and vector (B, ...).
@@ -775,7 +837,8 @@ def spectral_norm(
     Raises:
         InputError: x is not a finite floating tensor with a batch dimension, or a setting is out
             of range.
-        ModelOutputError: f returned a non-tensor, NaN or Inf, or a batch of another size.
+        ModelOutputError: f returned a non-tensor, NaN or Inf, or a batch of another size (or, for
+            the operators fne and residual, an output of another shape than x).
         BatchCouplingError: f mixes samples (BatchNorm in training mode, attention over the batch).
         DisconnectedOutputError: (an AuditFailedError) f's output has no autograd path to x (a
             detach, torch.no_grad, an integer output). A connected output whose Jacobian is zero
@@ -783,9 +846,9 @@ def spectral_norm(
     """
     check_input(x)
     _check_settings(method, max_iter, tol, krylov_dim, confidence)
-    operator = JacobianOperator.from_function(f, x, args, kwargs)
+    jacobian = JacobianOperator.from_function(f, x, args, kwargs, operator=operator)
     return solve(
-        operator,
+        jacobian,
         method=method,
         max_iter=max_iter,
         tol=tol,

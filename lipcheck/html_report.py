@@ -24,8 +24,10 @@ from lipcheck.render import (
     _comparison_lines,
     _model_line,
     _number,
+    _operator_note,
     _search_note,
     _shape,
+    _sigma_heading,
     _summary_rows,
     sigma_histogram,
 )
@@ -200,9 +202,9 @@ def _header(report: Report) -> list[tuple[str, str]]:
         ("data sha256", data.sha256 or "-"),
         (
             "settings",
-            f"{settings.method}, tol {settings.tol:g}, max-iter {settings.max_iter}, {settings.dtype}, batch "
-            f"{settings.batch_size}, seed {settings.seed}, reduction {settings.reduction}, confidence "
-            f"{settings.confidence:g}{_search_note(report)}",
+            f"{_operator_note(settings)}{settings.method}, tol {settings.tol:g}, max-iter "
+            f"{settings.max_iter}, {settings.dtype}, batch {settings.batch_size}, seed {settings.seed}, "
+            f"reduction {settings.reduction}, confidence {settings.confidence:g}{_search_note(report)}",
         ),
         (
             "versions",
@@ -339,7 +341,7 @@ def _worst_section(report: Report) -> str:
     searched = report.settings.search_steps is not None
     heads = [
         "sample",
-        "sigma",
+        _sigma_heading(report.settings),
         f"sigma_upper ({report.settings.confidence:g})",
         "iterations",
         "converged",

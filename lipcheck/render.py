@@ -24,11 +24,19 @@ from rich.table import Table
 from rich.text import Text
 
 from lipcheck import charts
-from lipcheck.choices import Format
+from lipcheck.choices import Format, Operator
 from lipcheck.compare import Comparison
 from lipcheck.errors import InputError
 from lipcheck.gate import listed
-from lipcheck.report import ModelBoundReport, ModelSection, Report, RuleVerdict, SampleResult, worst_samples
+from lipcheck.report import (
+    ModelBoundReport,
+    ModelSection,
+    Report,
+    RuleVerdict,
+    SampleResult,
+    Settings,
+    worst_samples,
+)
 
 WORST = 10
 TEXT_BINS = 32  # characters of the table's one-line histogram
@@ -57,6 +65,23 @@ def _shape(shape: tuple[int, ...]) -> str:
     return "x".join(str(d) for d in shape) or "scalar"
 
 
+def _operator(settings: Settings) -> Operator | None:
+    """The operator of an audit that did not measure the model's own Jacobian (--operator); else None,
+    and the outputs read as they always have."""
+    operator = Operator(settings.operator)
+    return None if operator is Operator.model else operator
+
+
+def _operator_note(settings: Settings) -> str:
+    operator = _operator(settings)
+    return "" if operator is None else f"operator {operator.value} (sigma = ||{operator.symbol}||), "
+
+
+def _sigma_heading(settings: Settings) -> str:
+    operator = _operator(settings)
+    return "sigma" if operator is None else f"sigma ||{operator.symbol}||"
+
+
 def _header(report: Report) -> Table:
     model, data, settings = report.model, report.data, report.settings
     grid = Table.grid(padding=(0, 2))
@@ -74,8 +99,8 @@ def _header(report: Report) -> Table:
     )
     grid.add_row(
         "settings",
-        f"{settings.method}, tol {settings.tol:g}, max-iter {settings.max_iter}, {settings.dtype} on "
-        f"{report.environment.device}, batch {settings.batch_size}, seed {settings.seed}"
+        f"{_operator_note(settings)}{settings.method}, tol {settings.tol:g}, max-iter {settings.max_iter}, "
+        f"{settings.dtype} on {report.environment.device}, batch {settings.batch_size}, seed {settings.seed}"
         + _search_note(report),
     )
     return grid
@@ -99,7 +124,8 @@ def _worst_table(report: Report) -> Table:
         f"(sigma_upper at confidence {report.settings.confidence:g})"
     )
     table = Table(title=title, title_justify="left")
-    for name in ("index", "sigma", "sigma_upper", "iterations", "converged", "residual"):
+    sigma = _sigma_heading(report.settings)
+    for name in ("index", sigma, "sigma_upper", "iterations", "converged", "residual"):
         table.add_column(name, justify="left" if name == "converged" else "right")
     for row in shown:
         converged = Text("yes", style="green") if row.converged else Text("no", style="bold red")
@@ -256,7 +282,8 @@ def render_markdown(report: Report) -> str:
         "### lipcheck audit",
         "",
         f"Model `{model.path}` ({model.format}, sha256 `{model.sha256[:12]}`) on `{source}` "
-        f"({data.count} samples); {settings.method}, tol {settings.tol:g}, {settings.dtype}"
+        f"({data.count} samples); {_operator_note(settings)}{settings.method}, tol {settings.tol:g}, "
+        f"{settings.dtype}"
         f"{_search_note(report)}.",
         "",
         *_markdown_gate(report.gate.rules),
@@ -270,8 +297,8 @@ def render_markdown(report: Report) -> str:
     )
     lines += [
         "",
-        f"| worst sample | sigma | sigma_upper ({report.settings.confidence:g}) | iterations | converged "
-        f"| residual |{search_heads}",
+        f"| worst sample | {_cell(_sigma_heading(settings))} | sigma_upper ({settings.confidence:g}) "
+        f"| iterations | converged | residual |{search_heads}",
         f"| ---: | ---: | ---: | ---: | --- | ---: |{search_rule}",
     ]
     for row in worst_samples(report, 5):
@@ -302,12 +329,14 @@ def mermaid_histogram(report: Report, bins: int = MERMAID_BINS) -> list[str]:
 def render_junit(report: Report) -> str:
     """JUnit XML: one testsuite named after the model, one testcase per gate rule."""
     model, data = report.model, report.data
+    operator = _operator(report.settings)
     return junit_xml(
         report.model.path,
         report.gate.rules,
         seconds=report.timing.total_seconds,
         timestamp=report.timing.started,
         properties={
+            **({} if operator is None else {"operator": f"{operator.value} (sigma = ||{operator.symbol}||)"}),
             "model_sha256": model.sha256,
             "data": data.path if data.path is not None else f"random (seed {data.seed})",
             "data_sha256": data.sha256 or "",

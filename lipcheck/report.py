@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from lipcheck.choices import Device, Dtype, Method, Reduction, choose
+from lipcheck.choices import Device, Dtype, Method, Operator, Reduction, choose
 from lipcheck.errors import InputError
 from lipcheck.json_schema import first_problem
 
@@ -91,8 +91,14 @@ class DataSection:
 
 @dataclass(frozen=True)
 class Settings:
-    """How the audit runs: part of an `AuditRequest`, and the input of `auditing.run_audit`."""
+    """How the audit runs: part of an `AuditRequest`, and the input of `auditing.run_audit`.
 
+    `operator` says whose Jacobian every sigma is the norm of (`choices.Operator`): the model f's
+    ("model", J), 2f - Id's ("fne", 2J - I) or Id - f's ("residual", I - J); reports written before
+    lipcheck recorded it measured f.
+    """
+
+    operator: str = "model"
     method: str = "lanczos"
     tol: float = 1e-4
     max_iter: int = 200
@@ -110,6 +116,7 @@ class Settings:
 
     def validate(self) -> None:
         """InputError naming the flag of the first setting that is not a choice or is out of range."""
+        choose(Operator, self.operator, "--operator")
         choose(Method, self.method, "--method")
         choose(Dtype, self.dtype, "--dtype")
         choose(Device, self.device, "--device")

@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lipcheck.choices import Method
+from lipcheck.choices import Method, Operator
 from lipcheck.engine import (
     DEFAULT_CONFIDENCE,
     DEFAULT_KRYLOV_DIM,
@@ -95,6 +95,7 @@ def worst_case_search(
     krylov_dim: int = DEFAULT_KRYLOV_DIM,
     confidence: float = DEFAULT_CONFIDENCE,
     check_coupling: bool = True,
+    operator: Operator | str = Operator.model,
 ) -> SearchResult:
     """Projected gradient ascent of sigma(x) = ||df/dx (x)||_2 within radius `radius` of every sample.
 
@@ -103,9 +104,10 @@ def worst_case_search(
         x: (B, ...) floating tensor of samples.
         radius: the l2 radius R of the ball searched around each sample, >= 0.
         steps: the number of ascent steps, >= 0 (0 returns the samples' own values).
-        method, max_iter, tol, seed, args, kwargs, krylov_dim, confidence, check_coupling: as for
-            `spectral_norm`, used at the samples and at every candidate (the coupling check only at
-            the samples).
+        method, max_iter, tol, seed, args, kwargs, krylov_dim, confidence, check_coupling, operator:
+            as for `spectral_norm`, used at the samples and at every candidate (the coupling check only
+            at the samples); with operator "fne" or "residual" the search ascends the norm of 2J - I
+            or I - J.
 
     Returns:
         SearchResult: the engine's result at the samples, and the largest sigma found, where, and how
@@ -127,9 +129,9 @@ def worst_case_search(
     searching = steps > 0 and radius > 0
 
     def evaluate(z: Tensor, check: bool) -> tuple[SpectralNormResult, Tensor]:
-        operator = JacobianOperator.from_function(f, z, args, kwargs)
-        result = solve(operator, krylov_dim=krylov_dim, check_coupling=check, **settings)
-        gradient = _sigma_gradient(operator, result.vector) if searching else torch.zeros_like(z)
+        jacobian = JacobianOperator.from_function(f, z, args, kwargs, operator=operator)
+        result = solve(jacobian, krylov_dim=krylov_dim, check_coupling=check, **settings)
+        gradient = _sigma_gradient(jacobian, result.vector) if searching else torch.zeros_like(z)
         return result, gradient
 
     center = x.detach()
