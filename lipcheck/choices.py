@@ -21,6 +21,14 @@ class Method(str, Enum):
     power = "power"
 
 
+class BoundMethod(str, Enum):
+    """How the certified bound composes the layers' factors: the loop transformation (default, never
+    above the product) or the product of the factors along every path."""
+
+    liplt = "liplt"
+    product = "product"
+
+
 class Reduction(str, Enum):
     """How sigma over the samples reduces to the one value a gate judges."""
 
