@@ -65,7 +65,7 @@ def main() -> None:
             optimiser.zero_grad()
             (-value).backward()
             optimiser.step()
-        best = max(best, float(value))
+        best = max(best, float(value.detach()))
     seconds = time.perf_counter() - start
     x = torch.from_numpy(np.load(SAMPLE / "denoiser_inputs.npy"))
     found = lipcheck.audit(program.module(), x, tol=1e-6).summary.max
