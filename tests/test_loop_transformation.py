@@ -110,15 +110,15 @@ def jacobian_norms(model: nn.Module, points: Tensor) -> Tensor:
 def largest_found(model: nn.Module, shape: tuple[int, ...], seed: int) -> float:
     """The largest ||J(x)|| over inputs at several scales, raised by the worst-case search."""
     generator = torch.Generator().manual_seed(seed)
-    scales = torch.tensor([0.1, 0.5, 1.0, 2.0, 5.0], dtype=torch.float64).repeat_interleave(6)
+    scales = torch.tensor([0.1, 0.5, 1.0, 2.0, 5.0], dtype=torch.float64).repeat_interleave(3)
     points = torch.randn((len(scales), *shape), generator=generator, dtype=torch.float64)
     points = points * scales.reshape(-1, *[1] * len(shape))
     found = float(jacobian_norms(model, points).detach().max())
-    searched = lipcheck.worst_case_search(model, points[:4], radius=1.0, steps=3, seed=0, tol=1e-6)
+    searched = lipcheck.worst_case_search(model, points[:2], radius=1.0, steps=2, seed=0, tol=1e-6)
     return max(found, float(searched.sigma.max()))
 
 
-@settings(max_examples=16, deadline=None, derandomize=True)
+@settings(max_examples=12, deadline=None, derandomize=True)
 @given(
     kind=st.sampled_from(["mlp", "conv", "residual", "minus", "reflected", "branches"]),
     activation=st.sampled_from(sorted(ACTIVATIONS)),
@@ -228,3 +228,14 @@ def test_product_method_is_kept_and_reported() -> None:
     assert report.upper_bound == report.product_bound
     with pytest.raises(lipcheck.LipcheckError, match="bound method"):
         lipcheck.upper_bound(model, (2, 4, 4), method="sdp")
+
+
+def test_a_graph_it_cannot_handle_keeps_the_product_and_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    def fails(*args: object) -> None:
+        raise RuntimeError("an operation vmap cannot batch")
+
+    monkeypatch.setattr(loop_transformation, "loop_transformation_bound", fails)
+    model = prepared(random_net("conv", "relu", 2)[0], 0)
+    report = lipcheck.upper_bound(model, (1, 5, 5))
+    assert report.method == "product" and report.terms == ()
+    assert report.upper_bound == report.product_bound

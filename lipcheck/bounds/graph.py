@@ -65,11 +65,17 @@ def upper_bound(
             f"contain; its operations are: {present}"
         )
     product, terms = bound, ()
-    if method == "liplt":
+    if method == "liplt" and walker.output_nodes:
         from lipcheck.bounds.loop_transformation import loop_transformation_bound
 
-        composed = loop_transformation_bound(walker, walker.output_nodes)
-        bound, terms = min(product, composed.bound), composed.terms
+        try:
+            composed = loop_transformation_bound(walker, walker.output_nodes)
+        except (ArithmeticError, AttributeError, IndexError, KeyError, RuntimeError, TypeError, ValueError):
+            # a graph the loop transformation does not handle keeps the product's certified bound, and the
+            # report says that the product made it
+            method = "product"
+        else:
+            bound, terms = min(product, composed.bound), composed.terms
     return BoundReport(
         upper_bound=bound,
         layers=tuple(walker.layers),

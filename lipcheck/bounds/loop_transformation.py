@@ -54,6 +54,9 @@ DENSE_MAX_ENTRIES = 1 << 24
 # block, estimated from the weights' fan-in): a deep convolutional block read from a 32x32 input would
 # take minutes for a fraction of a percent.
 DENSE_MAX_WORK = 1 << 30
+# ... and while all blocks read so far (with their SVDs) cost at most this many in total: a graph with many
+# sites has O(m^2) blocks, each perhaps just under the limit above.
+DENSE_TOTAL_WORK = 1 << 34
 # Products computed per batched call of the c-network while reading a matrix (bounds memory).
 PRODUCT_CHUNK = 64
 # The least slope of Mish, x tanh(softplus x): -0.1125261224 at x = -2.25638 (a float64 grid of step 1e-5
@@ -292,6 +295,7 @@ class _LoopTransformation:
         self.gains: dict[Node, dict[Node, Any]] = {}
         self.norms: dict[tuple[Node, tuple[Node, ...]], tuple[float, str]] = {}
         self.injections: dict[Node, float] = {}
+        self.work_spent = 0  # multiply-adds of the blocks read so far
         self.value_bounds: dict[Node, float] = {}
 
     def _classify(self) -> None:
@@ -434,8 +438,11 @@ class _LoopTransformation:
         n_out = sum(_numel(t) for t in targets)
         if min(n_in, n_out) > DENSE_MAX_SIDE or n_in * n_out > DENSE_MAX_ENTRIES:
             return None
-        if min(n_in, n_out) * self._pass_work(source, targets) > DENSE_MAX_WORK:
+        work = min(n_in, n_out) * self._pass_work(source, targets)
+        work_with_svd = work + min(n_in, n_out) ** 2 * max(n_in, n_out)
+        if work > DENSE_MAX_WORK or self.work_spent + work_with_svd > DENSE_TOTAL_WORK:
             return None
+        self.work_spent += work_with_svd
         shape = _shape(source)
         block = self._block(source, targets)
         try:
