@@ -361,7 +361,8 @@ class _LoopTransformation:
         if value not in self.value_bounds:
             total = self._norm(self.input, (value,))[0]
             for node, site in self.sites.items():
-                if self.order[node] < self.order[value]:
+                # a site's own deviation enters at its output: a value that is a site counts itself
+                if self.order[node] <= self.order[value]:
                     norm = self._norm(node, (value,))[0]
                     if norm > 0:
                         total += norm * self._injection(site)
