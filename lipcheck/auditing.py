@@ -51,6 +51,7 @@ from lipcheck.report import (
     BoundReport,
     BoundTiming,
     DataSection,
+    Directions,
     Environment,
     ModelBoundReport,
     ModelSection,
@@ -68,6 +69,8 @@ from lipcheck.search import SearchResult, worst_case_search
 
 RowSink = Callable[[Sequence[SampleResult]], None]
 Progress = Callable[[int], None]
+# A batch's data indices, the engine's result at its samples, and the samples x (B, ...).
+DirectionSink = Callable[[Sequence[int], SpectralNormResult, Tensor], None]
 
 
 # Where a traceback's frames are not the model's code: torch's and lipcheck's own modules.
@@ -182,8 +185,10 @@ def audit_rows(
     indices: range,
     sink: RowSink,
     progress: Progress | None = None,
+    directions: DirectionSink | None = None,
 ) -> None:
-    """Audit the samples `indices` of `data` batch by batch, passing each batch's rows to `sink`.
+    """Audit the samples `indices` of `data` batch by batch, passing each batch's rows to `sink` (and
+    the engine's results with the samples to `directions`, when given).
 
     The model must already be on the settings' device and dtype (`run_audit` does that). Raises
     InputError or ModelOutputError for bad input (the message names the data and the samples), and
@@ -215,6 +220,8 @@ def audit_rows(
         ]  # fmt: skip
         if found is not None:
             rows = _with_search(rows, found)
+        if directions is not None:
+            directions(list(batch), result, x)
         sink(rows)
         if progress is not None:
             progress(len(batch))
@@ -374,11 +381,15 @@ def run_audit(
     progress: Progress | None = None,
     load_seconds: float = 0.0,
     bound: BoundReport | None = None,
+    directions: int | None = 0,
+    pictures: int = 0,
 ) -> Report:
     """Audit every sample of `data` and return the report, with the gate judged by `rules`.
 
     `bound`, the model's certified upper bound (`bound_model`), goes into the report with the bracket
-    [largest sigma found, bound]. Moves the model to the settings' device and dtype (in place). Raises
+    [largest sigma found, bound]. With `directions` K (None: all) or `pictures` M, the report's
+    `directions` keep the most amplified directions of the max(K, M) samples of largest sigma, and the
+    inputs of the first M. Moves the model to the settings' device and dtype (in place). Raises
     InputError for bad input, AuditFailedError when the audit itself fails (see `audit_rows`).
     """
     settings.validate()
@@ -387,8 +398,12 @@ def run_audit(
         model.module.to(device=device, dtype=torch_dtype(settings.dtype))
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     rows: list[SampleResult] = []
+    kept = None if directions == 0 and pictures == 0 else _LargestSigma(directions, pictures)
     begin = time.perf_counter()
-    audit_rows(model, data, settings, indices=range(len(data)), sink=rows.extend, progress=progress)
+    audit_rows(
+        model, data, settings, indices=range(len(data)), sink=rows.extend, progress=progress,
+        directions=kept.add if kept is not None else None,
+    )  # fmt: skip
     seconds = time.perf_counter() - begin
     report = Report(
         model=model_section(model),
@@ -407,10 +422,50 @@ def run_audit(
         lipcheck_version=__version__,
         bound=bound,
         notes=_zero_jacobian_notes(rows),
+        directions=kept.result() if kept is not None else None,
     )
     for note in report.notes:
         warnings.warn(note, LipcheckWarning, stacklevel=2)
     return replace(report, gate=judge(rules, report))
+
+
+class _LargestSigma:
+    """Keeps, batch by batch, the most amplified directions of the `keep` samples of largest sigma (all
+    when None) and the inputs of the `pictures` largest, so memory is set by those counts, not the data."""
+
+    def __init__(self, keep: int | None, pictures: int) -> None:
+        self.keep = None if keep is None else max(keep, pictures)
+        self.pictures = pictures
+        self.parts: list[tuple[np.ndarray, ...]] = []
+        self.inputs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # indices, sigma, inputs
+
+    def add(self, indices: Sequence[int], result: SpectralNormResult, x: Tensor) -> None:
+        sigma = result.sigma.detach().double().cpu().numpy()
+        residual = result.residual.detach().double().cpu().numpy()
+        index = np.asarray(indices, dtype=np.int64)
+        vectors = result.vector.detach().cpu().numpy()
+        self.parts.append((index, sigma, np.where(np.isfinite(residual), residual, np.nan), vectors))
+        if self.keep is not None and sum(len(part[0]) for part in self.parts) > 2 * self.keep + 1:
+            self.parts = [self._largest(self.parts, self.keep)]
+        if self.pictures:
+            samples = x.detach().cpu().numpy()
+            if self.inputs is not None:
+                index, sigma, samples = (
+                    np.concatenate(pair) for pair in zip(self.inputs, (index, sigma, samples), strict=True)
+                )
+            order = np.lexsort((index, -sigma))[: self.pictures]
+            self.inputs = (index[order], sigma[order], samples[order])
+
+    @staticmethod
+    def _largest(parts: Sequence[tuple[np.ndarray, ...]], count: int | None) -> tuple[np.ndarray, ...]:
+        index, sigma, residual, vectors = (np.concatenate(column) for column in zip(*parts, strict=True))
+        order = np.lexsort((index, -sigma))[:count]
+        return index[order], sigma[order], residual[order], vectors[order]
+
+    def result(self) -> Directions:
+        index, sigma, residual, vectors = self._largest(self.parts, self.keep)
+        inputs = self.inputs[2] if self.inputs is not None else vectors[:0]
+        return Directions(index, sigma, residual, vectors, inputs)
 
 
 def _zero_jacobian_notes(rows: Sequence[SampleResult]) -> tuple[str, ...]:
@@ -560,7 +615,10 @@ def run(request: AuditRequest, progress: Callable[[int, int], None] | None = Non
         what = f"baseline report '{options.baseline}' and this audit"
         mismatched = comparable(baseline, settings, data_section(data), what, options.allow_mismatch)
     advance = (lambda done: progress(done, len(data))) if progress is not None else None
-    report = run_audit(model, data, settings, progress=advance, load_seconds=load_seconds, bound=certified)
+    report = run_audit(
+        model, data, settings, progress=advance, load_seconds=load_seconds, bound=certified,
+        directions=request.top if request.save_directions is not None else 0, pictures=request.pictures,
+    )  # fmt: skip
     rules = rules_for(options, report, baseline=baseline, mismatched=mismatched)
     report = replace(report, gate=judge(rules, report))
     check_converged(report)

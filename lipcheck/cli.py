@@ -400,8 +400,8 @@ OutputOption = Annotated[
         "--output",
         "-o",
         help="Write the report to FILE (atomically; never over an input of the command) instead of stdout; "
-        "repeatable. The suffix sets the format: .json, .md (Markdown), .xml (JUnit), .txt (table); any "
-        "other takes --format (json).",
+        "repeatable. The suffix sets the format: .json, .md (Markdown), .xml (JUnit), .html (a page with "
+        "charts), .txt (table); any other takes --format (json).",
         metavar="FILE",
         show_default=False,
     ),
@@ -657,6 +657,26 @@ BoundMethodOption = Annotated[
         "affordable; never above product) or product (the product of the factors along every path).",
     ),
 ]
+SaveDirectionsOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--save-directions",
+        help="Write each sample's most amplified unit input direction to FILE.safetensors: 'directions' "
+        "(N, ...) like the data, largest sigma first, with 'indices', 'sigma' and 'residual' (N,) alongside.",
+        metavar="FILE.safetensors",
+        show_default=False,
+    ),
+]
+DirectionsTopOption = Annotated[
+    int | None,
+    typer.Option(
+        "--top",
+        min=1,
+        help="With --save-directions: keep only the K samples of largest sigma (memory and file of K rows).",
+        metavar="K",
+        show_default=False,
+    ),
+]
 AuditQuietOption = Annotated[
     bool,
     typer.Option(
@@ -675,6 +695,8 @@ lipcheck audit weights.safetensors --arch nets.py:make_denoiser --arch-kwargs '{
 lipcheck audit model.pt2 --random 3x32x32 --num-samples 256 --seed 1 --dtype float64
 lipcheck audit model.pt2 --data inputs.npy --search-steps 10 --search-radius 0.5 --bound
 lipcheck audit model.pt2 --data images/ --fail-above 2.5 --output report.json
+lipcheck audit model.pt2 --data x.npy --bound -o report.html   # charts; needs pip install "lipcheck[html]"
+lipcheck audit model.pt2 --data x.npy --save-directions worst.safetensors --top 100
 lipcheck audit model.pt2 --data x.npy --baseline release.json --max-increase 5 --require-converged \\
     -o report.json -o junit.xml -o summary.md
 ```
@@ -715,6 +737,8 @@ def audit(
     fail_above_bound: FailAboveBoundOption = None,
     output_format: FormatOption = None,
     output: OutputOption = None,
+    save_directions: SaveDirectionsOption = None,
+    top: DirectionsTopOption = None,
     quiet: AuditQuietOption = False,
     fail_above: FailAboveOption = None,
     fail_above_sample: FailAboveSampleOption = None,
@@ -726,8 +750,8 @@ def audit(
 ) -> None:
     """Audit MODEL on a data set: the spectral norm of its Jacobian at every sample.
 
-    Prints the worst samples and a summary (table), or the full report (json, markdown, junit). The
-    gate flags (--fail-above, --fail-above-sample, --require-converged, --baseline with
+    Prints the worst samples and a summary (table), or the full report (json, markdown, junit, html).
+    The gate flags (--fail-above, --fail-above-sample, --require-converged, --baseline with
     --max-increase) are rules recorded in the report; any failed rule exits 1.
     """
     from lipcheck.auditing import run
@@ -737,6 +761,11 @@ def audit(
     flags = dict(locals())
     request = _audit_request(flags)
     outputs = prepare_outputs(request.outputs, request.inputs())
+    directions_file = (
+        prepare_outputs([request.save_directions], request.inputs(), "--save-directions")
+        if request.save_directions is not None
+        else []
+    )
     fmt = _output_format(output_format, outputs, REPORT)
     show_progress = not quiet and sys.stderr.isatty() and (fmt == "table" or bool(outputs))
     try:
@@ -746,7 +775,36 @@ def audit(
         if failure.report is not None:  # no sample converged: the figures are written all the same
             _write_report(failure.report, outputs, fmt, quiet)
         raise
+    try:
+        for destination in directions_file:
+            _write_directions(report, destination, request.top, quiet)
+    except LipcheckError:
+        _say_gate(report.gate.rules, quiet)  # as `_write_and_judge` does when a report cannot be written
+        raise
     _write_and_judge(report, REPORT, outputs, fmt, quiet, report.gate.rules)
+
+
+def _write_directions(report: Report, destination: Destination, top: int | None, quiet: bool) -> None:
+    """Write the report's kept directions (`--save-directions`, `--top`) as a safetensors file."""
+    from lipcheck.outputs import write_output
+
+    assert report.directions is not None
+    metadata = {
+        "model": report.model.path,
+        "model_sha256": report.model.sha256,
+        "data": report.data.path or "random",
+        "data_sha256": report.data.sha256 or "",
+        "dtype": report.settings.dtype,
+        "order": "largest sigma first",
+        "lipcheck_version": report.lipcheck_version,
+    }
+    try:
+        write_output(destination, report.directions.to_safetensors(top, metadata))
+    except OSError as error:
+        reason = error.strerror or error
+        raise InputError(f"--save-directions '{destination.path}' cannot be written ({reason})") from error
+    if not quiet:
+        typer.echo(f"lipcheck: directions written to {destination.path}", err=True)
 
 
 def _audit_request(flags: dict[str, Any]) -> AuditRequest:
@@ -793,7 +851,19 @@ def _audit_request(flags: dict[str, Any]) -> AuditRequest:
         bound_method=flags["bound_method"].value,
         outputs=tuple(flags["output"] or ()),
         format=flags["output_format"],
+        save_directions=flags["save_directions"],
+        top=flags["top"],
+        pictures=_pictures(flags["output"] or (), flags["output_format"]),
     )
+
+
+def _pictures(outputs: Sequence[Path], output_format: Format | None) -> int:
+    """How many of the worst samples keep their inputs: those an HTML report draws, when one is written."""
+    from lipcheck.html_report import PICTURES
+
+    fallback = output_format.value if output_format is not None else "json"
+    pages = [path for path in outputs if format_for(path, fallback) == Format.html]
+    return PICTURES if pages or (not outputs and output_format == Format.html) else 0
 
 
 # The flags of `RuleOptions`: the parameters of `audit` and `gate` that set it.

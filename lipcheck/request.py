@@ -80,8 +80,11 @@ class AuditRequest:
 
     `bound` asks for the certified upper bound (implied by `rules.fail_above_bound`), with `assume`d
     constants for operations without a rule, composed by `bound_method` ("liplt" or "product").
-    `outputs` and `format` are for whoever renders the report (`auditing.run` returns it). Raises
-    InputError naming the flag when the request is inconsistent.
+    `outputs` and `format` are for whoever renders the report (`auditing.run` returns it). With
+    `save_directions`, the report keeps the most amplified directions of the `top` samples of largest
+    sigma (all when None) for the caller to write there; `pictures` is how many of the worst samples keep
+    their input too (the HTML report draws them). Raises InputError naming the flag when the request is
+    inconsistent.
     """
 
     model: ModelSource
@@ -93,6 +96,9 @@ class AuditRequest:
     bound_method: str = "liplt"
     outputs: tuple[Path, ...] = ()
     format: Format | None = None
+    save_directions: Path | None = None
+    top: int | None = None
+    pictures: int = 0
 
     def __post_init__(self) -> None:
         self.model.validate()
@@ -110,6 +116,15 @@ class AuditRequest:
             )
         if self.assume and not self.with_bound:
             raise InputError("--assume goes with --bound (or --fail-above-bound): it is used by the bound")
+        if self.top is not None and self.save_directions is None:
+            raise InputError("--top goes with --save-directions FILE.safetensors: it keeps the K largest")
+        if self.top is not None and self.top < 1:
+            raise InputError(f"--top must be at least 1, got {self.top}")
+        if self.save_directions is not None and Path(self.save_directions).suffix != ".safetensors":
+            raise InputError(
+                f"--save-directions '{self.save_directions}' is written as safetensors: give a file name "
+                "ending in .safetensors"
+            )
 
     @property
     def with_bound(self) -> bool:

@@ -246,7 +246,9 @@ def test_a_graph_it_cannot_handle_keeps_the_product_and_says_so(monkeypatch: pyt
     [
         nn.Sequential(nn.ReLU(), nn.MaxPool1d(1)),
         nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Softmax(-1)),
-        nn.Sequential(nn.Conv1d(1, 2, 3, padding=1), nn.SiLU(), nn.MaxPool1d(2), nn.Flatten(), nn.Linear(4, 2)),
+        nn.Sequential(
+            nn.Conv1d(1, 2, 3, padding=1), nn.SiLU(), nn.MaxPool1d(2), nn.Flatten(), nn.Linear(4, 2)
+        ),
     ],
     ids=["relu_then_max_pool", "tanh_then_softmax", "silu_then_max_pool"],
 )
