@@ -71,6 +71,7 @@ def main() -> None:
     print(f"model: ResNet-18 architecture, {parameters / 1e6:.2f}M parameters, input 3x224x224")
     print(f"threads: {torch.get_num_threads()}")
     print(f"upper_bound: {report.upper_bound:.6g} ({len(report.layers)} layer factors)")
+    print(f"method: {report.method}; the product of the factors: {report.product_bound:.6g}")
     print(f"largest factor: {largest[0].name} {largest[0].kind} {largest[0].bound:.4g} ({largest[0].method})")
     print(f"time: {seconds:.1f} s")
 

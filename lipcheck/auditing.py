@@ -521,6 +521,7 @@ def bound_model(
     assume: Mapping[str, float] | None = None,
     settings: Settings | None = None,
     model_kwargs: Mapping[str, Any] | None = None,
+    method: str = "liplt",
 ) -> BoundReport:
     """The certified upper bound of a loaded model (`lipcheck.upper_bound`); errors name the model file.
 
@@ -537,7 +538,7 @@ def bound_model(
     if kwargs or output_key is not None or operator != Operator.model:
         module = _AuditedFunction(module, kwargs, output_key, operator)
     try:
-        return upper_bound(module, tuple(input_shape), assume=assume)
+        return upper_bound(module, tuple(input_shape), assume=assume, method=method)
     except LipcheckError as error:
         refused = _operator_refusal(error)
         if refused is not None:  # torch.export wraps the shape refusal of the operator: say it plainly
@@ -565,12 +566,13 @@ def run_bound(
     assume: Mapping[str, float] | None = None,
     model_kwargs: Mapping[str, Any] | None = None,
     load_seconds: float = 0.0,
+    method: str = "liplt",
 ) -> ModelBoundReport:
     """`lipcheck bound`: the certified bound of a model file at one input shape, with provenance; the
     model is called with `model_kwargs` (`--arg`) besides the input."""
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     begin = time.perf_counter()
-    bound = bound_model(model, input_shape, assume=assume, model_kwargs=model_kwargs)
+    bound = bound_model(model, input_shape, assume=assume, model_kwargs=model_kwargs, method=method)
     seconds = time.perf_counter() - begin
     return ModelBoundReport(
         model=model_section(model),
@@ -637,7 +639,13 @@ def run(request: AuditRequest, progress: Callable[[int, int], None] | None = Non
     load_seconds = time.perf_counter() - begin
     # Bounded before the audit: a model that cannot be bounded fails in seconds, not after the audit.
     certified = (
-        bound_model(model, data.info.sample_shape, assume=request.assume, settings=settings)
+        bound_model(
+            model,
+            data.info.sample_shape,
+            assume=request.assume,
+            settings=settings,
+            method=request.bound_method,
+        )
         if request.with_bound
         else None
     )
@@ -672,6 +680,7 @@ def audit(
     trust_pickle: bool = False,
     bound: bool = False,
     assume: Mapping[str, float] | None = None,
+    bound_method: str = "liplt",
     progress: Callable[[int, int], None] | None = None,
     **options: Any,
 ) -> Report:
@@ -682,7 +691,8 @@ def audit(
     prepared `AuditRequest`, then the only argument. `data` is a data file or image folder (with
     `data_key`, `limit`, and `max_read_bytes` as `--max-read-bytes`), a tensor or array (N, ...), or an
     iterable of batches such as a DataLoader (a batch may be a tensor or a tuple (inputs, labels);
-    `data_key` picks another entry).
+    `data_key` picks another entry). `bound`, `assume` and `bound_method` ("liplt" or "product") are
+    `--bound`, `--assume` and `--bound-method`.
     The other keyword arguments are `Settings` fields (operator, method, tol, confidence, max_iter,
     seed, batch_size, device, dtype, reduction, krylov_dim, output_key, model_kwargs, search_steps,
     search_radius) and gate rules (fail_above, fail_above_sample, require_converged, fail_above_bound,
@@ -696,7 +706,16 @@ def audit(
         assert report.gate.passed
     """
     if isinstance(model, AuditRequest):
-        if data is not None or options or bound or assume or arch or arch_kwargs or trust_pickle:
+        if (
+            data is not None
+            or options
+            or bound
+            or assume
+            or arch
+            or arch_kwargs
+            or trust_pickle
+            or (bound_method != "liplt")
+        ):
             raise InputError("lipcheck.audit(request) takes the AuditRequest alone: put the options in it")
         return run(model, progress)
     unknown = sorted(set(options) - _RULE_FIELDS - _SETTING_FIELDS)
@@ -716,5 +735,6 @@ def audit(
         rules=RuleOptions(**rules),
         bound=bound,
         assume=dict(assume or {}),
+        bound_method=bound_method,
     )
     return run(request, progress)

@@ -45,6 +45,14 @@ class Operator(str, Enum):
     residual = "residual", "I - J", "Id - f"
 
 
+class BoundMethod(str, Enum):
+    """How the certified bound composes the layers' factors: the loop transformation (default, never
+    above the product) or the product of the factors along every path."""
+
+    liplt = "liplt"
+    product = "product"
+
+
 class Reduction(str, Enum):
     """How sigma over the samples reduces to the one value a gate judges."""
 

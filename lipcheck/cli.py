@@ -36,7 +36,7 @@ from rich.progress import (
 from rich.text import Text
 
 from lipcheck import __version__
-from lipcheck.choices import Device, Dtype, Format, Method, Operator, Reduction, format_for
+from lipcheck.choices import BoundMethod, Device, Dtype, Format, Method, Operator, Reduction, format_for
 from lipcheck.errors import AuditFailedError, InputError, LipcheckError, LipcheckWarning, first_line
 from lipcheck.file_formats import MAX_READ_BYTES
 
@@ -657,6 +657,15 @@ AuditAssumeOption = Annotated[
         show_default=False,
     ),
 ]
+BoundMethodOption = Annotated[
+    BoundMethod,
+    typer.Option(
+        "--bound-method",
+        help="How the bound composes the layers' factors: liplt (the loop transformation: activations as "
+        "their centre slope plus a bounded deviation, linear blocks merged and normed exactly where "
+        "affordable; never above product) or product (the product of the factors along every path).",
+    ),
+]
 SaveDirectionsOption = Annotated[
     Path | None,
     typer.Option(
@@ -735,6 +744,7 @@ def audit(
     search_radius: SearchRadiusOption = None,
     with_bound: WithBoundOption = False,
     assume: AuditAssumeOption = None,
+    bound_method: BoundMethodOption = BoundMethod.liplt,
     fail_above_bound: FailAboveBoundOption = None,
     output_format: FormatOption = None,
     output: OutputOption = None,
@@ -851,6 +861,7 @@ def _audit_request(flags: dict[str, Any]) -> AuditRequest:
         rules=_rule_options(flags),
         bound=flags["with_bound"],
         assume=parse_assumptions(flags["assume"]),
+        bound_method=flags["bound_method"].value,
         outputs=tuple(flags["output"] or ()),
         format=flags["output_format"],
         save_directions=flags["save_directions"],
@@ -885,6 +896,7 @@ BOUND_EPILOG = """\
 
 ```
 lipcheck bound model.pt2 --input-shape 3x32x32
+lipcheck bound model.pt2 --input-shape 3x32x32 --bound-method product   # to compare the two methods
 lipcheck bound model.pt2 --input-shape 20 --format json | jq .upper_bound
 lipcheck bound weights.safetensors --arch nets.py:make_denoiser --input-shape 1,64,64 --format markdown
 lipcheck bound model.pt2 --input-shape 3x32x32 --assume aten.erf.default=1.13 --output bound.json
@@ -946,6 +958,7 @@ def bound(
     trust_pickle: TrustPickleOption = False,
     model_arg: ModelArgOption = None,
     assume: BoundAssumeOption = None,
+    bound_method: BoundMethodOption = BoundMethod.liplt,
     output_format: Annotated[
         Format | None,
         typer.Option(
@@ -963,8 +976,9 @@ def bound(
     """Certify an upper bound on MODEL's global l2 Lipschitz constant, composed layer by layer.
 
     The model is exported with torch.export at one input of --input-shape; every operation of the
-    graph gets a rule (exact spectral norms where the layer allows it), composed over the graph:
-    products along a path, sums at residual connections. Prints every layer factor and the total.
+    graph gets a rule (exact spectral norms where the layer allows it), composed over the graph by the
+    loop transformation (--bound-method liplt, the default) or as products along a path and sums at
+    residual connections (--bound-method product). Prints every layer factor, the terms, and the total.
     """
     import time
 
@@ -990,7 +1004,12 @@ def bound(
     begin = time.perf_counter()
     loaded = load_model(model, arch=arch, arch_kwargs=kwargs, trust_pickle=trust_pickle)
     report = run_bound(
-        loaded, shape, assume=assumed, model_kwargs=model_kwargs, load_seconds=time.perf_counter() - begin
+        loaded,
+        shape,
+        assume=assumed,
+        model_kwargs=model_kwargs,
+        load_seconds=time.perf_counter() - begin,
+        method=bound_method.value,
     )
     _write(report, BOUND_REPORT, outputs, fmt, quiet)
 

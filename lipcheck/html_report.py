@@ -20,6 +20,7 @@ from lipcheck.compare import Comparison, SampleChange
 from lipcheck.render import (
     WORST,
     _assumptions,
+    _bound_method,
     _change_rows,
     _comparison_lines,
     _model_line,
@@ -526,6 +527,7 @@ def render_bound_html(report: ModelBoundReport) -> str:
         _pairs(
             [
                 ("upper bound (certified)", _number(bound.upper_bound)),
+                ("method", _bound_method(bound)),
                 ("time", f"{timing.bound_seconds:.3g} s bound, {timing.load_seconds:.3g} s loading"),
             ]
         ),

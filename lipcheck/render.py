@@ -29,6 +29,7 @@ from lipcheck.compare import Comparison
 from lipcheck.errors import InputError
 from lipcheck.gate import listed
 from lipcheck.report import (
+    BoundReport,
     ModelBoundReport,
     ModelSection,
     Report,
@@ -189,8 +190,23 @@ def _bound_rows(report: Report) -> list[tuple[str, str]]:
     assumed = " (with --assume)" if report.bound.assumptions else ""
     return [
         ("upper bound (certified)", f"{_number(upper)}{assumed}"),
+        ("bound method", _bound_method(report.bound)),
         ("bracket", f"[{_number(lower)}, {_number(upper)}]{ratio}"),
     ]
+
+
+BOUND_METHODS = {
+    "liplt": "loop transformation (liplt)",
+    "product": "product of the layer factors",
+}
+
+
+def _bound_method(bound: BoundReport) -> str:
+    """ "loop transformation (liplt); the product gives 21.6": which composition made the bound."""
+    name = BOUND_METHODS.get(bound.method, bound.method)
+    if bound.method != "product" and bound.product_bound is not None:
+        return f"{name}; the product of the factors gives {_number(bound.product_bound)}"
+    return name
 
 
 def _gate_rows(verdicts: Sequence[RuleVerdict]) -> list[tuple[str, str]]:
@@ -343,8 +359,21 @@ def render_junit(report: Report) -> str:
             "samples": str(data.count),
             "reduction": report.summary.reduction,
             "value": repr(report.summary.value),
+            **_bound_properties(report),
         },
     )
+
+
+def _bound_properties(report: Report) -> dict[str, str]:
+    """With --bound: the bound, its method and the bracket ratio, as JUnit properties."""
+    if report.bound is None:
+        return {}
+    lower, upper = report.summary.max, report.bound.upper_bound
+    return {
+        "upper_bound": repr(upper),
+        "bound_method": report.bound.method,
+        "bracket_ratio": repr(upper / lower) if lower > 0 else "",
+    }
 
 
 def _junit_timestamp(iso: str) -> str:
@@ -447,14 +476,28 @@ def render_bound_table(report: ModelBoundReport, console: Console) -> None:
         layers.add_column(name, justify="right" if name == "bound" else "left")
     for layer in bound.layers:
         layers.add_row(layer.name, layer.kind, _number(layer.bound), layer.method)
+    parts: list[Any] = [_bound_header(report), Text(""), layers, Text("")]
+    if bound.terms:
+        terms = Table(title=f"Terms of the loop transformation ({len(bound.terms)})", title_justify="left")
+        for name in TERM_COLUMNS:
+            terms.add_column(name, justify="right" if name in ("block norm", "adds") else "left")
+        for term in bound.terms:
+            terms.add_row(term.name, term.kind, _number(term.norm), _number(term.contribution), term.method)
+        parts += [terms, Text("")]
     total = Table(show_header=False)
     total.add_column(style="bold")
     total.add_column(justify="right")
     total.add_row("upper bound (certified)", Text(_number(bound.upper_bound), style="bold"))
+    total.add_row("method", _bound_method(bound))
     total.add_row(
         "time", f"{report.timing.bound_seconds:.3g} s bound, {report.timing.load_seconds:.3g} s loading"
     )
-    console.print(Group(_bound_header(report), Text(""), layers, Text(""), total))
+    console.print(Group(*parts, total))
+
+
+# The terms of the loop transformation: the source of deviation, the norm of the merged block from it to
+# the output, what the term adds to the bound, and how the block was normed.
+TERM_COLUMNS = ("term", "kind", "block norm", "adds", "method")
 
 
 def render_bound_markdown(report: ModelBoundReport) -> str:
@@ -465,7 +508,7 @@ def render_bound_markdown(report: ModelBoundReport) -> str:
         "",
         f"Model `{model.path}` ({model.format}, sha256 `{model.sha256[:12]}`) on inputs of shape "
         f"{_shape(bound.input_shape)}: certified upper bound **{_number(bound.upper_bound)}** on the l2 "
-        "Lipschitz constant.",
+        f"Lipschitz constant ({_bound_method(bound)}).",
         "",
         "| layer | kind | bound | method |",
         "| --- | --- | ---: | --- |",
@@ -474,6 +517,12 @@ def render_bound_markdown(report: ModelBoundReport) -> str:
         f"| `{layer.name}` | {layer.kind} | {_number(layer.bound)} | {layer.method} |"
         for layer in bound.layers
     ]
+    if bound.terms:
+        lines += ["", "| " + " | ".join(TERM_COLUMNS) + " |", "| --- | --- | ---: | ---: | --- |"]
+        lines += [
+            f"| `{t.name}` | {t.kind} | {_number(t.norm)} | {_number(t.contribution)} | {t.method} |"
+            for t in bound.terms
+        ]
     if bound.assumptions:
         lines += ["", f"Assumed with `--assume` (not verified): {_assumptions(report)}."]
     return "\n".join(lines) + "\n"

@@ -571,6 +571,28 @@ class LayerBound:
 
 
 @dataclass(frozen=True)
+class BoundTerm:
+    """One term of the loop-transformation bound: what one source of deviation adds to the total.
+
+    Attributes:
+        name: the module path of the activation or operation whose deviation this is, or "input" for the
+            term with every activation at its centre slope.
+        node: the graph node where the deviation enters.
+        kind: "relu deviation", "max_pool2d deviation", ...
+        norm: the certified norm of the merged linear block from that node to the output.
+        contribution: what the term adds to the bound (the norm times the deviation's own bound).
+        method: how the block's norm was computed ("exact SVD of the merged block (256 x 4096)", ...).
+    """
+
+    name: str
+    node: str
+    kind: str
+    norm: float
+    contribution: float
+    method: str
+
+
+@dataclass(frozen=True)
 class BoundReport:
     """A certified upper bound on the l2 Lipschitz constant of a model on inputs of one shape.
 
@@ -582,12 +604,21 @@ class BoundReport:
         assumptions: operation name -> Lipschitz constant supplied by the user with `assume`, for the
             operations of the graph it was used on.
         input_shape: the shape of one input, without the batch dimension.
+        method: how the factors were composed: "liplt" (the loop transformation, never above the product)
+            or "product" (the product of the factors along every path).
+        product_bound: the product composition's bound, for comparison (equal to `upper_bound` when
+            `method` is "product").
+        terms: with "liplt", the terms of the sum, one per source of deviation (which block contributes
+            most).
     """
 
     upper_bound: float
     layers: tuple[LayerBound, ...]
     assumptions: Mapping[str, float] = field(default_factory=dict)
     input_shape: tuple[int, ...] = ()
+    method: str = "product"
+    product_bound: float | None = None
+    terms: tuple[BoundTerm, ...] = ()
 
 
 def bound_details(bound: BoundReport) -> dict[str, Any]:
@@ -597,6 +628,9 @@ def bound_details(bound: BoundReport) -> dict[str, Any]:
         "input_shape": list(bound.input_shape),
         "layers": [asdict(layer) for layer in bound.layers],
         "assumptions": dict(bound.assumptions),
+        "method": bound.method,
+        "product_bound": bound.product_bound,
+        "terms": [asdict(term) for term in bound.terms],
     }
 
 
@@ -608,6 +642,9 @@ def bound_from_dict(data: Mapping[str, Any]) -> BoundReport:
         layers=tuple(_build(LayerBound, layer) for layer in details["layers"]),
         assumptions=dict(details["assumptions"]),
         input_shape=tuple(details["input_shape"]),
+        method=details.get("method", "product"),  # reports before the loop transformation: the product
+        product_bound=details.get("product_bound", data["upper_bound"] if "method" not in details else None),
+        terms=tuple(_build(BoundTerm, term) for term in details.get("terms", ())),
     )
 
 

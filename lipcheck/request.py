@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lipcheck.choices import Format
+from lipcheck.choices import BoundMethod, Format
 from lipcheck.errors import InputError
 from lipcheck.file_formats import MAX_READ_BYTES
 from lipcheck.gate import RuleOptions
@@ -79,11 +79,12 @@ class AuditRequest:
     """One audit: what to load, how to measure, what to judge, where the report goes.
 
     `bound` asks for the certified upper bound (implied by `rules.fail_above_bound`), with `assume`d
-    constants for operations without a rule. `outputs` and `format` are for whoever renders the report
-    (`auditing.run` returns it). With `save_directions`, the report keeps the most amplified directions
-    of the `top` samples of largest sigma (all when None) for the caller to write there; `pictures` is
-    how many of the worst samples keep their input too (the HTML report draws them). Raises InputError
-    naming the flag when the request is inconsistent.
+    constants for operations without a rule, composed by `bound_method` ("liplt" or "product").
+    `outputs` and `format` are for whoever renders the report (`auditing.run` returns it). With
+    `save_directions`, the report keeps the most amplified directions of the `top` samples of largest
+    sigma (all when None) for the caller to write there; `pictures` is how many of the worst samples keep
+    their input too (the HTML report draws them). Raises InputError naming the flag when the request is
+    inconsistent.
     """
 
     model: ModelSource
@@ -92,6 +93,7 @@ class AuditRequest:
     rules: RuleOptions = field(default_factory=RuleOptions)
     bound: bool = False
     assume: Mapping[str, float] = field(default_factory=dict)
+    bound_method: str = "liplt"
     outputs: tuple[Path, ...] = ()
     format: Format | None = None
     save_directions: Path | None = None
@@ -103,6 +105,15 @@ class AuditRequest:
         self.data.validate()
         self.settings.validate()
         self.rules.validate()
+        if self.bound_method not in {choice.value for choice in BoundMethod}:
+            raise InputError(
+                f"--bound-method {self.bound_method!r} is not one of "
+                f"{', '.join(choice.value for choice in BoundMethod)}"
+            )
+        if self.bound_method != BoundMethod.liplt.value and not self.with_bound:
+            raise InputError(
+                "--bound-method goes with --bound (or --fail-above-bound): it composes the bound"
+            )
         if self.assume and not self.with_bound:
             raise InputError("--assume goes with --bound (or --fail-above-bound): it is used by the bound")
         if self.top is not None and self.save_directions is None:

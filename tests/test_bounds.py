@@ -319,20 +319,21 @@ def test_residual_connection_adds_branch_bounds(scale: float) -> None:
     inner = nn.Linear(6, 6, bias=False)
     with torch.no_grad():
         inner.weight.copy_(torch.diag(torch.tensor([0.25, 1.5, -1.0, 0.0, 0.5, 1.0])))
-    report = lipcheck.upper_bound(prepared(Residual(nn.Sequential(inner, nn.Tanh()), scale)), (6,))
+    model = prepared(Residual(nn.Sequential(inner, nn.Tanh()), scale))
+    report = lipcheck.upper_bound(model, (6,), method="product")
     assert report.upper_bound == pytest.approx(1 + abs(scale) * 1.5, rel=EXACT)
 
 
 def test_scalar_multiplication_and_concatenation_compose_as_documented() -> None:
     model = prepared(TwoBranches())
-    report = lipcheck.upper_bound(model, (2, 4, 4))
+    report = lipcheck.upper_bound(model, (2, 4, 4), method="product")
     factors = {layer.name: layer.bound for layer in report.layers}
     assert report.upper_bound == pytest.approx(math.hypot(factors["f"], factors["g"]), rel=EXACT)
 
 
 def test_the_report_lists_each_layer_factor_with_its_method() -> None:
     model = prepared(LAYER_KINDS["cnn"][0])
-    report = lipcheck.upper_bound(model, (1, 8, 8))
+    report = lipcheck.upper_bound(model, (1, 8, 8), method="product")
     kinds = [layer.kind for layer in report.layers]
     assert kinds == ["conv2d", "batch_norm", "max_pool2d", "conv2d", "gelu", "avg_pool2d", "linear"]
     assert [layer.name for layer in report.layers][:2] == ["0", "1"]

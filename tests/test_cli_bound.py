@@ -311,3 +311,52 @@ def test_audit_bound_refusals(files: dict[str, Path]) -> None:
     assert_one_line_error(result, "mlp.ts", "TorchScript")
     result = run("audit", files["export"], "--data", files["data"], "--assume", "aten.erf.default=1")
     assert_one_line_error(result, "--assume", "--bound")
+
+
+@pytest.mark.parametrize("method", ["liplt", "product"])
+def test_bound_method_from_the_command_line_is_the_librarys(files: dict[str, Path], method: str) -> None:
+    args = (files["conv"], "--arch", f"{ARCH}:make_conv", "--input-shape", "3x5x5")
+    report = bound_json(*args, *(["--bound-method", method] if method == "product" else []))
+    expected = lipcheck.upper_bound(SmallConv().eval(), CONV_SHAPE, method=method)
+    assert report["upper_bound"] == pytest.approx(expected.upper_bound, rel=1e-12)
+    assert report["bound"]["method"] == method
+    assert report["bound"]["product_bound"] == pytest.approx(expected.product_bound, rel=1e-12)
+    assert [(t["node"], t["kind"]) for t in report["bound"]["terms"]] == [
+        (t.node, t.kind) for t in expected.terms
+    ]
+    assert [t["contribution"] for t in report["bound"]["terms"]] == pytest.approx(
+        [t.contribution for t in expected.terms], rel=1e-12
+    )
+    table = run("bound", *args, "--bound-method", method, "--format", "table")
+    assert table.exit_code == 0, table.stderr
+    assert ("Terms of the loop transformation" in table.stdout) == (method == "liplt")
+    assert ("loop transformation (liplt)" in table.stdout) == (method == "liplt")
+
+
+def test_audit_bound_reports_its_method_and_bracket_ratio_in_every_format(files: dict[str, Path]) -> None:
+    args = (files["export"], "--data", files["data"], "--bound")
+    liplt = audit_json(*args)
+    product = audit_json(*args, "--bound-method", "product")
+    assert liplt["bound"]["method"] == "liplt" and product["bound"]["method"] == "product"
+    assert liplt["upper_bound"] <= product["upper_bound"] == liplt["bound"]["product_bound"]
+    for report in (liplt, product):
+        lower, upper = report["bracket"]
+        assert report["bracket_ratio"] == pytest.approx(upper / lower)
+    junit = run("audit", *args, "--format", "junit", "--fail-above-bound", "1e6")
+    assert junit.exit_code == 0, junit.stderr
+    assert 'name="bound_method" value="liplt"' in junit.stdout and 'name="bracket_ratio"' in junit.stdout
+    table = run("audit", *args, "--format", "table", "--bound-method", "product")
+    assert "product of the layer factors" in table.stdout and "ratio" in table.stdout
+    failed = run(
+        "audit", *args, "--format", "json", "--fail-above-bound", f"{liplt['upper_bound'] * 0.99:.6g}"
+    )
+    assert failed.exit_code == 1
+
+
+def test_bound_method_needs_the_bound_and_a_known_name(files: dict[str, Path]) -> None:
+    assert_one_line_error(
+        run("audit", files["export"], "--data", files["data"], "--bound-method", "product"),
+        "--bound-method goes with --bound",
+    )
+    result = run("bound", files["export"], "--input-shape", "6", "--bound-method", "sdp")
+    assert result.exit_code == 2 and "--bound-method" in result.stderr

@@ -28,6 +28,7 @@ from lipcheck.gate import FailAbove, FailAboveBound, FailAboveSample, MaxIncreas
 from lipcheck.render import BOUND_REPORT, COMPARISON, REPORT, Renderers
 from lipcheck.report import (
     BoundReport,
+    BoundTerm,
     BoundTiming,
     Environment,
     LayerBound,
@@ -40,7 +41,7 @@ GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("LIPCHECK_UPDATE_GOLDEN") == "1"
 
 BOUND = BoundReport(
-    upper_bound=12.5,
+    upper_bound=9.75,
     layers=(
         LayerBound("first", "linear", "linear", 2.5, "exact SVD (8x6)"),
         LayerBound("act", "tanh", "tanh", 1.0, "1"),
@@ -48,6 +49,19 @@ BOUND = BoundReport(
     ),
     assumptions={"aten.erf.default": 1.13},
     input_shape=(6,),
+    method="liplt",
+    product_bound=12.5,
+    terms=(
+        BoundTerm(
+            "input",
+            "x",
+            "all activations at their centre slope",
+            2.0,
+            2.0,
+            "exact SVD of the merged block (4 x 6)",
+        ),
+        BoundTerm("act", "tanh", "tanh deviation", 3.1, 7.75, "exact SVD of the merged block (4 x 8)"),
+    ),
 )
 
 

@@ -116,3 +116,14 @@ def test_sample_lines_are_exactly_what_json_writes(
     report = replace(make_report([1.0]), samples=(row,))
     streamed = "".join(report.json_chunks())
     assert f"\n    {json.dumps(report.to_dict()['samples'][0])}\n" in streamed
+
+
+def test_a_bound_written_before_the_loop_transformation_loads_as_the_products() -> None:
+    bound = BoundReport(4.0, (LayerBound("0", "linear", "linear", 4.0, "exact SVD"),), input_shape=(4,))
+    data = json.loads(replace(make_report([1.0]), bound=bound).to_json())
+    for key in ("method", "product_bound", "terms"):
+        del data["bound"][key]
+    jsonschema.validate(data, report_schema())
+    loaded = Report.from_dict(data).bound
+    assert loaded is not None
+    assert (loaded.method, loaded.product_bound, loaded.terms) == ("product", 4.0, ())

@@ -26,6 +26,7 @@ def upper_bound(
     input_shape: int | Sequence[int],
     *,
     assume: Mapping[str, float] | None = None,
+    method: str = "liplt",
 ) -> BoundReport:
     """A certified upper bound on the global l2 Lipschitz constant of `model` on inputs of one shape.
 
@@ -36,6 +37,8 @@ def upper_bound(
         assume: operation name (as named by `UnsupportedOperationError`, e.g. "aten.erf.default" or
             "aten.erf") -> a Lipschitz constant of that operation, jointly in all its tensor inputs,
             that the user takes responsibility for. It replaces lipcheck's rule where there is one.
+        method: "liplt" (default), the loop-transformation composition (`loop_transformation.py`), never
+            above "product", the product of the factors along every path; the report keeps both totals.
 
     In-place operations (`relu_`, `add_`, ...) are bounded by the rule of their out-of-place form: a graph
     that mutates tensors is functionalised first (`run_decompositions({})`, which decomposes nothing), so
@@ -49,6 +52,8 @@ def upper_bound(
     """
     shape = _check_shape(input_shape)
     assumptions = _check_assumptions(assume)
+    if method not in ("liplt", "product"):
+        raise InputError(f"bound method {method!r} is not one of 'liplt', 'product'")
     program = functional(_export(model, shape))
     walker = GraphBound(program, assumptions)
     bound = walker.run()
@@ -59,11 +64,26 @@ def upper_bound(
             f"assume names {', '.join(repr(name) for name in unused)}, which the model's graph does not "
             f"contain; its operations are: {present}"
         )
+    product, terms = bound, ()
+    if method == "liplt" and walker.output_nodes:
+        from lipcheck.bounds.loop_transformation import loop_transformation_bound
+
+        try:
+            composed = loop_transformation_bound(walker, walker.output_nodes)
+        except (ArithmeticError, AttributeError, IndexError, KeyError, RuntimeError, TypeError, ValueError):
+            # a graph the loop transformation does not handle keeps the product's certified bound, and the
+            # report says that the product made it
+            method = "product"
+        else:
+            bound, terms = min(product, composed.bound), composed.terms
     return BoundReport(
         upper_bound=bound,
         layers=tuple(walker.layers),
         assumptions=dict(walker.used_assumptions),
         input_shape=shape,
+        method=method,
+        product_bound=product,
+        terms=terms,
     )
 
 
@@ -89,7 +109,9 @@ def _check_assumptions(assume: Mapping[str, float] | None) -> dict[str, float]:
 
 def _export(model: Any, shape: tuple[int, ...]) -> torch.export.ExportedProgram:
     if isinstance(model, torch.export.ExportedProgram):
-        return model
+        # traced again at (1, *shape), as a file's program is: its graph may hold another (or a symbolic)
+        # batch size, and every norm is taken at the shapes the graph records
+        model = model.module()
     if isinstance(model, (torch.jit.ScriptModule, torch.jit.ScriptFunction)):
         raise UnsupportedOperationError(
             f"cannot bound the TorchScript module {type(model).__name__}: its graph is opaque to "
@@ -166,6 +188,8 @@ class GraphBound:
         self.layers: list[LayerBound] = []
         self.used_assumptions: dict[str, float] = {}
         self.operations: set[str] = set()
+        self.output_nodes: list[Node] = []  # the user outputs that depend on the input, once walked
+        self.assumed_nodes: dict[Node, float] = {}  # node -> the constant the user assumed for it
 
     def run(self) -> float:
         graph = self.program.graph
@@ -211,6 +235,7 @@ class GraphBound:
         specs = self.program.graph_signature.output_specs
         user_outputs = {spec.arg.name for spec in specs if spec.kind == OutputKind.USER_OUTPUT}
         items = [item for item in nodes_in(node.args[0]) if item in self.bounds and item.name in user_outputs]
+        self.output_nodes = items
         return math.hypot(*(finite_bound(self, item) for item in items))
 
     def _visit(self, node: Node) -> None:
@@ -228,6 +253,7 @@ class GraphBound:
         if assumed is not None:
             key = name if name in self.assumptions else str(packet)
             self.used_assumptions[key] = assumed
+            self.assumed_nodes[node] = assumed
             joint = math.hypot(*(finite_bound(self, item) for item in inputs))
             site.record("assumed", assumed, f"assumed by the user ({key})")
             self.bounds[node] = self._checked(node, like_value(node, assumed * joint))
