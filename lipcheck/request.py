@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lipcheck.choices import Format
+from lipcheck.choices import WORKER_TIMEOUT_SECONDS, Format
 from lipcheck.errors import InputError
 from lipcheck.file_formats import MAX_READ_BYTES
 from lipcheck.gate import RuleOptions
@@ -80,7 +80,9 @@ class AuditRequest:
 
     `bound` asks for the certified upper bound (implied by `rules.fail_above_bound`), with `assume`d
     constants for operations without a rule. `outputs` and `format` are for whoever renders the report
-    (`auditing.run` returns it). Raises InputError naming the flag when the request is inconsistent.
+    (`auditing.run` returns it). `resume` is the folder of the progress journal (`--resume`);
+    `worker_timeout` how long a rank of a sharded audit waits for the others (`--worker-timeout`).
+    Raises InputError naming the flag when the request is inconsistent.
     """
 
     model: ModelSource
@@ -91,12 +93,20 @@ class AuditRequest:
     assume: Mapping[str, float] = field(default_factory=dict)
     outputs: tuple[Path, ...] = ()
     format: Format | None = None
+    resume: Path | None = None
+    worker_timeout: float = WORKER_TIMEOUT_SECONDS
 
     def __post_init__(self) -> None:
         self.model.validate()
         self.data.validate()
         self.settings.validate()
         self.rules.validate()
+        if not self.worker_timeout > 0:
+            raise InputError(f"--worker-timeout must be a number of seconds > 0, got {self.worker_timeout:g}")
+        if self.resume is not None and Path(self.resume).is_file():
+            raise InputError(
+                f"--resume '{self.resume}' is a file: give a folder for the audit's journal (it is created)"
+            )
         if self.assume and not self.with_bound:
             raise InputError("--assume goes with --bound (or --fail-above-bound): it is used by the bound")
 
