@@ -442,6 +442,7 @@ def audit_identity(model: LoadedModel, data: DataSection, settings: Settings, wo
     return {
         "lipcheck_version": __version__,
         "model_sha256": model.sha256,
+        "model_arch": [model.arch, dict(model.arch_kwargs)],
         "data_sha256": data.sha256,
         "data_count": data.count,
         "settings": kept,

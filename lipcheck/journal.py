@@ -137,8 +137,9 @@ def _check_identity(path: Path, expected: dict[str, Any], where: str) -> None:
         )
 
 
-_NAMES = {"model_sha256": "model sha256", "data_sha256": "data sha256", "data_count": "samples",
-          "world_size": "world size", "device": "device", "lipcheck_version": "lipcheck version"}  # fmt: skip
+_NAMES = {"model_sha256": "model sha256", "model_arch": "--arch and --arch-kwargs", "data_sha256": "data sha256",
+          "data_count": "samples", "world_size": "world size", "device": "device",
+          "lipcheck_version": "lipcheck version"}  # fmt: skip
 
 
 _FLAGS = {"model_kwargs": "--arg", "krylov_dim": "krylov_dim"}
