@@ -249,10 +249,12 @@ def _fitted(
             )
             fitting.split = True
         fitting.size = min(fitting.size, half)
-        return np.concatenate(
-            [_fitted(model, name, settings, part[:half], x, first, fitting),
-             _fitted(model, name, settings, part[half:], x, first, fitting)]
-        )  # fmt: skip
+        tables, done = [], 0
+        while done < len(part):  # in pieces of the size that fits, which may shrink on the way
+            piece = part[done : done + fitting.size]
+            tables.append(_fitted(model, name, settings, piece, x, first, fitting))
+            done += len(piece)
+        return np.concatenate(tables)
 
 
 class _OutOfMemory(Exception):

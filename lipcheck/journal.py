@@ -137,9 +137,15 @@ def _check_identity(path: Path, expected: dict[str, Any], where: str) -> None:
         )
 
 
-_NAMES = {"model_sha256": "model sha256", "model_arch": "--arch and --arch-kwargs", "data_sha256": "data sha256",
-          "data_count": "samples", "world_size": "world size", "device": "device",
-          "lipcheck_version": "lipcheck version"}  # fmt: skip
+_NAMES = {
+    "model_sha256": "model sha256",
+    "model_arch": "--arch and --arch-kwargs",
+    "data_sha256": "data sha256",
+    "data_count": "samples",
+    "world_size": "world size",
+    "device": "device",
+    "lipcheck_version": "lipcheck version",
+}
 
 
 _FLAGS = {"model_kwargs": "--arg", "krylov_dim": "krylov_dim"}
