@@ -13,10 +13,12 @@ into messages that name the samples and the shapes involved.
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import inspect
 import json
 import platform
+import sys
 import time
 import traceback
 import warnings
@@ -398,6 +400,27 @@ def _out_of_memory(error: BaseException) -> bool:
         return True
     text = str(error)
     return isinstance(error, RuntimeError) and ("out of memory" in text or "DefaultCPUAllocator" in text)
+
+
+def give_back_freed_memory() -> None:
+    """Have glibc's malloc return large freed blocks to the system, for a process that audits (the
+    command line calls it; Python callers' processes are theirs to tune).
+
+    glibc raises its mmap threshold each time a large block is freed, after which the batches' large
+    tensors come from the heap, which fragments and keeps growing: by about 1 KB a sample audited at
+    batch 8192. Setting the threshold (to its default, 128 KiB) turns that off, so the resident memory
+    stays flat in the number of batches. Nothing happens where there is no glibc.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(_M_MMAP_THRESHOLD, 128 * 1024)
+    except (OSError, AttributeError):  # not glibc: musl and others have no such threshold to fix
+        return
+
+
+_M_MMAP_THRESHOLD = -3  # malloc.h
 
 
 def environment(device: torch.device) -> Environment:

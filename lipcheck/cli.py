@@ -764,7 +764,7 @@ def audit(
     gate flags (--fail-above, --fail-above-sample, --require-converged, --baseline with
     --max-increase) are rules recorded in the report; any failed rule exits 1.
     """
-    from lipcheck.auditing import run
+    from lipcheck.auditing import give_back_freed_memory, run
     from lipcheck.outputs import prepare_outputs
     from lipcheck.render import REPORT
 
@@ -776,6 +776,7 @@ def audit(
         from lipcheck.distributed import launch_workers
 
         raise typer.Exit(launch_workers(workers, _invocation.argv))
+    give_back_freed_memory()  # memory flat in the number of samples
     main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 shows progress and writes
     show_progress = main_rank and not quiet and sys.stderr.isatty() and (fmt == "table" or bool(outputs))
     try:
