@@ -80,9 +80,10 @@ def resume(folder: Path, model: Path, data: Path, batch_size: int, samples: int)
     again, report = timed(command)
     same = report["samples"] == first["samples"]
     audit, resumed = first["timing"]["audit_seconds"], report["timing"]["audit_seconds"]
+    share = resumed / audit
     print(f"killed at {held} of {batches} batches and rerun with --resume: its audit took {resumed:.2f} s "
-          f"against {audit:.2f} s uninterrupted ({resumed / audit:.2f} of it, {100 * (1 - resumed / audit):.0f}% "
-          f"saved); wall with start-up {again:.1f} s against {whole:.1f} s; samples identical: {same}")  # fmt: skip
+          f"against {audit:.2f} s uninterrupted ({share:.2f} of it, {100 * (1 - share):.0f}% saved); "
+          f"wall with start-up {again:.1f} s against {whole:.1f} s; samples identical: {same}")  # fmt: skip
 
 
 def main() -> None:
