@@ -712,7 +712,9 @@ torchrun --standalone --nproc-per-node 8 -m lipcheck audit model.pt2 --data big.
 ```
 
 Exit codes: 0 done (gate passed), 1 gate failed (a rule failed), 2 bad input or usage,
-3 the audit failed (NaN output, no sample converged, out of memory), 130 interrupted, 70 internal error.
+3 the audit failed (NaN output, no sample converged, one sample out of memory, a rank failed or
+died), 130 interrupted, 70 internal error. A batch out of memory is split in halves; every rank of a
+sharded audit exits with the same code.
 """
 
 
