@@ -1,10 +1,13 @@
 """Run an audit: feed a data set's batches through the engine and collect one row per sample.
 
-`audit_rows` is the loop: it takes an index range and a sink for rows, so a shard of a data set (one
-torchrun worker) or the rest of an interrupted run are the same call with another range and a sink
-that appends to a file. Because the engine starts every sample from the same seeded vector, a
-sample's row does not depend on which batch it was in. `run_audit` wraps the loop with provenance,
-summary and gate into a `Report`.
+`audit_batch` measures one batch into compact rows (`columns.ROW`), splitting it in halves while it
+runs out of memory. `audit_columns` runs the batches of a data set: all of them, or with a `World` of
+several ranks (torchrun, `--workers`) batches rank, rank + N, ..., with the rows gathered at the end
+(`lipcheck.distributed`); with a `Journal` (`--resume`), finished batches are read back and new ones
+made durable. Because the engine starts every sample from the same seeded vector, a sample's row does
+not depend on which batch it was in, so a shard or a resumed rest gives the rows of a whole run.
+`audit_rows` is the same loop over an index range, with a sink for `SampleResult`s. `run_audit` wraps
+the loop with provenance, summary and gate into a `Report`.
 
 The model is called exactly once per batch (the engine's single evaluation); this module only wraps
 that call to pass `--arg` keyword arguments, to pick `--output-key`, and to turn the model's failures
@@ -769,6 +772,7 @@ def audit(
     bound: bool = False,
     assume: Mapping[str, float] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    resume: str | Path | None = None,
     **options: Any,
 ) -> Report:
     """Audit `model` on `data` and return the `Report` that `lipcheck audit` writes; for test suites.
@@ -782,7 +786,8 @@ def audit(
     The other keyword arguments are `Settings` fields (method, tol, confidence, max_iter, seed, batch_size,
     device, dtype, reduction, krylov_dim, output_key, model_kwargs, search_steps, search_radius) and
     gate rules (fail_above, fail_above_sample, require_converged, fail_above_bound, baseline,
-    max_increase, allow_mismatch), judged into `report.gate`.
+    max_increase, allow_mismatch), judged into `report.gate`. `resume`, a folder, keeps the progress
+    journal of `--resume`. Under torchrun, each process audits its shard and gets the whole report.
 
     Raises InputError for bad input and AuditFailedError when the audit fails (as `run`)::
 
@@ -790,7 +795,7 @@ def audit(
         assert report.summary.max < 2
     """
     if isinstance(model, AuditRequest):
-        if data is not None or options or bound or assume or arch or arch_kwargs or trust_pickle:
+        if data is not None or options or bound or assume or arch or arch_kwargs or trust_pickle or resume:
             raise InputError("lipcheck.audit(request) takes the AuditRequest alone: put the options in it")
         return run(model, progress)
     unknown = sorted(set(options) - _RULE_FIELDS - _SETTING_FIELDS)
@@ -810,5 +815,6 @@ def audit(
         rules=RuleOptions(**rules),
         bound=bound,
         assume=dict(assume or {}),
+        resume=None if resume is None else Path(resume),
     )
     return run(request, progress)

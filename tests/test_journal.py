@@ -136,3 +136,16 @@ def test_a_journal_of_another_world_size_is_refused(tmp_path: Path) -> None:
     again = Journal.open(tmp_path, identity, 0)
     assert list(again.done) == [2] and again.read(2)["index"].tolist() == [4, 5, 6]
     again.close()
+
+
+def test_lipcheck_audit_resumes_from_python(tmp_path: Path) -> None:
+    import torch
+    from cli_fixtures import MLP
+
+    import lipcheck
+
+    x = torch.from_numpy(mlp_inputs(10))
+    first = lipcheck.audit(MLP(), x, batch_size=4, device="cpu", resume=tmp_path / "j")
+    assert records(tmp_path / "j" / journal_name(0)) == 3
+    again = lipcheck.audit(MLP(), x, batch_size=4, device="cpu", resume=tmp_path / "j")
+    assert list(again.samples) == list(first.samples) and again.summary == first.summary
