@@ -538,6 +538,24 @@ def audit_columns(
     return merged.finish(), min(sizes) if sizes else None
 
 
+def _open_journal(folder: Path, identity: dict[str, Any], world: World) -> Journal:
+    """This rank's journal; a sharded audit fails on every rank alike when one rank's is refused."""
+    if not world.sharded:
+        return Journal.open(folder, identity, world.rank)
+    journal, failure = None, None
+    try:
+        journal = Journal.open(folder, identity, world.rank)
+    except LipcheckError as error:
+        failure = error
+    _, failed = distributed.round_done(world, 0, failure is not None, "opening the journals")
+    if failed:
+        if journal is not None:
+            journal.close()
+        distributed.raise_first_failure(world, failure, "opening the journals")
+    assert journal is not None
+    return journal
+
+
 def run_audit(
     model: LoadedModel,
     data: Dataset,
@@ -573,7 +591,7 @@ def run_audit(
     journal = None
     if resume is not None:
         identity = audit_identity(model, described or data_section(data), settings, world)
-        journal = Journal.open(resume, identity, world.rank)
+        journal = _open_journal(resume, identity, world)
     begin = time.perf_counter()
     try:
         rows, fitted = audit_columns(model, data, settings, world=world, journal=journal, progress=progress)

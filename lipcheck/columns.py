@@ -35,6 +35,8 @@ ROW = np.dtype(
     ]
 )
 
+_FIELDS: tuple[str, ...] = ROW.names or ()
+
 # Rows kept in memory before the store moves them to a temporary file (3.7 MB).
 SPILL_ROWS = 1 << 16
 # Rows read back at a time from a spilled store.
@@ -59,7 +61,7 @@ def rows_to_table(rows: Iterable[SampleResult]) -> np.ndarray:
 
 def table_to_rows(table: np.ndarray) -> list[SampleResult]:
     """The rows of a `ROW` table, as `SampleResult`s."""
-    columns = zip(*(table[name].tolist() for name in ROW.names), strict=True)
+    columns = zip(*(table[name].tolist() for name in _FIELDS), strict=True)
     return [
         SampleResult(
             index, sigma, iterations, bool(converged), _none(residual), _none(upper), _none(search),

@@ -423,10 +423,12 @@ def worst_samples(report: Report, count: int = 10) -> list[SampleResult]:
     samples = report.samples
     if not hasattr(samples, "tables"):
         return sorted(samples, key=lambda s: (-largest_sigma(s), s.index))[:count]
+    from lipcheck.columns import table_to_rows  # columns.py builds on this module
+
     best: list[SampleResult] = []  # compact columns: the best of each chunk, merged
     for table in samples.tables():
         order = np.lexsort((table["index"], -np.fmax(table["sigma"], table["search_sigma"])))[:count]
-        chunk = samples.__class__(table[order])
+        chunk = table_to_rows(table[order])
         best = sorted([*best, *chunk], key=lambda s: (-largest_sigma(s), s.index))[:count]
     return best
 

@@ -155,3 +155,13 @@ def test_workers_say_which_rank_was_killed(files: dict[str, Path], tmp_path: Pat
     said = launcher.communicate()[1]
     assert code == ExitStatus.AUDIT_FAILED, said
     assert "worker rank 1 of 2 was killed by SIGKILL" in said and "batches 1, 3, 5" in said
+
+
+def test_ranks_refuse_the_journal_of_one_process_together(files: dict[str, Path], tmp_path: Path) -> None:
+    args = audit_args(files, "make_mlp", "--resume", str(tmp_path / "journal"), "--format", "json")
+    assert run(*args).exit_code == 0  # a journal of one process
+    results = finish(start_ranks(args))
+    assert [code for code, _, _ in results] == [ExitStatus.USAGE_OR_INPUT] * 2, results
+    said = results[0][2].strip().splitlines()
+    assert len(said) == 1 and "holds the journal of another audit (world size 1 vs 2)" in said[0]
+    assert results[1][2] == ""  # said once, by rank 0
