@@ -243,23 +243,26 @@ def _fitted(
                 f"batches of {settings.batch_size} down to one: use a smaller input, or another device "
                 "(--device)"
             ) from error
-        _free_memory()
-        half = (len(part) + 1) // 2
-        if not fitting.split:
-            warnings.warn(
-                f"ran out of memory on a batch of {len(part)} samples ({error.said}): batches are split "
-                "in halves until they fit, and the report records the size that did",
-                LipcheckWarning,
-                stacklevel=2,
-            )
-            fitting.split = True
-        fitting.size = min(fitting.size, half)
-        tables, done = [], 0
-        while done < len(part):  # in pieces of the size that fits, which may shrink on the way
-            piece = part[done : done + fitting.size]
-            tables.append(_fitted(model, name, settings, piece, x, first, fitting))
-            done += len(piece)
-        return np.concatenate(tables)
+        said = error.said
+    # Split outside the except clause: until it ends, the error's traceback holds the failed attempt's
+    # frames, and with them its tensors.
+    _free_memory()
+    half = (len(part) + 1) // 2
+    if not fitting.split:
+        warnings.warn(
+            f"ran out of memory on a batch of {len(part)} samples ({said}): batches are split in halves "
+            "until they fit, and the report records the size that did",
+            LipcheckWarning,
+            stacklevel=2,
+        )
+        fitting.split = True
+    fitting.size = min(fitting.size, half)
+    tables, done = [], 0
+    while done < len(part):  # in pieces of the size that fits, which may shrink on the way
+        piece = part[done : done + fitting.size]
+        tables.append(_fitted(model, name, settings, piece, x, first, fitting))
+        done += len(piece)
+    return np.concatenate(tables)
 
 
 class _OutOfMemory(Exception):
