@@ -85,7 +85,12 @@ def join(timeout: float = WORKER_TIMEOUT_SECONDS) -> World:
     return world
 
 
+_lost_contact = False  # a collective failed: the exit status is not agreed (it would wait again)
+
+
 def _lost(world: World, what: str, error: BaseException) -> AuditFailedError:
+    global _lost_contact
+    _lost_contact = True
     return AuditFailedError(
         f"rank {world.rank} of {world.size} lost the other ranks while {what} ({describe(error)}): a rank "
         f"died or did not answer within --worker-timeout {world.timeout:g} s; its own output says why"
@@ -145,8 +150,9 @@ def agree(status: int) -> int:
         return status
     figures = torch.tensor([int(status)], dtype=torch.int64)
     try:
-        dist.all_reduce(figures, op=dist.ReduceOp.MAX)
-        status = int(figures[0])
+        if not _lost_contact:
+            dist.all_reduce(figures, op=dist.ReduceOp.MAX)
+            status = int(figures[0])
     except RuntimeError:
         pass
     finally:

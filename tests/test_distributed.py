@@ -144,6 +144,26 @@ def test_a_killed_rank_fails_the_others_within_the_timeout(files: dict[str, Path
     assert "rank 0 of 2 lost the other ranks while auditing batches" in said
 
 
+def test_a_rank_that_hangs_fails_the_others_after_the_worker_timeout(
+    files: dict[str, Path], tmp_path: Path
+) -> None:
+    paced = json.dumps({"folder": str(tmp_path), "seconds": 0.2})
+    ranks = start_ranks(audit_args(files, "make_paced", "--arch-kwargs", paced, "--worker-timeout", "3"))
+    wait_for(tmp_path / "pid-1")
+    hung = int((tmp_path / "pid-1").read_text())
+    os.kill(hung, signal.SIGSTOP)  # alive, holding its connections, answering nothing
+    try:
+        begin = time.monotonic()
+        code, _, said = finish(ranks[:1], timeout=60)[0]
+        waited = time.monotonic() - begin
+    finally:
+        os.kill(hung, signal.SIGKILL)
+        ranks[1].wait(10)
+    assert code == ExitStatus.AUDIT_FAILED, said
+    assert "rank 0 of 2 lost the other ranks" in said and "--worker-timeout 3 s" in said
+    assert 3 <= waited < 30  # it waited for the timeout, once
+
+
 def test_workers_say_which_rank_was_killed(files: dict[str, Path], tmp_path: Path) -> None:
     paced = json.dumps({"folder": str(tmp_path), "seconds": 0.2})
     args = audit_args(files, "make_paced", "--arch-kwargs", paced, "--workers", "2")
