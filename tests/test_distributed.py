@@ -161,7 +161,7 @@ def test_a_rank_that_hangs_fails_the_others_after_the_worker_timeout(
         ranks[1].wait(10)
     assert code == ExitStatus.AUDIT_FAILED, said
     assert "rank 0 of 2 lost the other ranks" in said and "--worker-timeout 3 s" in said
-    assert 3 <= waited < 30  # it waited for the timeout, once
+    assert 2 <= waited < 30  # it waited for the timeout (its clock may start a batch before the stop), once
 
 
 def test_workers_say_which_rank_was_killed(files: dict[str, Path], tmp_path: Path) -> None:
