@@ -60,6 +60,7 @@ from lipcheck.report import (
     BoundReport,
     BoundTiming,
     DataSection,
+    Directions,
     Environment,
     ModelBoundReport,
     ModelSection,
@@ -76,6 +77,8 @@ from lipcheck.search import SearchResult, worst_case_search
 
 RowSink = Callable[[Sequence[SampleResult]], None]
 Progress = Callable[[int], None]
+# A batch's data indices, the engine's result at its samples, and the samples x (B, ...).
+DirectionSink = Callable[[Sequence[int], SpectralNormResult, Tensor], None]
 
 
 # Where a traceback's frames are not the model's code: torch's and lipcheck's own modules.
@@ -190,8 +193,10 @@ def audit_rows(
     indices: range,
     sink: RowSink,
     progress: Progress | None = None,
+    directions: DirectionSink | None = None,
 ) -> None:
-    """Audit the samples `indices` of `data` batch by batch, passing each batch's rows to `sink`.
+    """Audit the samples `indices` of `data` batch by batch, passing each batch's rows to `sink` (and
+    the engine's results with the samples to `directions`, when given).
 
     The model must already be on the settings' device and dtype (`run_audit` does that). Raises
     InputError or ModelOutputError for bad input (the message names the data and the samples), and
@@ -200,7 +205,7 @@ def audit_rows(
     fitting = _Fitting(settings.batch_size)
     for start in range(indices.start, indices.stop, settings.batch_size):
         batch = range(start, min(start + settings.batch_size, indices.stop))
-        sink(table_to_rows(audit_batch(model, data, settings, batch, fitting)))
+        sink(table_to_rows(audit_batch(model, data, settings, batch, fitting, directions)))
         if progress is not None:
             progress(len(batch))
 
@@ -214,7 +219,12 @@ class _Fitting:
 
 
 def audit_batch(
-    model: LoadedModel, data: Dataset, settings: Settings, batch: range, fitting: _Fitting | None = None
+    model: LoadedModel,
+    data: Dataset,
+    settings: Settings,
+    batch: range,
+    fitting: _Fitting | None = None,
+    directions: DirectionSink | None = None,
 ) -> np.ndarray:
     """The rows (a `columns.ROW` table) of the samples `batch` of `data`, measured as one batch.
 
@@ -225,17 +235,28 @@ def audit_batch(
     fitting = fitting or _Fitting(settings.batch_size)
     x = data.read(batch.start, batch.stop, torch_dtype(settings.dtype))
     parts = [batch[start : start + fitting.size] for start in range(0, len(batch), fitting.size)]
-    tables = [_fitted(model, data.name, settings, part, x, batch.start, fitting) for part in parts]
+    tables = [
+        _fitted(model, data.name, settings, part, x, batch.start, fitting, directions) for part in parts
+    ]
     return tables[0] if len(tables) == 1 else np.concatenate(tables)
 
 
 def _fitted(
-    model: LoadedModel, name: str, settings: Settings, part: range, x: Tensor, first: int, fitting: _Fitting
+    model: LoadedModel,
+    name: str,
+    settings: Settings,
+    part: range,
+    x: Tensor,
+    first: int,
+    fitting: _Fitting,
+    directions: DirectionSink | None = None,
 ) -> np.ndarray:
     """The rows of the samples `part` (in the batch `x`, whose first sample is `first`), split in
     halves while they run out of memory."""
     try:
-        return _measure_rows(model, name, settings, part, x[part.start - first : part.stop - first])
+        return _measure_rows(
+            model, name, settings, part, x[part.start - first : part.stop - first], directions
+        )
     except _OutOfMemory as error:
         if len(part) == 1:
             raise AuditFailedError(
@@ -260,7 +281,7 @@ def _fitted(
     tables, done = [], 0
     while done < len(part):  # in pieces of the size that fits, which may shrink on the way
         piece = part[done : done + fitting.size]
-        tables.append(_fitted(model, name, settings, piece, x, first, fitting))
+        tables.append(_fitted(model, name, settings, piece, x, first, fitting, directions))
         done += len(piece)
     return np.concatenate(tables)
 
@@ -281,8 +302,16 @@ def _free_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def _measure_rows(model: LoadedModel, name: str, settings: Settings, part: range, x: Tensor) -> np.ndarray:
-    """The rows of the samples `part` (x: their inputs), measured in one call of the engine."""
+def _measure_rows(
+    model: LoadedModel,
+    name: str,
+    settings: Settings,
+    part: range,
+    x: Tensor,
+    directions: DirectionSink | None = None,
+) -> np.ndarray:
+    """The rows of the samples `part` (x: their inputs), measured in one call of the engine; the
+    engine's result goes to `directions` too, when given."""
     device = resolve_device(settings.device)
     where = f"model '{model.path}' on {name} samples {part.start}-{part.stop - 1}"
     try:
@@ -296,6 +325,8 @@ def _measure_rows(model: LoadedModel, name: str, settings: Settings, part: range
         if _out_of_memory(error):
             raise _OutOfMemory(where, describe(error)) from error
         raise AuditFailedError(f"{where}: the Jacobian products failed ({describe(error)})") from error
+    if directions is not None:
+        directions(list(part), result, x)
     table = np.empty(len(part), dtype=ROW)
     table["index"] = np.arange(part.start, part.stop)
     table["sigma"] = result.sigma.double().cpu().numpy()
@@ -490,6 +521,7 @@ def audit_columns(
     world: World | None = None,
     journal: Journal | None = None,
     progress: Progress | None = None,
+    directions: DirectionSink | None = None,
 ) -> tuple[SampleColumns, int | None]:
     """Every sample's row, as compact columns, and the batch size that fit when a batch ran out of
     memory (None when all fit).
@@ -497,7 +529,8 @@ def audit_columns(
     Batch k is samples [k B, (k+1) B) of the batch size B. With a `world` of several ranks, this rank
     audits batches rank, rank + size, ... and the rows of all ranks are gathered (see
     `lipcheck.distributed`); `progress` counts the samples of all ranks. With a `journal`, batches it
-    holds are read back instead of audited, and each batch audited is added to it.
+    holds are read back instead of audited, and each batch audited is added to it. The engine's
+    results of the batches audited go to `directions`, when given.
     """
     world = world or World()
     size, count = settings.batch_size, len(data)
@@ -513,7 +546,7 @@ def audit_columns(
                 if journal is not None and k in journal.done:
                     table = journal.read(k)
                 else:
-                    table = audit_batch(model, data, settings, batch, fitting)
+                    table = audit_batch(model, data, settings, batch, fitting, directions)
                     if journal is not None:
                         journal.append(k, table)
                 store.append(table)
@@ -570,11 +603,15 @@ def run_audit(
     bound: BoundReport | None = None,
     world: World | None = None,
     resume: Path | None = None,
+    directions: int | None = 0,
+    pictures: int = 0,
 ) -> Report:
     """Audit every sample of `data` and return the report, with the gate judged by `rules`.
 
     `bound`, the model's certified upper bound (`bound_model`), goes into the report with the bracket
-    [largest sigma found, bound]. Moves the model to the settings' device and dtype (in place). With a
+    [largest sigma found, bound]. With `directions` K (None: all) or `pictures` M, the report's
+    `directions` keep the most amplified directions of the max(K, M) samples of largest sigma, and the
+    inputs of the first M. Moves the model to the settings' device and dtype (in place). With a
     `world` of several ranks, this rank audits its shard and every rank returns the whole report; with
     `resume`, a folder, each rank keeps a journal there and continues the audit it holds (see
     `audit_columns`). Raises InputError for bad input (a journal of another audit), AuditFailedError
@@ -597,7 +634,13 @@ def run_audit(
         journal = _open_journal(resume, identity, world)
     begin = time.perf_counter()
     try:
-        rows, fitted = audit_columns(model, data, settings, world=world, journal=journal, progress=progress)
+        kept = None if directions == 0 and pictures == 0 else _LargestSigma(directions, pictures)
+        rows, fitted = audit_columns(
+            model, data, settings, world=world, journal=journal, progress=progress,
+            directions=kept.add if kept is not None else None,
+        )  # fmt: skip
+        if kept is not None and world.sharded:
+            kept = _LargestSigma.merged(distributed.all_gather(world, kept, "gathering the directions"))
     finally:
         if journal is not None:
             journal.close()
@@ -620,10 +663,63 @@ def run_audit(
         lipcheck_version=__version__,
         bound=bound,
         notes=_zero_jacobian_notes(rows),
+        directions=kept.result() if kept is not None else None,
     )
     for note in report.notes:
         warnings.warn(note, LipcheckWarning, stacklevel=2)
     return replace(report, gate=judge(rules, report))
+
+
+class _LargestSigma:
+    """Keeps, batch by batch, the most amplified directions of the `keep` samples of largest sigma (all
+    when None) and the inputs of the `pictures` largest, so memory is set by those counts, not the data."""
+
+    def __init__(self, keep: int | None, pictures: int) -> None:
+        self.keep = None if keep is None else max(keep, pictures)
+        self.pictures = pictures
+        self.parts: list[tuple[np.ndarray, ...]] = []
+        self.inputs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # indices, sigma, inputs
+
+    def add(self, indices: Sequence[int], result: SpectralNormResult, x: Tensor) -> None:
+        sigma = result.sigma.detach().double().cpu().numpy()
+        residual = result.residual.detach().double().cpu().numpy()
+        index = np.asarray(indices, dtype=np.int64)
+        vectors = result.vector.detach().cpu().numpy()
+        self.parts.append((index, sigma, np.where(np.isfinite(residual), residual, np.nan), vectors))
+        if self.keep is not None and sum(len(part[0]) for part in self.parts) > 2 * self.keep + 1:
+            self.parts = [self._largest(self.parts, self.keep)]
+        if self.pictures:
+            samples = x.detach().cpu().numpy()
+            if self.inputs is not None:
+                index, sigma, samples = (
+                    np.concatenate(pair) for pair in zip(self.inputs, (index, sigma, samples), strict=True)
+                )
+            order = np.lexsort((index, -sigma))[: self.pictures]
+            self.inputs = (index[order], sigma[order], samples[order])
+
+    @staticmethod
+    def _largest(parts: Sequence[tuple[np.ndarray, ...]], count: int | None) -> tuple[np.ndarray, ...]:
+        index, sigma, residual, vectors = (np.concatenate(column) for column in zip(*parts, strict=True))
+        order = np.lexsort((index, -sigma))[:count]
+        return index[order], sigma[order], residual[order], vectors[order]
+
+    @classmethod
+    def merged(cls, shards: Sequence[_LargestSigma]) -> _LargestSigma:
+        """The directions kept by every rank of a sharded audit, as one process would have kept them."""
+        merged = cls(None, shards[0].pictures)
+        merged.keep = shards[0].keep
+        merged.parts = [part for shard in shards for part in shard.parts]
+        inputs = [shard.inputs for shard in shards if shard.inputs is not None]
+        if inputs:
+            index, sigma, samples = (np.concatenate(column) for column in zip(*inputs, strict=True))
+            order = np.lexsort((index, -sigma))[: merged.pictures]
+            merged.inputs = (index[order], sigma[order], samples[order])
+        return merged
+
+    def result(self) -> Directions:
+        index, sigma, residual, vectors = self._largest(self.parts, self.keep)
+        inputs = self.inputs[2] if self.inputs is not None else vectors[:0]
+        return Directions(index, sigma, residual, vectors, inputs)
 
 
 def _zero_jacobian_notes(rows: Sequence[SampleResult]) -> tuple[str, ...]:
@@ -768,7 +864,8 @@ def run(request: AuditRequest, progress: Callable[[int, int], None] | None = Non
     advance = (lambda done: progress(done, len(data))) if progress is not None else None
     report = run_audit(
         model, data, settings, progress=advance, load_seconds=load_seconds, bound=certified, world=world,
-        resume=request.resume,
+        resume=request.resume, directions=request.top if request.save_directions is not None else 0,
+        pictures=request.pictures,
     )  # fmt: skip
     rules = rules_for(options, report, baseline=baseline, mismatched=mismatched)
     report = replace(report, gate=judge(rules, report))

@@ -61,10 +61,11 @@ class Format(str, Enum):
     json = "json", ".json"
     markdown = "markdown", ".md"
     junit = "junit", ".xml"
+    html = "html", ".html"
 
 
 def format_for(path: str | Path, default: str | Format) -> Format:
-    """The format of an output file: from its suffix (.json, .md, .xml, .txt), else `default`."""
+    """The format of an output file: from its suffix (.json, .md, .xml, .html, .txt), else `default`."""
     suffix = Path(path).suffix.lower()
     return next((f for f in Format if f.suffix == suffix), Format(default))
 

@@ -407,8 +407,8 @@ OutputOption = Annotated[
         "--output",
         "-o",
         help="Write the report to FILE (atomically; never over an input of the command) instead of stdout; "
-        "repeatable. The suffix sets the format: .json, .md (Markdown), .xml (JUnit), .txt (table); any "
-        "other takes --format (json).",
+        "repeatable. The suffix sets the format: .json, .md (Markdown), .xml (JUnit), .html (a page with "
+        "charts), .txt (table); any other takes --format (json).",
         metavar="FILE",
         show_default=False,
     ),
@@ -655,6 +655,26 @@ AuditAssumeOption = Annotated[
         show_default=False,
     ),
 ]
+SaveDirectionsOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--save-directions",
+        help="Write each sample's most amplified unit input direction to FILE.safetensors: 'directions' "
+        "(N, ...) like the data, largest sigma first, with 'indices', 'sigma' and 'residual' (N,) alongside.",
+        metavar="FILE.safetensors",
+        show_default=False,
+    ),
+]
+DirectionsTopOption = Annotated[
+    int | None,
+    typer.Option(
+        "--top",
+        min=1,
+        help="With --save-directions: keep only the K samples of largest sigma (memory and file of K rows).",
+        metavar="K",
+        show_default=False,
+    ),
+]
 AuditQuietOption = Annotated[
     bool,
     typer.Option(
@@ -705,6 +725,8 @@ lipcheck audit weights.safetensors --arch nets.py:make_denoiser --arch-kwargs '{
 lipcheck audit model.pt2 --random 3x32x32 --num-samples 256 --seed 1 --dtype float64
 lipcheck audit model.pt2 --data inputs.npy --search-steps 10 --search-radius 0.5 --bound
 lipcheck audit model.pt2 --data images/ --fail-above 2.5 --output report.json
+lipcheck audit model.pt2 --data x.npy --bound -o report.html   # charts; needs pip install "lipcheck[html]"
+lipcheck audit model.pt2 --data x.npy --save-directions worst.safetensors --top 100
 lipcheck audit model.pt2 --data x.npy --baseline release.json --max-increase 5 --require-converged \\
     -o report.json -o junit.xml -o summary.md
 lipcheck audit model.pt2 --data big.npy --workers 4 --resume audit-journal/ -o report.json
@@ -748,6 +770,8 @@ def audit(
     fail_above_bound: FailAboveBoundOption = None,
     output_format: FormatOption = None,
     output: OutputOption = None,
+    save_directions: SaveDirectionsOption = None,
+    top: DirectionsTopOption = None,
     quiet: AuditQuietOption = False,
     fail_above: FailAboveOption = None,
     fail_above_sample: FailAboveSampleOption = None,
@@ -762,8 +786,8 @@ def audit(
 ) -> None:
     """Audit MODEL on a data set: the spectral norm of its Jacobian at every sample.
 
-    Prints the worst samples and a summary (table), or the full report (json, markdown, junit). The
-    gate flags (--fail-above, --fail-above-sample, --require-converged, --baseline with
+    Prints the worst samples and a summary (table), or the full report (json, markdown, junit, html).
+    The gate flags (--fail-above, --fail-above-sample, --require-converged, --baseline with
     --max-increase) are rules recorded in the report; any failed rule exits 1.
     """
     from lipcheck.auditing import give_back_freed_memory, run
@@ -773,6 +797,11 @@ def audit(
     flags = dict(locals())
     request = _audit_request(flags)
     outputs = prepare_outputs(request.outputs, request.inputs())
+    directions_file = (
+        prepare_outputs([request.save_directions], request.inputs(), "--save-directions")
+        if request.save_directions is not None
+        else []
+    )
     fmt = _output_format(output_format, outputs, REPORT)
     if workers is not None and workers > 1 and "WORLD_SIZE" not in os.environ:
         from lipcheck.distributed import launch_workers
@@ -790,7 +819,36 @@ def audit(
         raise
     if not main_rank:  # the same report and verdict as rank 0's, which writes and says it
         raise typer.Exit(ExitStatus.GATE_FAILED if report.gate.passed is False else ExitStatus.PASSED)
+    try:
+        for destination in directions_file:
+            _write_directions(report, destination, request.top, quiet)
+    except LipcheckError:
+        _say_gate(report.gate.rules, quiet)  # as `_write_and_judge` does when a report cannot be written
+        raise
     _write_and_judge(report, REPORT, outputs, fmt, quiet, report.gate.rules)
+
+
+def _write_directions(report: Report, destination: Destination, top: int | None, quiet: bool) -> None:
+    """Write the report's kept directions (`--save-directions`, `--top`) as a safetensors file."""
+    from lipcheck.outputs import write_output
+
+    assert report.directions is not None
+    metadata = {
+        "model": report.model.path,
+        "model_sha256": report.model.sha256,
+        "data": report.data.path or "random",
+        "data_sha256": report.data.sha256 or "",
+        "dtype": report.settings.dtype,
+        "order": "largest sigma first",
+        "lipcheck_version": report.lipcheck_version,
+    }
+    try:
+        write_output(destination, report.directions.to_safetensors(top, metadata))
+    except OSError as error:
+        reason = error.strerror or error
+        raise InputError(f"--save-directions '{destination.path}' cannot be written ({reason})") from error
+    if not quiet:
+        typer.echo(f"lipcheck: directions written to {destination.path}", err=True)
 
 
 def _audit_request(flags: dict[str, Any]) -> AuditRequest:
@@ -838,7 +896,19 @@ def _audit_request(flags: dict[str, Any]) -> AuditRequest:
         format=flags["output_format"],
         resume=flags["resume"],
         worker_timeout=flags["worker_timeout"],
+        save_directions=flags["save_directions"],
+        top=flags["top"],
+        pictures=_pictures(flags["output"] or (), flags["output_format"]),
     )
+
+
+def _pictures(outputs: Sequence[Path], output_format: Format | None) -> int:
+    """How many of the worst samples keep their inputs: those an HTML report draws, when one is written."""
+    from lipcheck.html_report import PICTURES
+
+    fallback = output_format.value if output_format is not None else "json"
+    pages = [path for path in outputs if format_for(path, fallback) == Format.html]
+    return PICTURES if pages or (not outputs and output_format == Format.html) else 0
 
 
 # The flags of `RuleOptions`: the parameters of `audit` and `gate` that set it.

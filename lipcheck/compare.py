@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from lipcheck.errors import InputError, LipcheckWarning
@@ -123,10 +123,13 @@ class Comparison:
     top: tuple[SampleChange, ...]
     mismatches: tuple[str, ...] = ()
     gate: Gate = Gate()
+    # Every matched sample in index order, for the HTML form's scatter; not in the JSON.
+    samples: tuple[SampleChange, ...] = field(default=(), compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict, `schema_version` first (the report's: a comparison holds its verdicts)."""
-        return {"schema_version": SCHEMA_VERSION, **json.loads(json.dumps(asdict(self)))}
+        body = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "samples"}
+        return {"schema_version": SCHEMA_VERSION, **json.loads(json.dumps(body, default=_plain))}
 
 
 def compare_reports(
@@ -162,7 +165,13 @@ def compare_reports(
         top=tuple(rising[:top]),
         mismatches=tuple(mismatched),
         gate=judge(rules, new),
+        samples=tuple(sorted(changes, key=lambda c: c.index)),
     )
+
+
+def _plain(value: Any) -> Any:
+    """The JSON form of the dataclasses a `Comparison` holds."""
+    return asdict(value)
 
 
 def _figure(name: str, base: float, new: float) -> FigureChange:

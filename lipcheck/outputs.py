@@ -22,6 +22,7 @@ the file is older than the writing process.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import signal
@@ -33,7 +34,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from lipcheck.errors import InputError
 
@@ -130,20 +131,24 @@ def _reason(error: BaseException) -> str:
     return getattr(error, "strerror", None) or str(error) or type(error).__name__
 
 
-def write_output(destination: Destination, text: str | Iterable[str]) -> None:
-    """Write `text` (a string or its pieces) to `destination`: stream it into a special file, or replace
-    a regular file atomically. OSError when the write fails; a regular file is then untouched."""
+def write_output(destination: Destination, text: str | bytes | Iterable[str]) -> None:
+    """Write `text` (a string or its pieces, or bytes) to `destination`: stream it into a special file,
+    or replace a regular file atomically. OSError when the write fails; a regular file is then untouched."""
     if destination.stream is None:
         assert destination.target is not None
         write_atomic(destination.target, text)
         return
     with destination.stream as stream:
+        if isinstance(text, bytes):
+            stream.flush()
+            cast(io.TextIOWrapper, stream).buffer.write(text)  # opened by `_destination` with os.fdopen
+            return
         for piece in [text] if isinstance(text, str) else text:
             stream.write(piece)
 
 
-def write_atomic(path: str | Path, text: str | Iterable[str]) -> None:
-    """Write `text` (a string, or pieces of one) to the regular file `path` so that it is complete or
+def write_atomic(path: str | Path, text: str | bytes | Iterable[str]) -> None:
+    """Write `text` (a string, pieces of one, or bytes) to the regular file `path` so that it is complete or
     untouched: a temporary file in the same folder, fsync, then `os.replace`.
 
     The temporary file never outlives the call: it is removed when writing fails, on KeyboardInterrupt,
@@ -163,8 +168,11 @@ def write_atomic(path: str | Path, text: str | Iterable[str]) -> None:
                 dir=folder, prefix=f".{target.name}.lipcheck-{os.getpid()}-", suffix=".tmp"
             )
             try:
-                with os.fdopen(handle, "w", encoding="utf-8") as stream:
-                    for piece in [text] if isinstance(text, str) else text:
+                binary = isinstance(text, bytes)
+                with os.fdopen(
+                    handle, "wb" if binary else "w", encoding=None if binary else "utf-8"
+                ) as stream:
+                    for piece in [text] if isinstance(text, (str, bytes)) else text:
                         stream.write(piece)
                     stream.flush()
                     os.fsync(stream.fileno())

@@ -1,8 +1,9 @@
 """Present a `Report`: a rich table for people, JSON for scripts, Markdown for pull-request comments,
-JUnit XML for CI systems; and the same formats for a `Comparison` of two reports.
+JUnit XML for CI systems, a self-contained HTML page with charts (`lipcheck.html_report`); and the same
+formats for a `Comparison` of two reports.
 
 Every renderer takes the same plain data, so the formats cannot disagree. The report of
-`lipcheck bound` (`ModelBoundReport`) has its own three renderers.
+`lipcheck bound` (`ModelBoundReport`) has its own renderers.
 """
 
 from __future__ import annotations
@@ -14,12 +15,15 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from math import ceil
 from typing import Any, Generic, TypeVar
 
+import numpy as np
 from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from lipcheck import charts
 from lipcheck.choices import Format
 from lipcheck.compare import Comparison
 from lipcheck.errors import InputError
@@ -27,6 +31,9 @@ from lipcheck.gate import listed
 from lipcheck.report import ModelBoundReport, ModelSection, Report, RuleVerdict, SampleResult, worst_samples
 
 WORST = 10
+TEXT_BINS = 32  # characters of the table's one-line histogram
+MERMAID_BINS = 12  # bars of the Markdown report's chart
+BLOCKS = "▁▂▃▄▅▆▇█"
 RESIDUAL_DIGITS = 3  # the residual is a diagnostic: its order of magnitude is what a reader needs
 JUNIT_LISTED = 100  # failing sample indices in a JUnit failure's text
 
@@ -184,11 +191,37 @@ def _pairs(title: str, rows: Sequence[tuple[str, str]]) -> Table:
     return table
 
 
+def sigma_histogram(report: Report, bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """The histogram of sigma at the samples: `bins` equal bins from the smallest to the largest, as
+    (edges (bins + 1,), counts (bins,)). The text, Markdown and HTML charts all draw this one."""
+    sigma = np.array([s.sigma for s in report.samples], dtype=np.float64)
+    low, high = (float(sigma.min()), float(sigma.max())) if len(sigma) else (0.0, 1.0)
+    if high <= low:
+        low, high = low - 0.5 * max(abs(low), 1.0) * 0.1, high + 0.5 * max(abs(high), 1.0) * 0.1
+    counts, edges = np.histogram(sigma, bins=bins, range=(low, high))
+    return edges, counts
+
+
+def text_histogram(report: Report, bins: int = TEXT_BINS) -> str:
+    """One line: the smallest sigma, a block character per bin (height by count; a blank for an empty
+    bin, so that one outlier stands apart from the rest), the largest sigma."""
+    edges, counts = sigma_histogram(report, bins)
+    top = int(counts.max()) if len(counts) else 0
+    bars = "".join(
+        " " if count == 0 else BLOCKS[max(0, ceil(len(BLOCKS) * int(count) / top) - 1)] for count in counts
+    )
+    low, high = _number(float(edges[0]), 4), _number(float(edges[-1]), 4)
+    return f"sigma {low} {bars} {high}  (histogram, max bin {top})"
+
+
 def render_table(report: Report, console: Console) -> None:
-    """Print the header, the worst samples and the summary to `console`."""
+    """Print the header, the worst samples, the summary and a one-line histogram to `console`."""
     summary = _pairs("Summary", _summary_rows(report) + _gate_rows(report.gate.rules))
     search = [_search_table(report), Text("")] if _searched(report) else []
-    console.print(Group(_header(report), Text(""), _worst_table(report), Text(""), *search, summary))
+    histogram = Text(text_histogram(report), no_wrap=True, overflow="ellipsis")
+    console.print(
+        Group(_header(report), Text(""), _worst_table(report), Text(""), *search, summary, histogram)
+    )
 
 
 def _plain(render: Callable[[Console], None], width: int = 100) -> str:
@@ -241,6 +274,7 @@ def render_markdown(report: Report) -> str:
         "| --- | ---: |",
     ]
     lines += [f"| {name} | {value} |" for name, value in _summary_rows(report)]
+    lines += ["", *mermaid_histogram(report)]
     search_heads, search_rule = (
         (" search sigma | distance |", " ---: | ---: |") if _searched(report) else ("", "")
     )
@@ -257,6 +291,22 @@ def render_markdown(report: Report) -> str:
             f"| {_number(row.residual)} |" + "".join(f" {cell} |" for cell in _search_cells(report, row))
         )
     return "\n".join(lines) + "\n"
+
+
+def mermaid_histogram(report: Report, bins: int = MERMAID_BINS) -> list[str]:
+    """The histogram of sigma as a Mermaid `xychart-beta` bar chart, which GitHub draws in Markdown
+    (a step summary, a pull-request comment); elsewhere it reads as a list of numbers."""
+    edges, counts = sigma_histogram(report, bins)
+    centres = ", ".join(f'"{(edges[k] + edges[k + 1]) / 2:.3g}"' for k in range(len(counts)))
+    return [
+        "```mermaid",
+        "xychart-beta",
+        f'    title "sigma over {report.summary.count} samples"',
+        f'    x-axis "sigma (bin centre)" [{centres}]',
+        f'    y-axis "samples" 0 --> {max(int(counts.max()), 1)}',
+        f"    bar [{', '.join(str(int(c)) for c in counts)}]",
+        "```",
+    ]
 
 
 def render_junit(report: Report) -> str:
@@ -518,6 +568,13 @@ def render_model_json(model: ModelSection) -> str:
 # The renderers of each kind of report, looked up by format
 
 
+def _html() -> Any:
+    """`lipcheck.html_report`, imported when a page is rendered (it imports this module)."""
+    from lipcheck import html_report
+
+    return html_report
+
+
 @dataclass(frozen=True)
 class Renderers(Generic[Rendered]):
     """How one kind of report is presented: its text per `Format` (a string, or pieces of one to
@@ -529,10 +586,13 @@ class Renderers(Generic[Rendered]):
     lacking: str = ""  # why a format is missing and what to do instead
 
     def check(self, format: str | Format, flag: str) -> Format:
-        """The format, or InputError naming `flag` when this kind has no such form."""
+        """The format, or InputError naming `flag` when this kind has no such form, or when it is HTML
+        and matplotlib (the extra `lipcheck[html]`) is missing: checked before any work is done."""
         chosen = Format(format)
         if chosen not in self.text:
             raise InputError(f"{flag}: {self.kind} has no {chosen.value} form{self.lacking}")
+        if chosen == Format.html:
+            charts.require(flag)
         return chosen
 
     def render(self, value: Rendered, format: str | Format, flag: str = "--format") -> str | Iterable[str]:
@@ -551,6 +611,7 @@ REPORT = Renderers[Report](
         Format.json: Report.json_chunks,
         Format.markdown: render_markdown,
         Format.junit: render_junit,
+        Format.html: lambda report: _html().render_html(report),
     },
     render_table,
 )
@@ -560,9 +621,10 @@ BOUND_REPORT = Renderers[ModelBoundReport](
         Format.table: lambda report: _plain(lambda console: render_bound_table(report, console), 120),
         Format.json: ModelBoundReport.to_json,
         Format.markdown: render_bound_markdown,
+        Format.html: lambda report: _html().render_bound_html(report),
     },
     render_bound_table,
-    " (JUnit holds a gate's rules, and a bound has none): write .json, .md or .txt, or gate it with "
+    " (JUnit holds a gate's rules, and a bound has none): write .json, .md, .html or .txt, or gate it with "
     "lipcheck audit --fail-above-bound",
 )
 COMPARISON = Renderers[Comparison](
@@ -572,6 +634,7 @@ COMPARISON = Renderers[Comparison](
         Format.json: lambda comparison: json.dumps(comparison.to_dict(), indent=2) + "\n",
         Format.markdown: render_comparison_markdown,
         Format.junit: lambda comparison: junit_xml(comparison.model, comparison.gate.rules),
+        Format.html: lambda comparison: _html().render_comparison_html(comparison),
     },
     render_comparison_table,
 )

@@ -225,6 +225,46 @@ class Gate:
     rules: tuple[RuleVerdict, ...] = ()
 
 
+@dataclass(frozen=True, eq=False)
+class Directions:
+    """The most amplified unit input directions of audited samples, largest sigma first (ties by index).
+
+    Not part of the JSON report: `lipcheck audit --save-directions` writes them to a safetensors file,
+    and the HTML report draws the first rows beside their inputs.
+
+    Attributes:
+        indices: (K,) int64, the data indices of the rows.
+        sigma: (K,) float64, each row's sigma at the sample itself (not a worst-case search's).
+        residual: (K,) float64, ||J^T J v - sigma^2 v|| / sigma^2 at the row's direction v; NaN where
+            it was not finite.
+        vectors: (K, ...) the directions v, unit l2 norm each, shaped like a sample, in the audit's dtype.
+        inputs: (M, ...) the samples of the first M <= K rows, for pictures; (0, ...) when none kept.
+    """
+
+    indices: np.ndarray
+    sigma: np.ndarray
+    residual: np.ndarray
+    vectors: np.ndarray
+    inputs: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def to_safetensors(self, count: int | None = None, metadata: Mapping[str, str] | None = None) -> bytes:
+        """The first `count` rows (all when None) as a safetensors file: `directions` (K, ...), `indices`
+        (K,) int64, `sigma` and `residual` (K,) float64; `metadata` as the file's string metadata."""
+        from safetensors.numpy import save
+
+        rows = slice(None) if count is None else slice(0, count)
+        tensors = {
+            "directions": np.ascontiguousarray(self.vectors[rows]),
+            "indices": np.ascontiguousarray(self.indices[rows], dtype=np.int64),
+            "sigma": np.ascontiguousarray(self.sigma[rows], dtype=np.float64),
+            "residual": np.ascontiguousarray(self.residual[rows], dtype=np.float64),
+        }
+        return save(tensors, metadata=dict(metadata or {}))
+
+
 @dataclass(frozen=True)
 class Report:
     model: ModelSection
@@ -239,6 +279,8 @@ class Report:
     schema_version: int = SCHEMA_VERSION
     bound: BoundReport | None = None
     notes: tuple[str, ...] = ()  # what a reader of the figures must know (a Jacobian zero everywhere)
+    # The worst samples' directions, when the audit was asked to keep them; never in the JSON.
+    directions: Directions | None = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict whose keys follow the schema; lists where the dataclasses hold tuples."""

@@ -80,9 +80,12 @@ class AuditRequest:
 
     `bound` asks for the certified upper bound (implied by `rules.fail_above_bound`), with `assume`d
     constants for operations without a rule. `outputs` and `format` are for whoever renders the report
-    (`auditing.run` returns it). `resume` is the folder of the progress journal (`--resume`);
-    `worker_timeout` how long a rank of a sharded audit waits for the others (`--worker-timeout`).
-    Raises InputError naming the flag when the request is inconsistent.
+    (`auditing.run` returns it). With `save_directions`, the report keeps the most amplified directions
+    of the `top` samples of largest sigma (all when None) for the caller to write there; `pictures` is
+    how many of the worst samples keep their input too (the HTML report draws them). `resume` is the
+    folder of the progress journal (`--resume`); `worker_timeout` how long a rank of a sharded audit
+    waits for the others (`--worker-timeout`). Raises InputError naming the flag when the request is
+    inconsistent.
     """
 
     model: ModelSource
@@ -95,6 +98,9 @@ class AuditRequest:
     format: Format | None = None
     resume: Path | None = None
     worker_timeout: float = WORKER_TIMEOUT_SECONDS
+    save_directions: Path | None = None
+    top: int | None = None
+    pictures: int = 0
 
     def __post_init__(self) -> None:
         self.model.validate()
@@ -109,6 +115,20 @@ class AuditRequest:
             )
         if self.assume and not self.with_bound:
             raise InputError("--assume goes with --bound (or --fail-above-bound): it is used by the bound")
+        if self.resume is not None and (self.save_directions is not None or self.pictures):
+            raise InputError(
+                "--resume cannot go with --save-directions or an HTML report: the directions of the batches "
+                "in the journal are not kept; write those without --resume"
+            )
+        if self.top is not None and self.save_directions is None:
+            raise InputError("--top goes with --save-directions FILE.safetensors: it keeps the K largest")
+        if self.top is not None and self.top < 1:
+            raise InputError(f"--top must be at least 1, got {self.top}")
+        if self.save_directions is not None and Path(self.save_directions).suffix != ".safetensors":
+            raise InputError(
+                f"--save-directions '{self.save_directions}' is written as safetensors: give a file name "
+                "ending in .safetensors"
+            )
 
     @property
     def with_bound(self) -> bool:

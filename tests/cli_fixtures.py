@@ -387,3 +387,32 @@ def make_report(sigma: list[float], reduction: str = "max", threshold: float | N
         lipcheck_version="0.1.0",
     )
     return replace(report, gate=judge([FailAbove(threshold)] if threshold is not None else [], report))
+
+
+def write_pages(folder: Path) -> dict[str, Path]:
+    """HTML pages of a real audit of image data (with the bound and its thumbnails), a comparison
+    and a bound, written by the command line into `folder`."""
+    from safetensors.torch import save_file
+
+    save_file(SmallConv().state_dict(), folder / "conv.safetensors")
+    x = np.random.default_rng(2).standard_normal((9, 3, 6, 6)).astype(np.float32)
+    np.save(folder / "x.npy", x)
+    model = ("--arch", f"{ARCH}:make_conv")
+    pages = {name: folder / f"{name}.html" for name in ("audit", "compare", "bound")}
+    data = ("--data", folder / "x.npy")
+    audited = run(
+        "audit", folder / "conv.safetensors", *model, *data, "--bound", "--fail-above", 10,
+        "-o", pages["audit"], "-o", folder / "new.json", "-q",
+    )  # fmt: skip
+    assert audited.exit_code == 0, audited.stderr
+    base = run("audit", folder / "conv.safetensors", *model, "--data", folder / "x.npy", "--tol", "1e-2",
+               "-o", folder / "base.json", "-q")  # fmt: skip
+    assert base.exit_code == 0, base.stderr
+    compared = run(
+        "compare", folder / "base.json", folder / "new.json", "--allow-mismatch", "--max-increase", 5,
+        "-o", pages["compare"], "-q",
+    )  # fmt: skip
+    assert compared.exit_code in (0, 1), compared.stderr
+    bound = run("bound", folder / "conv.safetensors", *model, "--input-shape", "3x6x6", "-o", pages["bound"])
+    assert bound.exit_code == 0, bound.stderr
+    return pages

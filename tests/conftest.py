@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cli_fixtures import MLP, PickledMLP, export, mlp_inputs
+from cli_fixtures import MLP, PickledMLP, export, mlp_inputs, write_pages
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
@@ -111,3 +111,10 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     torch.save(PickledMLP().eval(), paths["pickle"])
     np.save(paths["data"], mlp_inputs())
     return paths
+
+
+@pytest.fixture(scope="session")
+def small_pages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The HTML pages of `write_pages` (an audit with pictures and the bound, a comparison, a bound),
+    written once for the page tests and the browser tests."""
+    return write_pages(tmp_path_factory.mktemp("small-pages"))

@@ -156,6 +156,8 @@ def test_github_actions_recipe(checkout: Path) -> None:
     check_reports(checkout, "lipcheck-junit.xml")
     text = summary.read_text()
     assert "### lipcheck audit" in text and "**Gate: passed**" in text and "`max_increase` | passed" in text
+    assert "```mermaid\nxychart-beta" in text
+    assert '<section id="verdict" class="banner passed">' in (checkout / "lipcheck-report.html").read_text()
     (uploaded,) = [v for v in values(workflow, "path") if "lipcheck" in v]
     assert all((checkout / name).is_file() for name in uploaded.split())
 

@@ -172,7 +172,7 @@ def test_a_bad_baseline_is_named(mlp: dict[str, Path], tmp_path: Path) -> None:
         "list.json": "is not a lipcheck report",
         "newer.json": "upgrade lipcheck",
         "partial.json": "no 'samples'",
-        "wrong.json": "is not a valid lipcheck report (samples[2].sigma: \"big\" is not a finite number)",
+        "wrong.json": 'is not a valid lipcheck report (samples[2].sigma: "big" is not a finite number)',
     }
     for name, fragment in cases.items():
         args = ("--baseline", tmp_path / name, "--max-increase", 5)

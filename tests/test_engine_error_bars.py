@@ -85,10 +85,12 @@ def corpus() -> dict[str, tuple[nn.Module, Tensor]]:
         "trained denoiser (sample model)": sample_model(),
         "tanh MLP": (tanh.eval(), torch.randn(256, 64, generator=torch.Generator().manual_seed(1))),
         "near-identity residual map": (
-            near_identity.eval(), torch.randn(256, 64, generator=torch.Generator().manual_seed(2))
+            near_identity.eval(),
+            torch.randn(256, 64, generator=torch.Generator().manual_seed(2)),
         ),
         "residual conv denoiser": (
-            convolutions.eval(), torch.randn(64, 1, 12, 12, generator=torch.Generator().manual_seed(3))
+            convolutions.eval(),
+            torch.randn(64, 1, 12, 12, generator=torch.Generator().manual_seed(3)),
         ),
     }
 

@@ -10,7 +10,15 @@ from cli_fixtures import make_report
 
 from lipcheck.choices import format_for
 from lipcheck.gate import FailAbove, FailAboveSample, judge
-from lipcheck.render import REPORT, github_annotations, render_junit, render_markdown
+from lipcheck.render import (
+    REPORT,
+    github_annotations,
+    mermaid_histogram,
+    render_junit,
+    render_markdown,
+    sigma_histogram,
+    text_histogram,
+)
 from lipcheck.report import Report, RuleVerdict
 
 
@@ -21,6 +29,7 @@ def judged(report: Report, *rules: object) -> Report:
 @pytest.mark.parametrize(
     ("name", "expected"),
     [("r.json", "json"), ("R.JSON", "json"), ("s.md", "markdown"), ("j.xml", "junit"), ("t.txt", "table"),
+     ("p.html", "html"),
      ("r.out", "markdown"), ("report", "markdown")],
 )  # fmt: skip
 def test_the_format_of_an_output_follows_its_suffix(name: str, expected: str) -> None:
@@ -97,3 +106,26 @@ def test_junit_stays_valid_xml_with_characters_xml_cannot_hold_in_a_path(name: s
     suite = ET.fromstring(document).find("testsuite")
     assert suite is not None
     assert suite.get("name") == name.encode("unicode_escape").decode("ascii")  # shown as \x1b, \udcff
+
+
+def test_the_text_histogram_has_a_block_per_bin_as_high_as_its_count() -> None:
+    # 8 bins over [1, 5] of width 0.5: three samples in the first, one in the fifth, one in the last
+    line = text_histogram(make_report([1.0, 1.1, 1.2, 3.0, 5.0]), bins=8)
+    assert line == "sigma 1 █   ▃  ▃ 5  (histogram, max bin 3)"
+
+
+def test_a_histogram_of_equal_sigmas_has_one_full_bin() -> None:
+    edges, counts = sigma_histogram(make_report([2.0, 2.0, 2.0]), 5)
+    assert counts.tolist() == [0, 0, 3, 0, 0]
+    assert edges[0] < 2.0 < edges[-1]
+
+
+def test_the_markdown_histogram_is_a_mermaid_bar_chart_of_the_counts() -> None:
+    report = make_report([1.0, 1.1, 1.2, 3.0, 5.0])
+    lines = mermaid_histogram(report, bins=4)
+    assert lines[:2] == ["```mermaid", "xychart-beta"]
+    assert lines[-1] == "```"
+    assert '    x-axis "sigma (bin centre)" ["1.5", "2.5", "3.5", "4.5"]' in lines
+    assert "    bar [3, 0, 1, 1]" in lines
+    assert '    y-axis "samples" 0 --> 3' in lines
+    assert "\n".join(mermaid_histogram(report)) in render_markdown(report)

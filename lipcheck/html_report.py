@@ -1,0 +1,540 @@
+"""The HTML form of each report: one self-contained page to open from a CI artifact, offline.
+
+A page holds everything inline: the styles, and the charts as SVG drawn by `lipcheck.charts`
+(matplotlib, the extra `lipcheck[html]`). It loads nothing (its Content-Security-Policy forbids any
+request but inline data) and runs no script, so it reads the same with JavaScript off. Each chart is a
+`<figure>` with a text alternative, and the numbers behind it are in a table beneath (folded in a
+`<details>` element where they are many). The output is deterministic for the same report.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from lipcheck import charts
+from lipcheck.charts import Mark
+from lipcheck.compare import Comparison, SampleChange
+from lipcheck.render import (
+    WORST,
+    _assumptions,
+    _change_rows,
+    _comparison_lines,
+    _model_line,
+    _number,
+    _search_note,
+    _shape,
+    _summary_rows,
+    sigma_histogram,
+)
+from lipcheck.report import ModelBoundReport, Report, RuleVerdict, worst_samples
+
+HISTOGRAM_BINS = 30
+PICTURES = 6  # the worst samples drawn beside their directions
+SORTED_ROWS = 50  # rows of the table beneath the sorted sigmas; more samples are listed at even ranks
+SCATTER_ROWS = 100  # rows of the table beneath the scatter; more samples list their largest changes
+
+_STYLE = """
+:root { color-scheme: light; }
+body { font-family: "DejaVu Sans", "Segoe UI", Helvetica, Arial, sans-serif; margin: 0 auto;
+  max-width: 60rem; padding: 1rem 1.5rem 3rem; color: #1a1a1a; background: #ffffff; line-height: 1.4; }
+h1 { font-size: 1.5rem; margin-bottom: 0.5rem; }
+h2 { font-size: 1.15rem; margin-top: 2rem; border-bottom: 1px solid #cccccc; padding-bottom: 0.2rem; }
+table { border-collapse: collapse; margin: 0.5rem 0; font-size: 0.9rem; }
+th, td { padding: 0.2rem 0.6rem; border-bottom: 1px solid #e4e4e4; text-align: left; vertical-align: top; }
+td.number, th.number { text-align: right; font-variant-numeric: tabular-nums; }
+table.provenance th { font-weight: 600; white-space: nowrap; }
+code { font-size: 0.9em; word-break: break-all; }
+.banner { padding: 0.6rem 1rem; border-radius: 4px; margin: 1rem 0; border: 2px solid; }
+.banner p { margin: 0.2rem 0; font-weight: 600; font-size: 1.1rem; }
+.passed { border-color: #009E73; background: #e6f5f0; }
+.failed { border-color: #D55E00; background: #fbece3; }
+.none { border-color: #999999; background: #f4f4f4; }
+td.failed, td.passed { background: none; font-weight: 600; }
+td.failed { color: #a33f00; }
+td.passed { color: #006b4f; }
+figure.chart { margin: 0.5rem 0; }
+figure.chart svg { width: 100%; max-width: 52rem; height: auto; display: block; }
+figure#chart-scatter svg { max-width: 30rem; }
+figcaption { font-size: 0.85rem; color: #444444; margin-top: 0.3rem; }
+details { margin: 0.3rem 0 1rem; }
+summary { cursor: pointer; color: #0057a0; }
+footer { margin-top: 3rem; font-size: 0.8rem; color: #666666; }
+"""
+
+# No request leaves the page: only inline styles and data: images.
+_POLICY = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
+
+
+def _text(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _page(
+    title: str, heading: str, header: Iterable[tuple[str, str]], body: Iterable[str], version: str
+) -> str:
+    rows = "".join(
+        f'<tr><th scope="row">{_text(name)}</th><td>{_text(value)}</td></tr>\n' for name, value in header
+    )
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f'<meta http-equiv="Content-Security-Policy" content="{_POLICY}">\n'
+        f"<title>{_text(title)}</title>\n<style>{_STYLE}</style>\n</head>\n<body>\n"
+        f'<header>\n<h1>{_text(heading)}</h1>\n<table class="provenance">\n{rows}</table>\n</header>\n'
+        f"<main>\n{''.join(body)}</main>\n"
+        f"<footer>Written by lipcheck {_text(version)}. This page is self-contained: it loads nothing "
+        "and runs no script.</footer>\n</body>\n</html>\n"
+    )
+
+
+def _table(
+    heads: Sequence[str], rows: Iterable[Sequence[str]], numeric: Sequence[bool], caption: str = ""
+) -> str:
+    def cell(tag: str, value: str, number: bool, extra: str = "") -> str:
+        kind = ' class="number"' if number else ""
+        return f"<{tag}{kind}{extra}>{_text(value)}</{tag}>"
+
+    head = "".join(
+        cell("th", name, number, ' scope="col"') for name, number in zip(heads, numeric, strict=True)
+    )
+    lines = [
+        "<tr>"
+        + "".join(cell("td", value, number) for value, number in zip(row, numeric, strict=True))
+        + "</tr>"
+        for row in rows
+    ]
+    titled = f"<caption>{_text(caption)}</caption>" if caption else ""
+    return (
+        f"<table>{titled}<thead><tr>{head}</tr></thead><tbody>\n" + "\n".join(lines) + "\n</tbody></table>\n"
+    )
+
+
+def _pairs(rows: Iterable[tuple[str, str]]) -> str:
+    lines = "".join(
+        f'<tr><th scope="row">{_text(n)}</th><td class="number">{_text(v)}</td></tr>\n' for n, v in rows
+    )
+    return f"<table>\n{lines}</table>\n"
+
+
+def _section(identifier: str, title: str, *parts: str) -> str:
+    return f'<section id="{identifier}">\n<h2>{_text(title)}</h2>\n{"".join(parts)}</section>\n'
+
+
+def _chart(identifier: str, svg: str, caption: str) -> str:
+    return (
+        f'<figure class="chart" id="chart-{identifier}">\n{svg}\n'
+        f"<figcaption>{_text(caption)}</figcaption>\n</figure>\n"
+    )
+
+
+def _numbers(table: str, count: int, fold_above: int = 12) -> str:
+    """The table of the numbers behind a chart: shown, or folded in <details> when it is long."""
+    if count <= fold_above:
+        return table
+    return f"<details>\n<summary>The numbers behind the chart ({count} rows)</summary>\n{table}</details>\n"
+
+
+def _verdict(rules: Sequence[RuleVerdict], none: str) -> str:
+    """The gate's verdict as a banner, with a table of every rule."""
+    if not rules:
+        return (
+            '<section id="verdict" class="banner none">\n<p>No gate rule was given.</p>\n'
+            f"<div>{_text(none)}</div>\n</section>\n"
+        )
+    failed = [rule for rule in rules if not rule.passed]
+    state = "failed" if failed else "passed"
+    said = (
+        f"Gate failed: {len(failed)} of {len(rules)} rules"
+        if failed
+        else f"Gate passed: all {len(rules)} rules"
+    )
+    lines = [
+        f'<tr><td><code>{_text(r.name)}</code></td><td class="{"passed" if r.passed else "failed"}">'
+        f'{"passed" if r.passed else "FAILED"}</td><td class="number">{_text(_number(r.value))}</td>'
+        f'<td class="number">{_text(_number(r.threshold))}</td><td>{_text(r.message)}</td></tr>'
+        for r in rules
+    ]
+    heads = '<th scope="col">rule</th><th scope="col">verdict</th><th scope="col" class="number">value</th>'
+    heads += '<th scope="col" class="number">threshold</th><th scope="col">details</th>'
+    table = f"<table><thead><tr>{heads}</tr></thead><tbody>\n" + "\n".join(lines) + "\n</tbody></table>\n"
+    return f'<section id="verdict" class="banner {state}">\n<p>{_text(said)}</p>\n{table}</section>\n'
+
+
+# ----------------------------------------------------------------------------------------------------
+# An audit
+
+
+def _marks(report: Report) -> list[Mark]:
+    """The thresholds to draw on the sigma axis: the gate's, the baseline's value, the certified bound."""
+    reduction = report.summary.reduction
+    marks: list[Mark] = []
+    for rule in report.gate.rules:
+        if rule.name == "fail_above":
+            marks.append(Mark(f"--fail-above ({reduction})", rule.threshold))
+        elif rule.name == "fail_above_sample":
+            marks.append(Mark("--fail-above-sample", rule.threshold))
+        elif rule.name == "max_increase" and rule.baseline_value is not None:
+            marks.append(Mark(f"baseline {reduction}", rule.baseline_value))
+            marks.append(Mark("--max-increase limit", rule.threshold))
+    if report.bound is not None:
+        marks.append(Mark("certified upper bound", report.bound.upper_bound))
+    return marks
+
+
+def _header(report: Report) -> list[tuple[str, str]]:
+    model, data, settings, environment = report.model, report.data, report.settings, report.environment
+    source = data.path if data.path is not None else f"random, seed {data.seed}"
+    key = f", key {data.key!r}" if data.key else ""
+    of_total = f" of {data.total:,}" if data.total != data.count else ""
+    rows = [
+        ("model", _model_line(model)),
+        ("model sha256", model.sha256),
+        (
+            "data",
+            f"{source} ({data.kind}{key}, {data.count:,}{of_total} samples of "
+            f"{_shape(data.sample_shape)}, {data.dtype})",
+        ),
+        ("data sha256", data.sha256 or "-"),
+        (
+            "settings",
+            f"{settings.method}, tol {settings.tol:g}, max-iter {settings.max_iter}, {settings.dtype}, batch "
+            f"{settings.batch_size}, seed {settings.seed}, reduction {settings.reduction}, confidence "
+            f"{settings.confidence:g}{_search_note(report)}",
+        ),
+        (
+            "versions",
+            f"lipcheck {report.lipcheck_version}, torch {environment.torch}, Python {environment.python}",
+        ),
+        ("machine", f"{environment.device}, {environment.threads} threads, {environment.platform}"),
+        ("started", report.timing.started),
+    ]
+    return rows
+
+
+def _histogram_section(report: Report) -> str:
+    edges, counts = sigma_histogram(report, HISTOGRAM_BINS)
+    marks = _marks(report)
+    shown = ", ".join(f"{m.label} at {m.value:.4g}" for m in marks)
+    description = (
+        f"Histogram of sigma over {report.summary.count} samples, from {edges[0]:.4g} to {edges[-1]:.4g}"
+        + (f"; marked: {shown}" if shown else "")
+    )
+    svg = charts.histogram(edges, counts, marks, description)
+    rows = [(f"{edges[k]:.6g}", f"{edges[k + 1]:.6g}", str(int(counts[k]))) for k in range(len(counts))]
+    table = _table(("sigma from", "to", "samples"), rows, (True, True, True))
+    marks_table = (
+        _table(("mark", "sigma"), [(m.label, _number(m.value)) for m in marks], (False, True))
+        if marks
+        else ""
+    )
+    return _section(
+        "histogram",
+        "Distribution of sigma",
+        _chart("histogram", svg, description + "."),
+        marks_table,
+        _numbers(table, len(rows)),
+    )
+
+
+def _sorted_section(report: Report) -> str:
+    ordered = sorted(report.samples, key=lambda s: (-s.sigma, s.index))
+    count = len(ordered)
+    positions = np.unique(np.linspace(0, count - 1, min(count, charts.SORTED_POINTS)).round().astype(int))
+    ranks = positions + 1
+    sigma = np.array([ordered[p].sigma for p in positions], dtype=np.float64)
+    upper = np.array(
+        [np.nan if ordered[p].sigma_upper is None else ordered[p].sigma_upper for p in positions]
+    )
+    every = "" if len(positions) == count else f" (drawn at {len(positions)} evenly spaced ranks)"
+    description = (
+        f"The sigma of the {count} samples sorted largest first{every}, from {sigma[0]:.4g} down to "
+        f"{sigma[-1]:.4g}; bars reach up to sigma_upper at confidence {report.settings.confidence:g}"
+    )
+    svg = charts.sorted_sigmas(ranks, sigma, upper, _marks(report), description)
+    listed = np.unique(np.linspace(0, count - 1, min(count, SORTED_ROWS)).round().astype(int))
+    rows = [
+        (str(p + 1), str(ordered[p].index), _number(ordered[p].sigma), _number(ordered[p].sigma_upper))
+        for p in listed
+    ]
+    note = (
+        ""
+        if len(listed) == count
+        else f" (every sample would be {count} rows: {len(listed)} evenly spaced ranks)"
+    )
+    table = _table(
+        ("rank", "sample", "sigma", "sigma_upper"),
+        rows,
+        (True, True, True, True),
+        caption=f"Sorted sigmas{note}",
+    )
+    return _section(
+        "sorted",
+        "Sigma per sample, sorted",
+        _chart("sorted", svg, description + "."),
+        _numbers(table, len(rows)),
+    )
+
+
+def _bracket_section(report: Report) -> str:
+    if report.bound is None:
+        return ""
+    found, certified = report.summary.max, report.bound.upper_bound
+    threshold = next((r.threshold for r in report.gate.rules if r.name == "fail_above_bound"), None)
+    ratio = f"{certified / found:.4g}" if found > 0 else "-"
+    description = (
+        f"The Lipschitz constant lies in the bracket from the largest sigma found, {found:.4g}, to the "
+        f"certified upper bound, {certified:.4g} (ratio {ratio})"
+    )
+    svg = charts.bracket(found, certified, threshold, description)
+    rows = [
+        ("largest sigma found (lower bound)", _number(found)),
+        ("certified upper bound", _number(certified)),
+        ("ratio", ratio),
+    ]
+    if threshold is not None:
+        rows.append(("--fail-above-bound", _number(threshold)))
+    return _section(
+        "bracket",
+        "Bracket [largest found, certified bound]",
+        _chart("bracket", svg, description + "."),
+        _pairs(rows),
+    )
+
+
+def _layers_section(layers: Sequence[tuple[str, str, float, str]], assumed: str) -> str:
+    """A bar chart of the layer factors (the largest `MAX_LAYERS` of a long model) and all in a table."""
+    if not layers:
+        return _section(
+            "layers", "Layer factors", "<p>The graph has no operation that scales perturbations.</p>\n"
+        )
+    drawn = list(range(len(layers)))
+    if len(layers) > charts.MAX_LAYERS:
+        drawn = sorted(sorted(drawn, key=lambda k: -layers[k][2])[: charts.MAX_LAYERS])
+    which = (
+        "" if len(drawn) == len(layers) else f" (the {len(drawn)} largest of {len(layers)}, in graph order)"
+    )
+    largest = max(layers, key=lambda layer: layer[2])
+    description = (
+        f"Bar chart of the Lipschitz factors of {len(layers)} layers{which}; the largest is "
+        f"{largest[0]} ({largest[1]}) at {largest[2]:.4g}"
+    )
+    svg = charts.layer_factors([layers[k][0] for k in drawn], [layers[k][2] for k in drawn], description)
+    table = _table(("layer", "kind", "bound", "method"), [(n, k, _number(b), m) for n, k, b, m in layers],
+                   (False, False, True, False))  # fmt: skip
+    note = f"<p>Assumed with --assume (not verified): {_text(assumed)}.</p>\n" if assumed else ""
+    return _section(
+        "layers",
+        "Layer factors of the bound",
+        _chart("layers", svg, description + "."),
+        _numbers(table, len(layers)),
+        note,
+    )
+
+
+def _worst_section(report: Report) -> str:
+    shown = worst_samples(report, WORST)
+    searched = report.settings.search_steps is not None
+    heads = [
+        "sample",
+        "sigma",
+        f"sigma_upper ({report.settings.confidence:g})",
+        "iterations",
+        "converged",
+        "residual",
+    ]
+    heads += ["search sigma", "distance"] if searched else []
+    rows = []
+    for row in shown:
+        cells = [str(row.index), _number(row.sigma), _number(row.sigma_upper), str(row.iterations),
+                 "yes" if row.converged else "no", _number(row.residual, 3)]  # fmt: skip
+        if searched:
+            cells += [_number(row.search_sigma), _number(row.search_distance)]
+        rows.append(cells)
+    numeric = [True, True, True, True, False, True] + ([True, True] if searched else [])
+    table = _table(heads, rows, numeric, caption=f"Worst {len(shown)} of {report.summary.count} samples")
+    return _section("worst", "Worst samples", table)
+
+
+def _pictures_section(report: Report) -> str:
+    directions = report.directions
+    if directions is None or len(directions.inputs) == 0 or not charts.is_image(report.data.sample_shape):
+        return ""
+    count = len(directions.inputs)
+    titles = [f"#{directions.indices[k]}  {directions.sigma[k]:.4g}" for k in range(count)]
+    shape = report.data.sample_shape
+    legend = (
+        "mid grey is 0, each channel brighter or darker by its sign"
+        if len(shape) == 3 and shape[0] == 3
+        else "purple and orange are opposite signs, white is 0"
+    )
+    description = (
+        f"The {count} samples of largest sigma (top row) above their most amplified input direction "
+        f"(bottom row; {legend})"
+    )
+    svg = charts.thumbnails(list(directions.inputs), list(directions.vectors[:count]), titles, description)
+    rows = [
+        (str(directions.indices[k]), _number(float(directions.sigma[k])),
+         _number(float(directions.residual[k]), 3), f"{float(np.abs(directions.vectors[k]).max()):.4g}")
+        for k in range(count)
+    ]  # fmt: skip
+    table = _table(("sample", "sigma", "residual", "largest |direction| entry"), rows, (True,) * 4)
+    return _section(
+        "pictures",
+        "Worst inputs and their most amplified directions",
+        _chart("pictures", svg, description + ". A perturbation along the direction is amplified by sigma."),
+        table,
+    )
+
+
+def render_html(report: Report) -> str:
+    """The audit report as one self-contained HTML page."""
+    summary = _section("summary", "Summary", _pairs(_summary_rows(report)))
+    notes = "".join(f'<p class="note">{_text(note)}</p>\n' for note in report.notes)
+    bound = report.bound
+    layers = (
+        _layers_section([(x.name, x.kind, x.bound, x.method) for x in bound.layers],
+                        ", ".join(f"{n} = {v:g}" for n, v in bound.assumptions.items()))
+        if bound is not None else ""
+    )  # fmt: skip
+    body = [
+        _verdict(
+            report.gate.rules,
+            "Give --fail-above, --fail-above-sample, --require-converged or a --baseline to gate.",
+        ),
+        notes,
+        summary,
+        _histogram_section(report),
+        _sorted_section(report),
+        _bracket_section(report),
+        layers,
+        _worst_section(report),
+        _pictures_section(report),
+    ]
+    return _page(
+        f"lipcheck audit: {report.model.path}",
+        "lipcheck audit",
+        _header(report),
+        body,
+        report.lipcheck_version,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------
+# A comparison
+
+
+def _max_increase(comparison: Comparison) -> float | None:
+    """The --max-increase percent of a comparison's rule, from its threshold and the base's value."""
+    for rule in comparison.gate.rules:
+        if rule.name == "max_increase" and rule.baseline_value:
+            return (rule.threshold / rule.baseline_value - 1) * 100
+    return None
+
+
+def _listed(comparison: Comparison) -> list[SampleChange]:
+    """The samples in the table beneath the scatter: all, or the `SCATTER_ROWS` largest changes (up or
+    down) in index order."""
+    if len(comparison.samples) <= SCATTER_ROWS:
+        return list(comparison.samples)
+    largest = sorted(comparison.samples, key=lambda s: (-abs(s.change), s.index))[:SCATTER_ROWS]
+    return sorted(largest, key=lambda s: s.index)
+
+
+def render_comparison_html(comparison: Comparison) -> str:
+    """A comparison of two reports as one self-contained HTML page."""
+    figures, movers = _change_rows(comparison)
+    parts = [_verdict(comparison.gate.rules, "Give --max-increase PCT to gate.")]
+    if comparison.samples:
+        base = np.array([s.base for s in comparison.samples], dtype=np.float64)
+        new = np.array([s.new for s in comparison.samples], dtype=np.float64)
+        percent = _max_increase(comparison)
+        band = f", the band up to --max-increase {percent:g}% above it" if percent is not None else ""
+        description = (
+            f"Scatter of the new against the base sigma of {len(base)} samples matched by index, with "
+            f"the line new = base{band}; {comparison.rose} rose, {comparison.fell} fell"
+        )
+        svg = charts.scatter(base, new, percent, description)
+        rows = [
+            (str(s.index), _number(s.base), _number(s.new), f"{s.change:+.6g}") for s in _listed(comparison)
+        ]
+        which = (
+            "" if len(rows) == len(base) else f": the {len(rows)} largest changes either way of {len(base)}"
+        )
+        table = _table(
+            ("sample", "base", "new", "change"), rows, (True,) * 4, caption=f"Matched samples{which}"
+        )
+        parts.append(
+            _section(
+                "scatter",
+                "New against base sigma",
+                _chart("scatter", svg, description + "."),
+                _numbers(table, len(rows)),
+            )
+        )
+    parts.append(
+        _section(
+            "figures",
+            "Summary figures",
+            _table(("figure", "base", "new", "change", "change %"), figures, (False,) + (True,) * 4),
+        )
+    )
+    movers_table = (
+        _table(("sample", "base", "new", "change", "change %"), movers, (True,) * 5)
+        if movers else "<p>No sample rose.</p>\n"
+    )  # fmt: skip
+    parts.append(
+        _section("movers", f"Samples that rose most ({len(movers)} of {comparison.rose})", movers_table)
+    )
+    from lipcheck import __version__
+
+    return _page(
+        f"lipcheck compare: {comparison.new}",
+        "lipcheck compare",
+        _comparison_lines(comparison),
+        parts,
+        __version__,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------
+# A bound
+
+
+def render_bound_html(report: ModelBoundReport) -> str:
+    """The report of `lipcheck bound` as one self-contained HTML page."""
+    bound, environment, timing = report.bound, report.environment, report.timing
+    header = [
+        ("model", _model_line(report.model)),
+        ("model sha256", report.model.sha256),
+        ("input shape", f"{_shape(bound.input_shape)} (one sample, without the batch)"),
+        (
+            "versions",
+            f"lipcheck {report.lipcheck_version}, torch {environment.torch}, Python {environment.python}",
+        ),
+        ("started", report.timing.started),
+    ]
+    if bound.assumptions:
+        header.append(("assumed", f"{_assumptions(report)} (supplied with --assume, not verified)"))
+    total = _section(
+        "bound",
+        "Certified upper bound",
+        _pairs(
+            [
+                ("upper bound (certified)", _number(bound.upper_bound)),
+                ("time", f"{timing.bound_seconds:.3g} s bound, {timing.load_seconds:.3g} s loading"),
+            ]
+        ),
+    )
+    layers = _layers_section(
+        [(x.name, x.kind, x.bound, x.method) for x in bound.layers], _assumptions(report)
+    )
+    return _page(
+        f"lipcheck bound: {report.model.path}",
+        "lipcheck bound",
+        header,
+        [total, layers],
+        report.lipcheck_version,
+    )
