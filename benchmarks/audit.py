@@ -12,8 +12,11 @@ within each CLI run, the engine's calls and everything else, and prints the medi
 Memory (--memory): writes a .npy data set of --gigabytes (default 1.1 GB) and audits it through the
 CLI in a child process at --batch-size 4096, then prints the child's peak RSS (VmHWM). Not for CI.
 Samples have --features values (default 1024: 270k rows in 1.1 GB, a few minutes on two cores).
+With --memory-samples N, N samples (and the first N/10 against all N): whether the memory of an audit
+is flat in the number of samples (the rows are compact columns, spilled to a file, streamed as JSON).
 
     python benchmarks/audit.py --memory --folder /tmp/lipcheck-bench
+    python benchmarks/audit.py --memory --features 8 --memory-samples 3000000 --batch-size 8192
 """
 
 from __future__ import annotations
@@ -115,11 +118,11 @@ def overhead(samples: int, batch_size: int, repeats: int) -> None:
     )
 
 
-def memory(folder: Path, gigabytes: float, batch_size: int, features: int) -> None:
+def memory(folder: Path, gigabytes: float, batch_size: int, features: int, samples: int | None) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     model_path = save_model(folder, features)
-    data_path = folder / f"big{features}.npy"
-    rows = int(gigabytes * 1e9 / (features * 4))
+    rows = samples if samples is not None else int(gigabytes * 1e9 / (features * 4))
+    data_path = folder / f"big{features}x{rows}.npy"
     if not data_path.exists() or np.load(data_path, mmap_mode="r").shape != (rows, features):
         array = np.lib.format.open_memmap(data_path, mode="w+", dtype=np.float32, shape=(rows, features))
         chunk = 1 << 14
@@ -134,13 +137,20 @@ def memory(folder: Path, gigabytes: float, batch_size: int, features: int) -> No
                "--batch-size", str(batch_size), "--device", "cpu", "--quiet", "--format", "json",
                "--output", str(folder / "report.json")]  # fmt: skip
     print(f"data {size / 1e9:.2f} GB ({rows} samples of {features} float32), batch {batch_size}")
-    for limit in (rows // 16, None):
+    # With --samples, the first tenth against all of them (the issue's 300k vs 3M); else a sixteenth.
+    share = rows // 10 if samples is not None else rows // 16
+    peaks = []
+    for limit in (share, None):
         seconds, peak = _run_measured(command + ([] if limit is None else ["--limit", str(limit)]))
         report = json.loads((folder / "report.json").read_text())
-        share = f"the first {limit} samples" if limit else "every sample"
-        print(f"{share}: {report['summary']['count']} audited in {seconds:.1f} s "
+        peaks.append((report["summary"]["count"], peak))
+        what = f"the first {limit} samples" if limit else "every sample"
+        print(f"{what}: {report['summary']['count']} audited in {seconds:.1f} s "
               f"({report['timing']['samples_per_second']:.0f} samples/s), "
-              f"peak RSS {peak / 1e9:.3f} GB ({peak / size:.2f} x the data set)")  # fmt: skip
+              f"peak RSS {peak / 2**20:.1f} MiB ({peak / size:.2f} x the data set)")  # fmt: skip
+    (few, low), (many, high) = peaks
+    print(f"peak RSS of all {many} samples - that of the first {few}: {(high - low) / 2**20:+.1f} MiB "
+          f"({(high - low) / 2**20 / ((many - few) / 1e6):+.2f} MiB per million samples)")  # fmt: skip
 
 
 def _run_measured(command: list[str]) -> tuple[float, int]:
@@ -175,10 +185,19 @@ def main() -> None:
     parser.add_argument("--memory", action="store_true", help="run the memory benchmark instead")
     parser.add_argument("--gigabytes", type=float, default=1.1)
     parser.add_argument("--features", type=int, default=1024, help="--memory: values per sample")
+    parser.add_argument(
+        "--memory-samples", type=int, default=None, help="--memory: this many samples instead of --gigabytes"
+    )
     parser.add_argument("--folder", type=Path, default=Path(tempfile.gettempdir()) / "lipcheck-bench")
     options = parser.parse_args()
     if options.memory:
-        memory(options.folder, options.gigabytes, options.batch_size or 4096, options.features)
+        memory(
+            options.folder,
+            options.gigabytes,
+            options.batch_size or 4096,
+            options.features,
+            options.memory_samples,
+        )
     else:
         overhead(options.samples, options.batch_size or 256, options.repeats)
     sys.stdout.flush()

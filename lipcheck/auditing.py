@@ -1,10 +1,13 @@
 """Run an audit: feed a data set's batches through the engine and collect one row per sample.
 
-`audit_rows` is the loop: it takes an index range and a sink for rows, so a shard of a data set (one
-torchrun worker) or the rest of an interrupted run are the same call with another range and a sink
-that appends to a file. Because the engine starts every sample from the same seeded vector, a
-sample's row does not depend on which batch it was in. `run_audit` wraps the loop with provenance,
-summary and gate into a `Report`.
+`audit_batch` measures one batch into compact rows (`columns.ROW`), splitting it in halves while it
+runs out of memory. `audit_columns` runs the batches of a data set: all of them, or with a `World` of
+several ranks (torchrun, `--workers`) batches rank, rank + N, ..., with the rows gathered at the end
+(`lipcheck.distributed`); with a `Journal` (`--resume`), finished batches are read back and new ones
+made durable. Because the engine starts every sample from the same seeded vector, a sample's row does
+not depend on which batch it was in, so a shard or a resumed rest gives the rows of a whole run.
+`audit_rows` is the same loop over an index range, with a sink for `SampleResult`s. `run_audit` wraps
+the loop with provenance, summary and gate into a `Report`.
 
 The model is called exactly once per batch (the engine's single evaluation); this module only wraps
 that call to pass `--arg` keyword arguments, to pick `--output-key`, and to turn the model's failures
@@ -13,9 +16,12 @@ into messages that name the samples and the shapes involved.
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import inspect
 import json
 import platform
+import sys
 import time
 import traceback
 import warnings
@@ -30,11 +36,13 @@ import torch
 from torch import Tensor
 
 import lipcheck
-from lipcheck import __version__
+from lipcheck import __version__, distributed
 from lipcheck.bounds import upper_bound
 from lipcheck.choices import Device, Dtype, Operator
+from lipcheck.columns import ROW, ColumnStore, SampleColumns, table_to_rows
 from lipcheck.compare import comparable
 from lipcheck.datasets import Dataset, batches_dataset, open_dataset, random_dataset, tensor_dataset
+from lipcheck.distributed import World
 from lipcheck.engine import SpectralNormResult, operator_output, spectral_norm
 from lipcheck.errors import (
     AuditFailedError,
@@ -46,6 +54,7 @@ from lipcheck.errors import (
 )
 from lipcheck.file_formats import MAX_READ_BYTES
 from lipcheck.gate import Rule, RuleOptions, judge, rules_for
+from lipcheck.journal import Journal
 from lipcheck.models import LoadedModel, load_model, wrap_model
 from lipcheck.report import (
     BoundReport,
@@ -59,7 +68,6 @@ from lipcheck.report import (
     SampleResult,
     Settings,
     Timing,
-    finite_or_none,
     largest_sigma,
     path_text,
     summarise,
@@ -194,37 +202,147 @@ def audit_rows(
     InputError or ModelOutputError for bad input (the message names the data and the samples), and
     AuditFailedError when the model's output is NaN or Inf or the Jacobian products fail.
     """
-    device = resolve_device(settings.device)
-    for batch, x in data.batches(indices, settings.batch_size, torch_dtype(settings.dtype)):
-        where = f"model '{model.path}' on {data.name} samples {batch.start}-{batch.stop - 1}"
-        try:
-            call = _guarded_call(model, settings, tuple(x.shape), batch.start)
-            result, found = _measure(call, x.to(device), settings)
-        except LipcheckError as error:
-            raise error.with_context(where) from error
-        except Exception as error:
-            if _out_of_memory(error):
-                raise _out_of_memory_error(error, settings).with_context(where) from error
-            raise AuditFailedError(f"{where}: the Jacobian products failed ({describe(error)})") from error
-        sigma = result.sigma.double().cpu().tolist()
-        iterations = result.iterations.cpu().tolist()
-        converged = result.converged.cpu().tolist()
-        residual = result.residual.double().cpu().tolist()
-        upper = result.sigma_upper.double().cpu().tolist()
-        rows = [
-            SampleResult(
-                i, sigma[k], iterations[k], bool(converged[k]), finite_or_none(residual[k]),
-                finite_or_none(upper[k]),
-            )
-            for k, i in enumerate(batch)
-        ]  # fmt: skip
-        if found is not None:
-            rows = _with_search(rows, found)
-        if directions is not None:
-            directions(list(batch), result, x)
-        sink(rows)
+    fitting = _Fitting(settings.batch_size)
+    for start in range(indices.start, indices.stop, settings.batch_size):
+        batch = range(start, min(start + settings.batch_size, indices.stop))
+        sink(table_to_rows(audit_batch(model, data, settings, batch, fitting, directions)))
         if progress is not None:
             progress(len(batch))
+
+
+class _Fitting:
+    """The batch size that fits in memory, lowered by halves when a batch runs out of it."""
+
+    def __init__(self, batch_size: int) -> None:
+        self.size = batch_size
+        self.split = False  # whether a batch was split (said once on stderr)
+
+
+def audit_batch(
+    model: LoadedModel,
+    data: Dataset,
+    settings: Settings,
+    batch: range,
+    fitting: _Fitting | None = None,
+    directions: DirectionSink | None = None,
+) -> np.ndarray:
+    """The rows (a `columns.ROW` table) of the samples `batch` of `data`, measured as one batch.
+
+    A batch that runs out of memory is split in halves, down to one sample, and the audit goes on at
+    the size that fit (`fitting`, said once as a LipcheckWarning); a single sample that does not fit
+    fails the audit. Errors as `audit_rows`.
+    """
+    fitting = fitting or _Fitting(settings.batch_size)
+    x = data.read(batch.start, batch.stop, torch_dtype(settings.dtype))
+    parts = [batch[start : start + fitting.size] for start in range(0, len(batch), fitting.size)]
+    tables = [
+        _fitted(model, data.name, settings, part, x, batch.start, fitting, directions) for part in parts
+    ]
+    return tables[0] if len(tables) == 1 else np.concatenate(tables)
+
+
+def _fitted(
+    model: LoadedModel,
+    name: str,
+    settings: Settings,
+    part: range,
+    x: Tensor,
+    first: int,
+    fitting: _Fitting,
+    directions: DirectionSink | None = None,
+) -> np.ndarray:
+    """The rows of the samples `part` (in the batch `x`, whose first sample is `first`), split in
+    halves while they run out of memory."""
+    try:
+        return _measure_rows(
+            model, name, settings, part, x[part.start - first : part.stop - first], directions
+        )
+    except _OutOfMemory as error:
+        if len(part) == 1:
+            raise AuditFailedError(
+                f"{error.where}: ran out of memory on a single sample ({error.said}), after splitting "
+                f"batches of {settings.batch_size} down to one: use a smaller input, or another device "
+                "(--device)"
+            ) from error
+        said = error.said
+    # Split outside the except clause: until it ends, the error's traceback holds the failed attempt's
+    # frames, and with them its tensors.
+    _free_memory()
+    half = (len(part) + 1) // 2
+    if not fitting.split:
+        warnings.warn(
+            f"ran out of memory on a batch of {len(part)} samples ({said}): batches are split in halves "
+            "until they fit, and the report records the size that did",
+            LipcheckWarning,
+            stacklevel=2,
+        )
+        fitting.split = True
+    fitting.size = min(fitting.size, half)
+    tables, done = [], 0
+    while done < len(part):  # in pieces of the size that fits, which may shrink on the way
+        piece = part[done : done + fitting.size]
+        tables.append(_fitted(model, name, settings, piece, x, first, fitting, directions))
+        done += len(piece)
+    return np.concatenate(tables)
+
+
+class _OutOfMemory(Exception):
+    """A batch ran out of memory (`said`: the allocator's error); `where` names the model and samples."""
+
+    def __init__(self, where: str, said: str) -> None:
+        super().__init__(f"{where}: {said}")
+        self.where = where
+        self.said = said
+
+
+def _free_memory() -> None:
+    """Give back what an out-of-memory batch left: its tensors (collected) and CUDA's cached blocks."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _measure_rows(
+    model: LoadedModel,
+    name: str,
+    settings: Settings,
+    part: range,
+    x: Tensor,
+    directions: DirectionSink | None = None,
+) -> np.ndarray:
+    """The rows of the samples `part` (x: their inputs), measured in one call of the engine; the
+    engine's result goes to `directions` too, when given."""
+    device = resolve_device(settings.device)
+    where = f"model '{model.path}' on {name} samples {part.start}-{part.stop - 1}"
+    try:
+        call = _guarded_call(model, settings, tuple(x.shape), part.start)
+        result, found = _measure(call, x.to(device), settings)
+    except _OutOfMemory as error:
+        raise _OutOfMemory(where, error.said) from error.__cause__
+    except LipcheckError as error:
+        raise error.with_context(where) from error
+    except Exception as error:
+        if _out_of_memory(error):
+            raise _OutOfMemory(where, describe(error)) from error
+        raise AuditFailedError(f"{where}: the Jacobian products failed ({describe(error)})") from error
+    if directions is not None:
+        directions(list(part), result, x)
+    table = np.empty(len(part), dtype=ROW)
+    table["index"] = np.arange(part.start, part.stop)
+    table["sigma"] = result.sigma.double().cpu().numpy()
+    table["iterations"] = result.iterations.cpu().numpy()
+    table["converged"] = result.converged.cpu().numpy()
+    residual = result.residual.double().cpu().numpy()
+    upper = result.sigma_upper.double().cpu().numpy()
+    table["residual"] = np.where(np.isfinite(residual), residual, np.nan)
+    table["sigma_upper"] = np.where(np.isfinite(upper), upper, np.nan)
+    if found is None:
+        table["search_sigma"] = np.nan
+        table["search_distance"] = np.nan
+    else:
+        table["search_sigma"] = found.sigma.double().cpu().numpy()
+        table["search_distance"] = found.distance.double().cpu().numpy()
+    return table
 
 
 def _guarded_call(
@@ -245,7 +363,7 @@ def _guarded_call(
             raise
         except (Exception, SystemExit) as error:  # model code cannot end the process
             if _out_of_memory(error):
-                raise _out_of_memory_error(error, settings) from error
+                raise _OutOfMemory("", describe(error)) from error
             if model.input_spec and not _fits(shape, model.input_spec[0].shape, ranges=True):
                 raise InputError(
                     f"the input of shape {shape} is out of the range the model was exported for "
@@ -308,13 +426,6 @@ def _engine_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-def _with_search(rows: list[SampleResult], found: SearchResult) -> list[SampleResult]:
-    """The rows with the search's figures: the largest sigma found and how far from the sample."""
-    searched = found.sigma.double().cpu().tolist()
-    distance = found.distance.double().cpu().tolist()
-    return [replace(row, search_sigma=searched[k], search_distance=distance[k]) for k, row in enumerate(rows)]
-
-
 def torch_dtype(name: str) -> torch.dtype:
     """The torch dtype of a `Dtype` choice ('float32' -> torch.float32)."""
     dtype: torch.dtype = getattr(torch, Dtype(name).value)
@@ -329,11 +440,25 @@ def _out_of_memory(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and ("out of memory" in text or "DefaultCPUAllocator" in text)
 
 
-def _out_of_memory_error(error: BaseException, settings: Settings) -> AuditFailedError:
-    return AuditFailedError(
-        f"ran out of memory with batches of {settings.batch_size} samples ({describe(error)}): "
-        "lower --batch-size"
-    )
+def give_back_freed_memory() -> None:
+    """Have glibc's malloc return large freed blocks to the system, for a process that audits (the
+    command line calls it; Python callers' processes are theirs to tune).
+
+    glibc raises its mmap threshold each time a large block is freed, after which the batches' large
+    tensors come from the heap, which fragments and keeps growing: by about 1 KB a sample audited at
+    batch 8192. Setting the threshold (to its default, 128 KiB) turns that off, so the resident memory
+    stays flat in the number of batches. Nothing happens where there is no glibc.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(_M_MMAP_THRESHOLD, 128 * 1024)
+    except (OSError, AttributeError):  # not glibc: musl and others have no such threshold to fix
+        return
+
+
+_M_MMAP_THRESHOLD = -3  # malloc.h
 
 
 def environment(device: torch.device) -> Environment:
@@ -363,14 +488,109 @@ def model_section(model: LoadedModel) -> ModelSection:
     )
 
 
-def data_section(data: Dataset) -> DataSection:
-    """What was audited, with the hash of the samples (free after an audit read them in order)."""
+def data_section(data: Dataset, sha256: str | None = None) -> DataSection:
+    """What was audited, with the hash of the samples (free after an audit read them in order), or
+    `sha256` when it is known already."""
     info = data.info
     path = None if info.path is None else path_text(info.path)
     return DataSection(
         path, info.kind, info.key, info.count, info.total, info.sample_shape, info.dtype, info.seed,
-        data.sha256(),
+        data.sha256() if sha256 is None else sha256,
     )  # fmt: skip
+
+
+def audit_identity(model: LoadedModel, data: DataSection, settings: Settings, world: World) -> dict[str, Any]:
+    """What makes two runs the same audit, row for row: a `--resume` journal records it."""
+    kept = {k: v for k, v in asdict(settings).items() if k != "reduction"}  # the rows do not depend on it
+    return {
+        "lipcheck_version": __version__,
+        "model_sha256": model.sha256,
+        "model_arch": [model.arch, dict(model.arch_kwargs)],
+        "data_sha256": data.sha256,
+        "data_count": data.count,
+        "settings": kept,
+        "device": resolve_device(settings.device).type,
+        "world_size": world.size,
+    }
+
+
+def audit_columns(
+    model: LoadedModel,
+    data: Dataset,
+    settings: Settings,
+    *,
+    world: World | None = None,
+    journal: Journal | None = None,
+    progress: Progress | None = None,
+    directions: DirectionSink | None = None,
+) -> tuple[SampleColumns, int | None]:
+    """Every sample's row, as compact columns, and the batch size that fit when a batch ran out of
+    memory (None when all fit).
+
+    Batch k is samples [k B, (k+1) B) of the batch size B. With a `world` of several ranks, this rank
+    audits batches rank, rank + size, ... and the rows of all ranks are gathered (see
+    `lipcheck.distributed`); `progress` counts the samples of all ranks. With a `journal`, batches it
+    holds are read back instead of audited, and each batch audited is added to it. The engine's
+    results of the batches audited go to `directions`, when given.
+    """
+    world = world or World()
+    size, count = settings.batch_size, len(data)
+    batches = -(-count // size)
+    fitting = _Fitting(size)
+    store = ColumnStore()
+    for round_ in range(-(-batches // world.size)):
+        k = round_ * world.size + world.rank
+        done, failure = 0, None
+        if k < batches:
+            batch = range(k * size, min((k + 1) * size, count))
+            try:
+                if journal is not None and k in journal.done:
+                    table = journal.read(k)
+                else:
+                    table = audit_batch(model, data, settings, batch, fitting, directions)
+                    if journal is not None:
+                        journal.append(k, table)
+                store.append(table)
+                done = len(batch)
+            except LipcheckError as error:
+                if not world.sharded:
+                    raise
+                failure = error.with_context(f"rank {world.rank} of {world.size}, batch {k}")
+        if world.sharded:
+            what = f"auditing batches {round_ * world.size}-{round_ * world.size + world.size - 1}"
+            done, failed = distributed.round_done(world, done, failure is not None, what)
+            if failed:
+                distributed.raise_first_failure(world, failure, what)
+        if progress is not None and world.rank == 0:
+            progress(done)
+    fitted = fitting.size if fitting.split else None
+    columns = store.finish()
+    if not world.sharded:
+        return columns, fitted
+    shards = distributed.all_gather(world, (columns.table(), fitted), "gathering the rows")
+    table = np.concatenate([shard for shard, _ in shards])
+    merged = ColumnStore()
+    merged.append(table[np.argsort(table["index"], kind="stable")])  # in index order
+    sizes = [size for _, size in shards if size is not None]
+    return merged.finish(), min(sizes) if sizes else None
+
+
+def _open_journal(folder: Path, identity: dict[str, Any], world: World) -> Journal:
+    """This rank's journal; a sharded audit fails on every rank alike when one rank's is refused."""
+    if not world.sharded:
+        return Journal.open(folder, identity, world.rank)
+    journal, failure = None, None
+    try:
+        journal = Journal.open(folder, identity, world.rank)
+    except LipcheckError as error:
+        failure = error
+    _, failed = distributed.round_done(world, 0, failure is not None, "opening the journals")
+    if failed:
+        if journal is not None:
+            journal.close()
+        distributed.raise_first_failure(world, failure, "opening the journals")
+    assert journal is not None
+    return journal
 
 
 def run_audit(
@@ -382,6 +602,8 @@ def run_audit(
     progress: Progress | None = None,
     load_seconds: float = 0.0,
     bound: BoundReport | None = None,
+    world: World | None = None,
+    resume: Path | None = None,
     directions: int | None = 0,
     pictures: int = 0,
 ) -> Report:
@@ -390,27 +612,46 @@ def run_audit(
     `bound`, the model's certified upper bound (`bound_model`), goes into the report with the bracket
     [largest sigma found, bound]. With `directions` K (None: all) or `pictures` M, the report's
     `directions` keep the most amplified directions of the max(K, M) samples of largest sigma, and the
-    inputs of the first M. Moves the model to the settings' device and dtype (in place). Raises
-    InputError for bad input, AuditFailedError when the audit itself fails (see `audit_rows`).
+    inputs of the first M. Moves the model to the settings' device and dtype (in place). With a
+    `world` of several ranks, this rank audits its shard and every rank returns the whole report; with
+    `resume`, a folder, each rank keeps a journal there and continues the audit it holds (see
+    `audit_columns`). Raises InputError for bad input (a journal of another audit), AuditFailedError
+    when the audit itself fails (see `audit_rows`).
     """
     settings.validate()
+    world = world or World()
     device = resolve_device(settings.device)
     if isinstance(model.module, torch.nn.Module):
         model.module.to(device=device, dtype=torch_dtype(settings.dtype))
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    rows: list[SampleResult] = []
-    kept = None if directions == 0 and pictures == 0 else _LargestSigma(directions, pictures)
+    described = None
+    if world.sharded or resume is not None:  # hashed first: a shard's or a rest's reads are not in order
+        digest = data.sha256() if world.rank == 0 else None
+        digest = distributed.from_rank_zero(world, digest, "hashing the data") if world.sharded else digest
+        described = data_section(data, digest)
+    journal = None
+    if resume is not None:
+        identity = audit_identity(model, described or data_section(data), settings, world)
+        journal = _open_journal(resume, identity, world)
     begin = time.perf_counter()
-    audit_rows(
-        model, data, settings, indices=range(len(data)), sink=rows.extend, progress=progress,
-        directions=kept.add if kept is not None else None,
-    )  # fmt: skip
+    try:
+        kept = None if directions == 0 and pictures == 0 else _LargestSigma(directions, pictures)
+        rows, fitted = audit_columns(
+            model, data, settings, world=world, journal=journal, progress=progress,
+            directions=kept.add if kept is not None else None,
+        )  # fmt: skip
+        if kept is not None and world.sharded:
+            kept = _LargestSigma.merged(distributed.all_gather(world, kept, "gathering the directions"))
+    finally:
+        if journal is not None:
+            journal.close()
     seconds = time.perf_counter() - begin
+    ran = replace(environment(device), world_size=world.size, fitted_batch_size=fitted)
     report = Report(
         model=model_section(model),
-        data=data_section(data),
+        data=described or data_section(data),
         settings=settings,
-        environment=environment(device),
+        environment=ran,
         timing=Timing(
             started=started,
             load_seconds=load_seconds,
@@ -418,7 +659,7 @@ def run_audit(
             total_seconds=load_seconds + seconds,
             samples_per_second=len(rows) / seconds if seconds > 0 else 0.0,
         ),
-        samples=tuple(rows),
+        samples=rows,
         summary=summarise(rows, settings.reduction),
         lipcheck_version=__version__,
         bound=bound,
@@ -462,6 +703,19 @@ class _LargestSigma:
         index, sigma, residual, vectors = (np.concatenate(column) for column in zip(*parts, strict=True))
         order = np.lexsort((index, -sigma))[:count]
         return index[order], sigma[order], residual[order], vectors[order]
+
+    @classmethod
+    def merged(cls, shards: Sequence[_LargestSigma]) -> _LargestSigma:
+        """The directions kept by every rank of a sharded audit, as one process would have kept them."""
+        merged = cls(None, shards[0].pictures)
+        merged.keep = shards[0].keep
+        merged.parts = [part for shard in shards for part in shard.parts]
+        inputs = [shard.inputs for shard in shards if shard.inputs is not None]
+        if inputs:
+            index, sigma, samples = (np.concatenate(column) for column in zip(*inputs, strict=True))
+            order = np.lexsort((index, -sigma))[: merged.pictures]
+            merged.inputs = (index[order], sigma[order], samples[order])
+        return merged
 
     def result(self) -> Directions:
         index, sigma, residual, vectors = self._largest(self.parts, self.keep)
@@ -632,6 +886,7 @@ def run(request: AuditRequest, progress: Callable[[int, int], None] | None = Non
     unconverged figures.
     """
     options, settings = request.rules, request.settings
+    world = distributed.join(request.worker_timeout)
     baseline = options.read_baseline()
     begin = time.perf_counter()
     model = load_source(request.model)
@@ -655,8 +910,9 @@ def run(request: AuditRequest, progress: Callable[[int, int], None] | None = Non
         mismatched = comparable(baseline, settings, data_section(data), what, options.allow_mismatch)
     advance = (lambda done: progress(done, len(data))) if progress is not None else None
     report = run_audit(
-        model, data, settings, progress=advance, load_seconds=load_seconds, bound=certified,
-        directions=request.top if request.save_directions is not None else 0, pictures=request.pictures,
+        model, data, settings, progress=advance, load_seconds=load_seconds, bound=certified, world=world,
+        resume=request.resume, directions=request.top if request.save_directions is not None else 0,
+        pictures=request.pictures,
     )  # fmt: skip
     rules = rules_for(options, report, baseline=baseline, mismatched=mismatched)
     report = replace(report, gate=judge(rules, report))
@@ -682,6 +938,7 @@ def audit(
     assume: Mapping[str, float] | None = None,
     bound_method: str = "liplt",
     progress: Callable[[int, int], None] | None = None,
+    resume: str | Path | None = None,
     **options: Any,
 ) -> Report:
     """Audit `model` on `data` and return the `Report` that `lipcheck audit` writes; for test suites.
@@ -697,6 +954,8 @@ def audit(
     seed, batch_size, device, dtype, reduction, krylov_dim, output_key, model_kwargs, search_steps,
     search_radius) and gate rules (fail_above, fail_above_sample, require_converged, fail_above_bound,
     baseline, max_increase, allow_mismatch), judged into `report.gate`.
+    `resume`, a folder, keeps the progress journal of `--resume`. Under torchrun, each process audits
+    its shard and gets the whole report.
 
     Raises InputError for bad input and AuditFailedError when the audit fails (as `run`)::
 
@@ -715,6 +974,7 @@ def audit(
             or arch_kwargs
             or trust_pickle
             or (bound_method != "liplt")
+            or resume
         ):
             raise InputError("lipcheck.audit(request) takes the AuditRequest alone: put the options in it")
         return run(model, progress)
@@ -736,5 +996,6 @@ def audit(
         bound=bound,
         assume=dict(assume or {}),
         bound_method=bound_method,
+        resume=None if resume is None else Path(resume),
     )
     return run(request, progress)

@@ -107,3 +107,7 @@ def choose(choices: type[Enum], value: object, flag: str) -> None:
     if value not in {member.value for member in choices}:
         names = ", ".join(str(member.value) for member in choices)
         raise InputError(f"{flag} {value!r} is not one of {names}")
+
+
+# How long a rank of a sharded audit waits for the others in one collective (--worker-timeout).
+WORKER_TIMEOUT_SECONDS = 1800.0

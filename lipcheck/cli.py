@@ -16,7 +16,7 @@ import traceback
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from enum import IntEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -36,7 +36,17 @@ from rich.progress import (
 from rich.text import Text
 
 from lipcheck import __version__
-from lipcheck.choices import BoundMethod, Device, Dtype, Format, Method, Operator, Reduction, format_for
+from lipcheck.choices import (
+    WORKER_TIMEOUT_SECONDS,
+    BoundMethod,
+    Device,
+    Dtype,
+    Format,
+    Method,
+    Operator,
+    Reduction,
+    format_for,
+)
 from lipcheck.errors import AuditFailedError, InputError, LipcheckError, LipcheckWarning, first_line
 from lipcheck.file_formats import MAX_READ_BYTES
 
@@ -70,6 +80,7 @@ class _Invocation:
 
     debug: bool = False
     quiet: bool = False
+    argv: list[str] = field(default_factory=list)  # the arguments of the command (for --workers)
 
 
 _invocation = _Invocation()
@@ -87,7 +98,8 @@ def _exit_status(error: BaseException) -> ExitStatus:
     if isinstance(error, LipcheckError):
         if _invocation.debug:
             traceback.print_exception(error, file=sys.stderr)
-        _error(str(error))
+        if not error.shared or os.environ.get("RANK", "0") == "0":
+            _error(str(error))
         return ExitStatus.AUDIT_FAILED if isinstance(error, AuditFailedError) else ExitStatus.USAGE_OR_INPUT
     traceback.print_exception(error, file=sys.stderr)
     typer.echo(
@@ -103,7 +115,7 @@ def _warnings_to_stderr(
 ) -> None:
     """`warnings.showwarning` while a command runs: every warning is one 'lipcheck: warning:' line on
     stderr (one of torch or of the model with its category and where it was raised), none with --quiet."""
-    if _invocation.quiet:
+    if _invocation.quiet or os.environ.get("RANK", "0") != "0":  # rank 0 speaks for a sharded audit
         return
     text = " ".join(str(message).split())
     if not issubclass(category, LipcheckWarning):
@@ -120,7 +132,8 @@ class LipcheckGroup(typer.core.TyperGroup):
 
     def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
         global _invocation
-        _invocation = _Invocation()
+        argv = kwargs.get("args", args[0] if args else None)
+        _invocation = _Invocation(argv=list(sys.argv[1:] if argv is None else argv))
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("always", LipcheckWarning)
@@ -154,6 +167,10 @@ class LipcheckGroup(typer.core.TyperGroup):
             status = _exit_status(error)
         if not standalone_mode:
             return result
+        if "torch.distributed" in sys.modules:  # one rank of several: every rank ends with one code
+            from lipcheck.distributed import agree
+
+            status = agree(status)
         sys.exit(int(status))
 
     @staticmethod
@@ -694,6 +711,38 @@ AuditQuietOption = Annotated[
 ]
 
 
+WorkersOption = Annotated[
+    int | None,
+    typer.Option(
+        "--workers",
+        min=1,
+        help="Audit with N processes on this machine, each a shard of whole batches (torchrun "
+        "--standalone --nproc-per-node N, one thread each); one report, the same rows as one process.",
+        metavar="N",
+        show_default=False,
+    ),
+]
+ResumeOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--resume",
+        help="Keep a progress journal in folder DIR (created; fsync'd after every batch) and continue the "
+        "audit it holds: rerun the same command after a kill. A journal of another audit is refused.",
+        metavar="DIR",
+        show_default=False,
+    ),
+]
+WorkerTimeoutOption = Annotated[
+    float,
+    typer.Option(
+        "--worker-timeout",
+        help="Under torchrun or --workers: seconds a rank waits for the others at a batch before the "
+        "audit fails (a rank died or hangs).",
+        metavar="SECONDS",
+    ),
+]
+
+
 AUDIT_EPILOG = """\
 **Examples**
 
@@ -709,10 +758,14 @@ lipcheck audit model.pt2 --data x.npy --bound -o report.html   # charts; needs p
 lipcheck audit model.pt2 --data x.npy --save-directions worst.safetensors --top 100
 lipcheck audit model.pt2 --data x.npy --baseline release.json --max-increase 5 --require-converged \\
     -o report.json -o junit.xml -o summary.md
+lipcheck audit model.pt2 --data big.npy --workers 4 --resume audit-journal/ -o report.json
+torchrun --standalone --nproc-per-node 8 -m lipcheck audit model.pt2 --data big.npy -o report.json
 ```
 
 Exit codes: 0 done (gate passed), 1 gate failed (a rule failed), 2 bad input or usage,
-3 the audit failed (NaN output, no sample converged, out of memory), 130 interrupted, 70 internal error.
+3 the audit failed (NaN output, no sample converged, one sample out of memory, a rank failed or
+died), 130 interrupted, 70 internal error. A batch out of memory is split in halves; every rank of a
+sharded audit exits with the same code.
 """
 
 
@@ -757,6 +810,9 @@ def audit(
     baseline: BaselineOption = None,
     max_increase: MaxIncreaseOption = None,
     allow_mismatch: AllowMismatchOption = False,
+    workers: WorkersOption = None,
+    resume: ResumeOption = None,
+    worker_timeout: WorkerTimeoutOption = WORKER_TIMEOUT_SECONDS,
     debug: DebugOption = False,
 ) -> None:
     """Audit MODEL on a data set: the spectral norm of its Jacobian at every sample (or of the Jacobian
@@ -766,7 +822,7 @@ def audit(
     The gate flags (--fail-above, --fail-above-sample, --require-converged, --baseline with
     --max-increase) are rules recorded in the report; any failed rule exits 1.
     """
-    from lipcheck.auditing import run
+    from lipcheck.auditing import give_back_freed_memory, run
     from lipcheck.outputs import prepare_outputs
     from lipcheck.render import REPORT
 
@@ -779,14 +835,22 @@ def audit(
         else []
     )
     fmt = _output_format(output_format, outputs, REPORT)
-    show_progress = not quiet and sys.stderr.isatty() and (fmt == "table" or bool(outputs))
+    if workers is not None and workers > 1 and "WORLD_SIZE" not in os.environ:
+        from lipcheck.distributed import launch_workers
+
+        raise typer.Exit(launch_workers(workers, _invocation.argv))
+    give_back_freed_memory()  # memory flat in the number of samples
+    main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 shows progress and writes
+    show_progress = main_rank and not quiet and sys.stderr.isatty() and (fmt == "table" or bool(outputs))
     try:
         with _progress(show_progress) as progress:
             report = run(request, progress=progress)
     except AuditFailedError as failure:
-        if failure.report is not None:  # no sample converged: the figures are written all the same
+        if failure.report is not None and main_rank:  # no sample converged: the figures are written
             _write_report(failure.report, outputs, fmt, quiet)
         raise
+    if not main_rank:  # the same report and verdict as rank 0's, which writes and says it
+        raise typer.Exit(ExitStatus.GATE_FAILED if report.gate.passed is False else ExitStatus.PASSED)
     try:
         for destination in directions_file:
             _write_directions(report, destination, request.top, quiet)
@@ -864,6 +928,8 @@ def _audit_request(flags: dict[str, Any]) -> AuditRequest:
         bound_method=flags["bound_method"].value,
         outputs=tuple(flags["output"] or ()),
         format=flags["output_format"],
+        resume=flags["resume"],
+        worker_timeout=flags["worker_timeout"],
         save_directions=flags["save_directions"],
         top=flags["top"],
         pictures=_pictures(flags["output"] or (), flags["output_format"]),

@@ -12,7 +12,12 @@ from typing import Any
 
 
 class LipcheckError(Exception):
-    """Base class of every error lipcheck raises on purpose."""
+    """Base class of every error lipcheck raises on purpose.
+
+    `shared` is True for the failure of a sharded audit that every rank raises alike (rank 0 says it).
+    """
+
+    shared: bool = False
 
     def with_context(self, context: str) -> LipcheckError:
         """The same error (class and attributes) with `context: ` before its message.

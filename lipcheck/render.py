@@ -102,9 +102,19 @@ def _header(report: Report) -> Table:
         "settings",
         f"{_operator_note(settings)}{settings.method}, tol {settings.tol:g}, max-iter {settings.max_iter}, "
         f"{settings.dtype} on {report.environment.device}, batch {settings.batch_size}, seed {settings.seed}"
+        + _scale_note(report)
         + _search_note(report),
     )
     return grid
+
+
+def _scale_note(report: Report) -> str:
+    """', 4 ranks' for a sharded audit; ', batches split to 16 (out of memory)' after a back-off."""
+    ran = report.environment
+    ranks = f", {ran.world_size} ranks" if ran.world_size > 1 else ""
+    fitted = ran.fitted_batch_size
+    split = f", batches split to {fitted} (out of memory)" if fitted is not None else ""
+    return ranks + split
 
 
 def _searched(report: Report) -> bool:

@@ -161,11 +161,17 @@ def check_seed(seed: int) -> None:
 
 @dataclass(frozen=True)
 class Environment:
+    """Where the audit ran. `world_size` processes audited a shard each (torchrun, --workers), each
+    with `threads` threads; `fitted_batch_size` is the largest batch that fit after an out-of-memory
+    batch was split (None when every batch of --batch-size fit)."""
+
     python: str
     platform: str
     torch: str
     device: str
     threads: int
+    world_size: int = 1
+    fitted_batch_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -273,7 +279,7 @@ class Report:
     settings: Settings
     environment: Environment
     timing: Timing
-    samples: tuple[SampleResult, ...]
+    samples: Sequence[SampleResult]  # a tuple, or `columns.SampleColumns` (compact) after an audit
     summary: Summary
     gate: Gate = Gate()
     lipcheck_version: str = ""
@@ -411,8 +417,14 @@ def finite_or_none(value: float) -> float | None:
 
 
 def summarise(samples: Sequence[SampleResult], reduction: str) -> Summary:
-    """Summary statistics of sigma over `samples` (at least one); `reduction` names `value`."""
+    """Summary statistics of sigma over `samples` (at least one); `reduction` names `value`.
+
+    Compact columns (`columns.SampleColumns`) are summarised from their arrays, a chunk at a time, with
+    one column of sigma in memory (for the median and p95), never an object per sample.
+    """
     choose(Reduction, reduction, "reduction")
+    if hasattr(samples, "tables"):
+        return _summarise_columns(samples, reduction)
     sigma = np.array([s.sigma for s in samples], dtype=np.float64)
     found = np.array([largest_sigma(s) for s in samples], dtype=np.float64)
     worst = int(np.argmax(found))
@@ -430,6 +442,26 @@ def summarise(samples: Sequence[SampleResult], reduction: str) -> Summary:
     )
 
 
+def _summarise_columns(samples: Any, reduction: str) -> Summary:
+    """`summarise` of `SampleColumns`: the same figures, from the arrays (NaN is a missing search)."""
+    largest, argmax, converged = -math.inf, 0, 0
+    for table in samples.tables():
+        found = np.fmax(table["sigma"], table["search_sigma"])
+        k = int(np.argmax(found))
+        if found[k] > largest:  # the first of equal maxima, as np.argmax over all of them
+            largest, argmax = float(found[k]), int(table["index"][k])
+        converged += int(np.count_nonzero(table["converged"]))
+    sigma = samples.column("sigma")
+    mean, low, total = float(np.mean(sigma)), float(np.min(sigma)), float(np.sum(sigma))
+    median = float(np.median(sigma, overwrite_input=True))  # reorders sigma: the sums are taken
+    p95 = float(np.percentile(sigma, 95, overwrite_input=True))
+    values = {"max": largest, "mean": mean, "sum": total, "median": median, "p95": p95}
+    return Summary(
+        count=len(samples), converged=converged, max=largest, mean=mean, min=low, median=median,
+        p95=p95, reduction=reduction, value=values[Reduction(reduction).value], argmax=argmax,
+    )  # fmt: skip
+
+
 def largest_sigma(sample: SampleResult) -> float:
     """The largest sigma found for a sample: its searched value after a worst-case search, else sigma."""
     return sample.sigma if sample.search_sigma is None else max(sample.sigma, sample.search_sigma)
@@ -437,7 +469,17 @@ def largest_sigma(sample: SampleResult) -> float:
 
 def worst_samples(report: Report, count: int = 10) -> list[SampleResult]:
     """The `count` samples with the largest sigma (searched, when searched), largest first (ties by index)."""
-    return sorted(report.samples, key=lambda s: (-largest_sigma(s), s.index))[:count]
+    samples = report.samples
+    if not hasattr(samples, "tables"):
+        return sorted(samples, key=lambda s: (-largest_sigma(s), s.index))[:count]
+    from lipcheck.columns import table_to_rows  # columns.py builds on this module
+
+    best: list[SampleResult] = []  # compact columns: the best of each chunk, merged
+    for table in samples.tables():
+        order = np.lexsort((table["index"], -np.fmax(table["sigma"], table["search_sigma"])))[:count]
+        chunk = table_to_rows(table[order])
+        best = sorted([*best, *chunk], key=lambda s: (-largest_sigma(s), s.index))[:count]
+    return best
 
 
 MAX_NESTING = 64  # a report nests 5 deep; --arg and --arch-kwargs objects have room to nest

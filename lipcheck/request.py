@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lipcheck.choices import BoundMethod, Format
+from lipcheck.choices import WORKER_TIMEOUT_SECONDS, BoundMethod, Format
 from lipcheck.errors import InputError
 from lipcheck.file_formats import MAX_READ_BYTES
 from lipcheck.gate import RuleOptions
@@ -83,7 +83,9 @@ class AuditRequest:
     `outputs` and `format` are for whoever renders the report (`auditing.run` returns it). With
     `save_directions`, the report keeps the most amplified directions of the `top` samples of largest
     sigma (all when None) for the caller to write there; `pictures` is how many of the worst samples keep
-    their input too (the HTML report draws them). Raises InputError naming the flag when the request is
+    their input too (the HTML report draws them). `resume` is the folder of the progress journal
+    (`--resume`); `worker_timeout` how long a rank of a sharded audit waits for the others
+    (`--worker-timeout`). Raises InputError naming the flag when the request is
     inconsistent.
     """
 
@@ -96,6 +98,8 @@ class AuditRequest:
     bound_method: str = "liplt"
     outputs: tuple[Path, ...] = ()
     format: Format | None = None
+    resume: Path | None = None
+    worker_timeout: float = WORKER_TIMEOUT_SECONDS
     save_directions: Path | None = None
     top: int | None = None
     pictures: int = 0
@@ -114,8 +118,19 @@ class AuditRequest:
             raise InputError(
                 "--bound-method goes with --bound (or --fail-above-bound): it composes the bound"
             )
+        if not self.worker_timeout > 0:
+            raise InputError(f"--worker-timeout must be a number of seconds > 0, got {self.worker_timeout:g}")
+        if self.resume is not None and Path(self.resume).is_file():
+            raise InputError(
+                f"--resume '{self.resume}' is a file: give a folder for the audit's journal (it is created)"
+            )
         if self.assume and not self.with_bound:
             raise InputError("--assume goes with --bound (or --fail-above-bound): it is used by the bound")
+        if self.resume is not None and (self.save_directions is not None or self.pictures):
+            raise InputError(
+                "--resume cannot go with --save-directions or an HTML report: the directions of the batches "
+                "in the journal are not kept; write those without --resume"
+            )
         if self.top is not None and self.save_directions is None:
             raise InputError("--top goes with --save-directions FILE.safetensors: it keeps the K largest")
         if self.top is not None and self.top < 1:

@@ -7,6 +7,7 @@ The factories are importable by path, so a test passes `--arch {ARCH}:make_mlp`.
 from __future__ import annotations
 
 import json
+import os
 import time
 import warnings
 from collections.abc import Callable
@@ -149,6 +150,62 @@ class SlowMLP(MLP):
 
 def make_raising(error: str) -> nn.Module:
     return RaisingMLP(error)
+
+
+class MemoryBoundMLP(MLP):
+    """Raises torch.OutOfMemoryError on a batch of more than `most` samples, as a GPU would; appends the
+    batch size of each call to the file `calls` when given."""
+
+    def __init__(self, most: int, calls: str | None = None) -> None:
+        super().__init__()
+        self.most, self.calls = most, calls
+
+    def forward(self, x: Tensor, scale: float = 1.0) -> Tensor:
+        if self.calls is not None:
+            with open(self.calls, "a") as log:
+                log.write(f"{x.shape[0]}\n")
+        if x.shape[0] > self.most:
+            raise torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {x.shape[0]} GiB")
+        return super().forward(x, scale)
+
+
+def make_memory_bound(most: int, calls: str | None = None) -> nn.Module:
+    return MemoryBoundMLP(most, calls)
+
+
+class FragileMLP(MLP):
+    """Raises ValueError on an input with a value above `limit`: a model bug that one batch meets."""
+
+    def __init__(self, limit: float) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def forward(self, x: Tensor, scale: float = 1.0) -> Tensor:
+        if bool((x.abs() > self.limit).any()):
+            raise ValueError(f"an input above {self.limit}")
+        return super().forward(x, scale)
+
+
+def make_fragile(limit: float) -> nn.Module:
+    return FragileMLP(limit)
+
+
+class PacedMLP(MLP):
+    """Takes `seconds` per call; on each call writes its process id to folder/pid-RANK (RANK as torchrun
+    sets it, else 0), so that a test can kill that rank while it audits."""
+
+    def __init__(self, folder: str, seconds: float) -> None:
+        super().__init__()
+        self.folder, self.seconds = Path(folder), seconds
+
+    def forward(self, x: Tensor, scale: float = 1.0) -> Tensor:
+        (self.folder / f"pid-{os.environ.get('RANK', '0')}").write_text(str(os.getpid()))
+        time.sleep(self.seconds)
+        return super().forward(x, scale)
+
+
+def make_paced(folder: str, seconds: float) -> nn.Module:
+    return PacedMLP(folder, seconds)
 
 
 class FlatMLP(MLP):

@@ -75,12 +75,17 @@ def test_usage_and_input_errors(weights: dict[str, Path], tmp_path: Path) -> Non
 
 
 @pytest.mark.parametrize("error", ["cuda-oom", "cpu-oom"])
-def test_out_of_memory_fails_the_audit_and_says_to_lower_the_batch_size(
+def test_out_of_memory_on_one_sample_fails_the_audit_with_advice(
     weights: dict[str, Path], error: str
 ) -> None:
     result = run(*audit(weights, "make_raising", "--arch-kwargs", json.dumps({"error": error}), "-b", "4"))
-    assert_one_line_error(result, "out of memory", "batches of 4 samples", "lower --batch-size", code=3)
-    assert "rejected input" not in result.stderr
+    assert result.exit_code == ExitStatus.AUDIT_FAILED and result.stdout == ""
+    warning, failure = result.stderr.strip().splitlines()  # the back-off, said once, then the failure
+    assert warning.startswith("lipcheck: warning: ran out of memory on a batch of 4 samples")
+    assert failure.startswith("lipcheck: error: ") and "samples 0-0" in failure
+    advice = ("out of memory on a single sample", "batches of 4 down to one", "smaller input", "--device")
+    assert all(fragment in failure for fragment in advice), failure
+    assert "rejected input" not in result.stderr and "Traceback" not in result.stderr
 
 
 def test_a_model_bug_fails_the_audit_without_blaming_the_input(weights: dict[str, Path]) -> None:
