@@ -44,6 +44,8 @@ from torch.utils import _pytree as pytree
 from lipcheck.bounds.graph import RULES, GraphBound, Site, bind_arguments, module_path, nodes_in
 from lipcheck.bounds.norms import matrix_spectral_norm
 from lipcheck.bounds.rules.elementwise import GELU_SLOPE, GELU_TANH_SLOPE, MISH_SLOPE, SILU_SLOPE
+from lipcheck.bounds.rules.linear import CONVOLUTIONS
+from lipcheck.bounds.rules.structure import REARRANGEMENTS
 from lipcheck.report import BoundTerm
 
 # A block's matrix is read (and its SVD taken) when its smaller side is at most this many entries and it
@@ -128,14 +130,8 @@ def _slopes_of(
 # Operations affine in their input-dependent arguments: part of the c-network.
 LINEAR_OPERATIONS = frozenset(
     [
-        "conv1d",
-        "conv2d",
-        "conv3d",
-        "convolution",
-        "_convolution",
-        "conv_transpose1d",
-        "conv_transpose2d",
-        "conv_transpose3d",
+        *CONVOLUTIONS,
+        *REARRANGEMENTS,
         "linear",
         "mm",
         "matmul",
@@ -150,31 +146,6 @@ LINEAR_OPERATIONS = frozenset(
         "rsub",
         "mul",
         "div",
-        "view",
-        "reshape",
-        "_unsafe_view",
-        "flatten",
-        "unflatten",
-        "permute",
-        "transpose",
-        "t",
-        "contiguous",
-        "clone",
-        "squeeze",
-        "unsqueeze",
-        "alias",
-        "detach",
-        "movedim",
-        "swapaxes",
-        "view_as",
-        "reshape_as",
-        "lift_fresh_copy",
-        "numpy_T",
-        "mT",
-        "neg",
-        "pixel_shuffle",
-        "pixel_unshuffle",
-        "channel_shuffle",
         "dropout",
         "feature_dropout",
         "alpha_dropout",

@@ -54,18 +54,17 @@ def _addmm(site: Site) -> float:
     return beta * site.lip("self") + product
 
 
-CONV_PACKETS = tuple(
-    aten(
-        "conv1d",
-        "conv2d",
-        "conv3d",
-        "convolution",
-        "_convolution",
-        "conv_transpose1d",
-        "conv_transpose2d",
-        "conv_transpose3d",
-    )
+CONVOLUTIONS = (
+    "conv1d",
+    "conv2d",
+    "conv3d",
+    "convolution",
+    "_convolution",
+    "conv_transpose1d",
+    "conv_transpose2d",
+    "conv_transpose3d",
 )
+CONV_PACKETS = tuple(aten(*CONVOLUTIONS))
 
 
 @rule(list(CONV_PACKETS))

@@ -22,36 +22,38 @@ from lipcheck.bounds.norms import SAFETY_MARGIN
 from lipcheck.bounds.rules.linear import absorbs_circular_pad
 from lipcheck.errors import UnsupportedOperationError
 
-
-@rule(
-    aten(
-        "view",
-        "reshape",
-        "_unsafe_view",
-        "flatten",
-        "unflatten",
-        "permute",
-        "transpose",
-        "t",
-        "contiguous",
-        "clone",
-        "squeeze",
-        "unsqueeze",
-        "alias",
-        "detach",
-        "movedim",
-        "swapaxes",
-        "view_as",
-        "reshape_as",
-        "lift_fresh_copy",
-        "numpy_T",
-        "mT",
-        "neg",
-        "pixel_shuffle",
-        "pixel_unshuffle",
-        "channel_shuffle",
-    )
+# Operations that only move, copy or negate entries: isometries (the loop transformation's linear
+# part takes them too).
+REARRANGEMENTS = (
+    "view",
+    "reshape",
+    "_unsafe_view",
+    "flatten",
+    "unflatten",
+    "permute",
+    "transpose",
+    "t",
+    "contiguous",
+    "clone",
+    "squeeze",
+    "unsqueeze",
+    "alias",
+    "detach",
+    "movedim",
+    "swapaxes",
+    "view_as",
+    "reshape_as",
+    "lift_fresh_copy",
+    "numpy_T",
+    "mT",
+    "neg",
+    "pixel_shuffle",
+    "pixel_unshuffle",
+    "channel_shuffle",
 )
+
+
+@rule(aten(*REARRANGEMENTS))
 def _rearrangement(site: Site) -> float:
     """A permutation of the entries (or a sign flip): an isometry, factor 1."""
     return site.lip(first_tensor(site))
