@@ -776,6 +776,7 @@ def bound_model(
     settings: Settings | None = None,
     model_kwargs: Mapping[str, Any] | None = None,
     method: str = "liplt",
+    operator: str = Operator.model.value,
 ) -> BoundReport:
     """The certified upper bound of a loaded model (`lipcheck.upper_bound`); errors name the model file.
 
@@ -783,16 +784,17 @@ def bound_model(
     settings' `model_kwargs` (`--arg`), only the output `output_key` picks (`--output-key`), and the
     settings' `operator` (2f - Id or Id - f exported as one graph and bounded through it), so the
     bracket compares like with like. Without, it is of the model called with `model_kwargs` (`lipcheck
-    bound --arg`), all outputs together.
+    bound --arg`), all outputs together, as the `operator` (`lipcheck bound --operator`).
     """
     module: Any = model.module
     kwargs = settings.model_kwargs if settings is not None else (model_kwargs or {})
     output_key = settings.output_key if settings is not None else None
-    operator = settings.operator if settings is not None else Operator.model.value
+    operator = Operator(settings.operator if settings is not None else operator).value
     if kwargs or output_key is not None or operator != Operator.model:
         module = _AuditedFunction(module, kwargs, output_key, operator)
     try:
-        return upper_bound(module, tuple(input_shape), assume=assume, method=method)
+        bound = upper_bound(module, tuple(input_shape), assume=assume, method=method)
+        return replace(bound, operator=operator)
     except LipcheckError as error:
         refused = _operator_refusal(error)
         if refused is not None:  # torch.export wraps the shape refusal of the operator: say it plainly
@@ -821,12 +823,16 @@ def run_bound(
     model_kwargs: Mapping[str, Any] | None = None,
     load_seconds: float = 0.0,
     method: str = "liplt",
+    operator: str = Operator.model.value,
 ) -> ModelBoundReport:
     """`lipcheck bound`: the certified bound of a model file at one input shape, with provenance; the
-    model is called with `model_kwargs` (`--arg`) besides the input."""
+    model is called with `model_kwargs` (`--arg`) besides the input, and the bound is of the
+    `operator` (`--operator`: f, 2f - Id or Id - f)."""
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     begin = time.perf_counter()
-    bound = bound_model(model, input_shape, assume=assume, model_kwargs=model_kwargs, method=method)
+    bound = bound_model(
+        model, input_shape, assume=assume, model_kwargs=model_kwargs, method=method, operator=operator
+    )
     seconds = time.perf_counter() - begin
     return ModelBoundReport(
         model=model_section(model),

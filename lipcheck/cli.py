@@ -1025,6 +1025,15 @@ def bound(
     model_arg: ModelArgOption = None,
     assume: BoundAssumeOption = None,
     bound_method: BoundMethodOption = BoundMethod.liplt,
+    operator: Annotated[
+        Operator,
+        typer.Option(
+            "--operator",
+            help="Whose Lipschitz constant to bound: the model f, fne: 2f - Id (a bound <= 1 proves f firmly "
+            "nonexpansive), or residual: Id - f. fne and residual need an output of the input's shape; "
+            "the operator is exported as one graph and bounded through it.",
+        ),
+    ] = Operator.model,
     output_format: Annotated[
         Format | None,
         typer.Option(
@@ -1076,6 +1085,7 @@ def bound(
         model_kwargs=model_kwargs,
         load_seconds=time.perf_counter() - begin,
         method=bound_method.value,
+        operator=operator.value,
     )
     _write(report, BOUND_REPORT, outputs, fmt, quiet)
 

@@ -21,6 +21,7 @@ from lipcheck.render import (
     WORST,
     _assumptions,
     _bound_method,
+    _bound_operator,
     _change_rows,
     _comparison_lines,
     _model_line,
@@ -519,6 +520,8 @@ def render_bound_html(report: ModelBoundReport) -> str:
         ),
         ("started", report.timing.started),
     ]
+    if bound.operator != "model":
+        header.insert(3, ("operator", _bound_operator(bound)))
     if bound.assumptions:
         header.append(("assumed", f"{_assumptions(report)} (supplied with --assume, not verified)"))
     total = _section(

@@ -219,6 +219,17 @@ def _bound_method(bound: BoundReport) -> str:
     return name
 
 
+def _bound_operator(bound: BoundReport) -> str:
+    """ "fne: 2f - Id, exported as one graph": whose Lipschitz constant a bound is of."""
+    return f"{bound.operator}: {Operator(bound.operator).function}, exported as one graph"
+
+
+def _of_operator(bound: BoundReport) -> str:
+    if bound.operator == Operator.model.value:
+        return ""
+    return f" of {Operator(bound.operator).function} (--operator {bound.operator})"
+
+
 def _gate_rows(verdicts: Sequence[RuleVerdict]) -> list[tuple[str, str]]:
     return [(f"gate {v.name}", f"{'passed' if v.passed else 'FAILED'}: {v.message}") for v in verdicts]
 
@@ -473,6 +484,8 @@ def _bound_header(report: ModelBoundReport) -> Table:
     grid.add_column()
     grid.add_row("model", _model_line(model))
     grid.add_row("input shape", f"{_shape(bound.input_shape)} (one sample, without the batch)")
+    if bound.operator != Operator.model.value:
+        grid.add_row("operator", _bound_operator(bound))
     if bound.assumptions:
         grid.add_row("assumed", f"{_assumptions(report)} (supplied with --assume, not verified)")
     return grid
@@ -518,7 +531,7 @@ def render_bound_markdown(report: ModelBoundReport) -> str:
         "",
         f"Model `{model.path}` ({model.format}, sha256 `{model.sha256[:12]}`) on inputs of shape "
         f"{_shape(bound.input_shape)}: certified upper bound **{_number(bound.upper_bound)}** on the l2 "
-        f"Lipschitz constant ({_bound_method(bound)}).",
+        f"Lipschitz constant{_of_operator(bound)} ({_bound_method(bound)}).",
         "",
         "| layer | kind | bound | method |",
         "| --- | --- | ---: | --- |",

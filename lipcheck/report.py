@@ -652,6 +652,8 @@ class BoundReport:
             `method` is "product").
         terms: with "liplt", the terms of the sum, one per source of deviation (which block contributes
             most).
+        operator: whose Lipschitz constant is bounded: "model" (f), "fne" (2f - Id) or "residual"
+            (Id - f), each exported as one graph.
     """
 
     upper_bound: float
@@ -661,6 +663,7 @@ class BoundReport:
     method: str = "product"
     product_bound: float | None = None
     terms: tuple[BoundTerm, ...] = ()
+    operator: str = "model"
 
 
 def bound_details(bound: BoundReport) -> dict[str, Any]:
@@ -673,6 +676,7 @@ def bound_details(bound: BoundReport) -> dict[str, Any]:
         "method": bound.method,
         "product_bound": bound.product_bound,
         "terms": [asdict(term) for term in bound.terms],
+        "operator": bound.operator,
     }
 
 
@@ -687,6 +691,7 @@ def bound_from_dict(data: Mapping[str, Any]) -> BoundReport:
         method=details.get("method", "product"),  # reports before the loop transformation: the product
         product_bound=details.get("product_bound", data["upper_bound"] if "method" not in details else None),
         terms=tuple(_build(BoundTerm, term) for term in details.get("terms", ())),
+        operator=details.get("operator", "model"),  # reports before --operator bounded the model
     )
 
 

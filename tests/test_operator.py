@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import jsonschema
 import numpy as np
 import pytest
 import torch
@@ -23,7 +24,7 @@ from torch import Tensor, nn
 import lipcheck
 from lipcheck import worst_case_search
 from lipcheck.errors import AuditFailedError, InputError, ModelOutputError
-from lipcheck.report import Report, Settings
+from lipcheck.report import Report, Settings, bound_schema
 
 HERE = Path(__file__).resolve()  # the factories below, for --arch
 ROOT = HERE.parents[1]
@@ -209,6 +210,33 @@ def test_bound_certifies_the_operator_audited(tmp_path: Path) -> None:
         assert report["upper_bound"] != plain["upper_bound"]
 
 
+def test_the_bound_command_certifies_the_operator_as_audit_bound_does(tmp_path: Path) -> None:
+    """`lipcheck bound --operator` bounds the same graph as `audit --operator ... --bound`: the same
+    number, recorded as that operator's in a report the schema accepts, and never below the exact norm."""
+    model, _ = make_model("residual", dtype=torch.float32)
+    points = torch.randn(40, 4, 5, 5, generator=torch.Generator().manual_seed(6))
+    np.save(tmp_path / "x.npy", points[:3].numpy())
+    path = export(model, tmp_path / "block.pt2", points[:2])
+    bounds = {}
+    for operator in ("model", "fne", "residual"):
+        result = run("bound", path, "--input-shape", "4x5x5", "--operator", operator, "-f", "json")
+        assert result.exit_code == 0, result.stderr
+        report = json.loads(result.stdout)
+        jsonschema.validate(report, bound_schema())
+        assert report["bound"]["operator"] == operator
+        audited = audit_json(path, "-d", tmp_path / "x.npy", "--operator", operator, "--bound")
+        assert audited["bound"]["operator"] == operator
+        assert report["upper_bound"] == audited["upper_bound"]
+        if operator != "model":
+            assert report["upper_bound"] >= exact_operator_sigma(model.double(), points, operator).max()
+        bounds[operator] = report["upper_bound"]
+    assert len(set(bounds.values())) == 3
+    table = run("bound", path, "--input-shape", "4x5x5", "--operator", "fne", "-f", "table")
+    assert "fne: 2f - Id" in table.stdout
+    markdown = run("bound", path, "--input-shape", "4x5x5", "--operator", "residual", "-f", "markdown")
+    assert "Lipschitz constant of Id - f (--operator residual)" in markdown.stdout
+
+
 def test_bound_refuses_a_shape_changing_model_naming_both_shapes(tmp_path: Path) -> None:
     model, x = make_model("classifier", dtype=torch.float32)
     np.save(tmp_path / "x.npy", x.numpy())
@@ -216,6 +244,8 @@ def test_bound_refuses_a_shape_changing_model_naming_both_shapes(tmp_path: Path)
     for extra in ((), ("--bound",)):
         result = run("audit", path, "-d", tmp_path / "x.npy", "--operator", "residual", *extra)
         assert_one_line_error(result, "--operator residual", "Id - f", "(1, 5)" if extra else "(3, 5)")
+    result = run("bound", path, "--input-shape", "2x6x6", "--operator", "fne")
+    assert_one_line_error(result, "--operator fne", "2f - Id", "(1, 5)")
 
 
 def test_a_baseline_of_another_operator_is_a_mismatch(tmp_path: Path) -> None:
