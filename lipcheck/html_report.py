@@ -18,6 +18,7 @@ from lipcheck import charts
 from lipcheck.charts import Mark
 from lipcheck.compare import Comparison, SampleChange
 from lipcheck.render import (
+    TERM_COLUMNS,
     WORST,
     _assumptions,
     _bound_method,
@@ -33,7 +34,7 @@ from lipcheck.render import (
     _summary_rows,
     sigma_histogram,
 )
-from lipcheck.report import ModelBoundReport, Report, RuleVerdict, worst_samples
+from lipcheck.report import BoundReport, ModelBoundReport, Report, RuleVerdict, worst_samples
 
 HISTOGRAM_BINS = 30
 PICTURES = 6  # the worst samples drawn beside their directions
@@ -338,6 +339,29 @@ def _layers_section(layers: Sequence[tuple[str, str, float, str]], assumed: str)
     )
 
 
+def _terms_section(bound: BoundReport | None) -> str:
+    """The terms of the loop transformation (one per source of deviation, summing to the bound), the
+    largest named: which merged block the bound owes most to. Empty for a product bound."""
+    if bound is None or not bound.terms:
+        return ""
+    largest = max(bound.terms, key=lambda term: term.contribution)
+    total = sum(term.contribution for term in bound.terms)
+    kept = (
+        "the bound"
+        if total <= bound.upper_bound * (1 + 1e-9)
+        else f"{_number(total)}, above the product's {_number(bound.upper_bound)}, which is the bound"
+    )
+    text = (
+        f"<p>The loop transformation sums these {len(bound.terms)} terms, one per source of deviation, "
+        f"each the norm of the merged linear block from it to the output times what reaches it: they "
+        f"add up to {_text(kept)}. The largest, {_text(largest.name)} ({_text(largest.kind)}), adds "
+        f"{_text(_number(largest.contribution))}.</p>\n"
+    )
+    rows = [(t.name, t.kind, _number(t.norm), _number(t.contribution), t.method) for t in bound.terms]
+    table = _table(TERM_COLUMNS, rows, (False, False, True, True, False))
+    return _section("terms", "Terms of the loop transformation", text, table)
+
+
 def _worst_section(report: Report) -> str:
     shown = worst_samples(report, WORST)
     searched = report.settings.search_steps is not None
@@ -414,6 +438,7 @@ def render_html(report: Report) -> str:
         _sorted_section(report),
         _bracket_section(report),
         layers,
+        _terms_section(bound),
         _worst_section(report),
         _pictures_section(report),
     ]
@@ -542,6 +567,6 @@ def render_bound_html(report: ModelBoundReport) -> str:
         f"lipcheck bound: {report.model.path}",
         "lipcheck bound",
         header,
-        [total, layers],
+        [total, layers, _terms_section(bound)],
         report.lipcheck_version,
     )

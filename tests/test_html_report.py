@@ -72,6 +72,24 @@ def test_the_audit_page_shows_each_part_with_the_report_figures() -> None:
         assert f"<tr><td>{layer}</td>" in page
 
 
+@pytest.mark.parametrize("kind", ["report", "bound"])
+def test_the_loop_transformations_terms_are_listed_with_the_largest_named(kind: str) -> None:
+    value, _ = KINDS[kind]
+    bound = value.bound
+    page = PAGES[kind]
+    terms = page[page.index('<section id="terms">') :]
+    terms = terms[: terms.index("</section>")]
+    largest = max(bound.terms, key=lambda term: term.contribution)
+    assert f"The largest, {largest.name} ({largest.kind})" in terms
+    assert "they add up to the bound" in terms
+    assert sum(term.contribution for term in bound.terms) == pytest.approx(bound.upper_bound)
+    for term in bound.terms:
+        assert f"<tr><td>{term.name}</td><td>{term.kind}</td>" in terms
+    product = replace(bound, method="product", terms=())
+    bare = REPORT.render_text(replace(value, bound=product), Format.html) if kind == "report" else None
+    assert bare is None or 'id="terms"' not in bare
+
+
 def test_without_a_gate_or_bound_the_page_says_so_and_leaves_them_out() -> None:
     page = REPORT.render_text(make_report([1.0, 2.0, 1.5]), Format.html)
     assert '<section id="verdict" class="banner none">' in page
