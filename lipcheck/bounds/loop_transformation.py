@@ -45,7 +45,7 @@ from lipcheck.bounds.graph import RULES, GraphBound, Site, bind_arguments, modul
 from lipcheck.bounds.norms import matrix_spectral_norm
 from lipcheck.bounds.rules.elementwise import GELU_SLOPE, GELU_TANH_SLOPE, MISH_SLOPE, SILU_SLOPE
 from lipcheck.bounds.rules.linear import CONVOLUTIONS
-from lipcheck.bounds.rules.structure import REARRANGEMENTS
+from lipcheck.bounds.rules.structure import COPIES, REARRANGEMENTS
 from lipcheck.report import BoundTerm
 
 # A block's matrix is read (and its SVD taken) when its smaller side is at most this many entries and it
@@ -132,6 +132,7 @@ LINEAR_OPERATIONS = frozenset(
     [
         *CONVOLUTIONS,
         *REARRANGEMENTS,
+        *COPIES,
         "linear",
         "mm",
         "matmul",
@@ -153,31 +154,6 @@ LINEAR_OPERATIONS = frozenset(
         "_to_copy",
         "to",
         "type_as",
-        "slice",
-        "select",
-        "narrow",
-        "expand",
-        "expand_as",
-        "repeat",
-        "tile",
-        "index_select",
-        "roll",
-        "flip",
-        "constant_pad_nd",
-        "reflection_pad1d",
-        "reflection_pad2d",
-        "reflection_pad3d",
-        "replication_pad1d",
-        "replication_pad2d",
-        "replication_pad3d",
-        "upsample_nearest1d",
-        "upsample_nearest2d",
-        "upsample_nearest3d",
-        "_upsample_nearest_exact1d",
-        "_upsample_nearest_exact2d",
-        "_upsample_nearest_exact3d",
-        "_unsafe_index",
-        "index",
         "copy",
         "slice_scatter",
         "select_scatter",

@@ -51,6 +51,35 @@ REARRANGEMENTS = (
     "pixel_unshuffle",
     "channel_shuffle",
 )
+# Operations whose output entries are copies of input entries (or zeros): slicing, padding, nearest
+# upsampling, indexing (the loop transformation's linear part takes them too).
+COPIES = (
+    "slice",
+    "select",
+    "narrow",
+    "expand",
+    "expand_as",
+    "repeat",
+    "tile",
+    "index_select",
+    "roll",
+    "flip",
+    "constant_pad_nd",
+    "reflection_pad1d",
+    "reflection_pad2d",
+    "reflection_pad3d",
+    "replication_pad1d",
+    "replication_pad2d",
+    "replication_pad3d",
+    "upsample_nearest1d",
+    "upsample_nearest2d",
+    "upsample_nearest3d",
+    "_upsample_nearest_exact1d",
+    "_upsample_nearest_exact2d",
+    "_upsample_nearest_exact3d",
+    "_unsafe_index",
+    "index",
+)
 
 
 @rule(aten(*REARRANGEMENTS))
@@ -80,35 +109,7 @@ def _conversion(site: Site) -> float:
     return site.lip(first_tensor(site))
 
 
-@rule(
-    aten(
-        "slice",
-        "select",
-        "narrow",
-        "expand",
-        "expand_as",
-        "repeat",
-        "tile",
-        "index_select",
-        "roll",
-        "flip",
-        "constant_pad_nd",
-        "reflection_pad1d",
-        "reflection_pad2d",
-        "reflection_pad3d",
-        "replication_pad1d",
-        "replication_pad2d",
-        "replication_pad3d",
-        "upsample_nearest1d",
-        "upsample_nearest2d",
-        "upsample_nearest3d",
-        "_upsample_nearest_exact1d",
-        "_upsample_nearest_exact2d",
-        "_upsample_nearest_exact3d",
-        "_unsafe_index",
-        "index",
-    )
-)
+@rule(aten(*COPIES))
 def copy_rule(site: Site) -> float:
     """Each output entry is a copy of one input entry (or a constant): sqrt(max copies of an entry)."""
     argument = first_tensor(site)
