@@ -415,6 +415,9 @@ def bind_arguments(node: Node) -> dict[str, Any]:
 
 Rule = Callable[[Site], Any]
 RULES: dict[Any, Rule] = {}
+# The names of the operations whose rules are registered with linear=True: affine in their input-dependent
+# arguments (the loop transformation's c-network keeps them; every other operation is a site).
+LINEAR_OPERATIONS: set[str] = set()
 
 
 def aten(*names: str) -> list[Any]:
@@ -426,14 +429,17 @@ def aten(*names: str) -> list[Any]:
     return found
 
 
-def rule(*targets: Any) -> Callable[[Rule], Rule]:
+def rule(*targets: Any, linear: bool = False) -> Callable[[Rule], Rule]:
+    """Register a rule for the targets (operator packets, or lists of them). `linear`: the operations are
+    affine in their input-dependent arguments (a layer, a sum, a copy), which the loop transformation
+    merges into its linear blocks instead of treating them as sites."""
+
     def register(function: Rule) -> Rule:
         for target in targets:
-            if isinstance(target, list):
-                for item in target:
-                    RULES[item] = function
-            else:
-                RULES[target] = function
+            for item in target if isinstance(target, list) else [target]:
+                RULES[item] = function
+                if linear:
+                    LINEAR_OPERATIONS.add(str(item).split(".")[-1])
         return function
 
     return register

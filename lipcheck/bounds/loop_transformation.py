@@ -41,11 +41,17 @@ from torch import Tensor
 from torch.fx import Node
 from torch.utils import _pytree as pytree
 
-from lipcheck.bounds.graph import RULES, GraphBound, Site, bind_arguments, module_path, nodes_in
+from lipcheck.bounds.graph import (
+    LINEAR_OPERATIONS,
+    RULES,
+    GraphBound,
+    Site,
+    bind_arguments,
+    module_path,
+    nodes_in,
+)
 from lipcheck.bounds.norms import matrix_spectral_norm
 from lipcheck.bounds.rules.elementwise import GELU_SLOPE, GELU_TANH_SLOPE, MISH_SLOPE, SILU_SLOPE
-from lipcheck.bounds.rules.linear import CONVOLUTIONS
-from lipcheck.bounds.rules.structure import COPIES, REARRANGEMENTS
 from lipcheck.report import BoundTerm
 
 # A block's matrix is read (and its SVD taken) when its smaller side is at most this many entries and it
@@ -127,68 +133,6 @@ def _slopes_of(
     return None
 
 
-# Operations affine in their input-dependent arguments: part of the c-network.
-LINEAR_OPERATIONS = frozenset(
-    [
-        *CONVOLUTIONS,
-        *REARRANGEMENTS,
-        *COPIES,
-        "linear",
-        "mm",
-        "matmul",
-        "bmm",
-        "addmm",
-        "batch_norm",
-        "_native_batch_norm_legit_no_training",
-        "native_batch_norm",
-        "_native_batch_norm_legit",
-        "add",
-        "sub",
-        "rsub",
-        "mul",
-        "div",
-        "dropout",
-        "feature_dropout",
-        "alpha_dropout",
-        "feature_alpha_dropout",
-        "_to_copy",
-        "to",
-        "type_as",
-        "copy",
-        "slice_scatter",
-        "select_scatter",
-        "diagonal_scatter",
-        "pad",
-        "cat",
-        "concat",
-        "concatenate",
-        "stack",
-        "hstack",
-        "vstack",
-        "split",
-        "split_with_sizes",
-        "chunk",
-        "unbind",
-        "tensor_split",
-        "unsafe_split",
-        "mean",
-        "sum",
-        "avg_pool1d",
-        "avg_pool2d",
-        "avg_pool3d",
-        "adaptive_avg_pool1d",
-        "adaptive_avg_pool2d",
-        "adaptive_avg_pool3d",
-        "_adaptive_avg_pool2d",
-        "_adaptive_avg_pool3d",
-        "upsample_linear1d",
-        "upsample_bilinear2d",
-        "upsample_bicubic2d",
-        "upsample_trilinear3d",
-        "_upsample_bilinear2d_aa",
-        "_upsample_bicubic2d_aa",
-    ]
-)
 BATCH_NORMS = frozenset(
     ["batch_norm", "_native_batch_norm_legit_no_training", "native_batch_norm", "_native_batch_norm_legit"]
 )

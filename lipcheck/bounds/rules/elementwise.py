@@ -116,7 +116,7 @@ def _activation(site: Site) -> float:
     return site.scale(argument, kind, constant, why)
 
 
-@rule(aten("mean", "sum"))
+@rule(aten("mean", "sum"), linear=True)
 def _reduction(site: Site) -> float:
     """A sum over groups of n entries: each output is w 1^T x_group, so the norm is |w| sqrt(n)."""
     argument = first_tensor(site)
@@ -130,7 +130,7 @@ def _reduction(site: Site) -> float:
     return site.scale(argument, "mean" if is_mean else "sum", factor, method)
 
 
-@rule(aten("add", "sub", "rsub"))
+@rule(aten("add", "sub", "rsub"), linear=True)
 def _add(site: Site) -> float:
     """L(a + alpha b) <= L(a) + |alpha| L(b); broadcasting copies an entry k times: sqrt(k)."""
     alpha = abs(float(site.value("alpha"))) if "alpha" in site.args else 1.0
@@ -151,7 +151,7 @@ def _maximum(site: Site) -> float:
     )
 
 
-@rule(aten("mul", "div"))
+@rule(aten("mul", "div"), linear=True)
 def _scaling(site: Site) -> float:
     """x * c or x / c with a constant c: exact norm of the (broadcast) diagonal scaling."""
     first, second = list(site.args)[:2]

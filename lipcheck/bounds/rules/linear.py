@@ -14,7 +14,7 @@ from lipcheck.bounds.graph import Site, aten, bind_arguments, expand, finite_bou
 from lipcheck.bounds.norms import circular_conv_norm, matrix_spectral_norm, zero_padded_conv_bound
 
 
-@rule(aten("linear"))
+@rule(aten("linear"), linear=True)
 def _linear(site: Site) -> float:
     weight = site.value("weight")
     factor, method = matrix_spectral_norm(weight)
@@ -40,12 +40,12 @@ def _matmul_bound(site: Site, left: str, right: str, kind: str) -> float:
     return site.scale(variable, kind, factor, method)
 
 
-@rule(aten("mm", "matmul", "bmm"))
+@rule(aten("mm", "matmul", "bmm"), linear=True)
 def _mm(site: Site) -> float:
     return _matmul_bound(site, "self", "other" if "other" in site.args else "mat2", "linear")
 
 
-@rule(aten("addmm"))
+@rule(aten("addmm"), linear=True)
 def _addmm(site: Site) -> float:
     alpha, beta = abs(float(site.value("alpha"))), abs(float(site.value("beta")))
     product = 0.0
@@ -54,20 +54,21 @@ def _addmm(site: Site) -> float:
     return beta * site.lip("self") + product
 
 
-CONVOLUTIONS = (
-    "conv1d",
-    "conv2d",
-    "conv3d",
-    "convolution",
-    "_convolution",
-    "conv_transpose1d",
-    "conv_transpose2d",
-    "conv_transpose3d",
+CONV_PACKETS = tuple(
+    aten(
+        "conv1d",
+        "conv2d",
+        "conv3d",
+        "convolution",
+        "_convolution",
+        "conv_transpose1d",
+        "conv_transpose2d",
+        "conv_transpose3d",
+    )
 )
-CONV_PACKETS = tuple(aten(*CONVOLUTIONS))
 
 
-@rule(list(CONV_PACKETS))
+@rule(list(CONV_PACKETS), linear=True)
 def _convolution(site: Site) -> float:
     weight = site.value("weight")
     d = weight.dim() - 2

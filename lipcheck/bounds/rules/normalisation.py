@@ -19,9 +19,10 @@ from lipcheck.errors import UnsupportedOperationError
         "_native_batch_norm_legit_no_training",
         "native_batch_norm",
         "_native_batch_norm_legit",
-        "_native_batch_norm_legit_functional",  # training mode, functionalised: refused below
-    )
+    ),
+    linear=True,
 )
+@rule(aten("_native_batch_norm_legit_functional"))  # training mode, functionalised: refused below
 def _batch_norm(site: Site) -> Any:
     """Eval-mode BatchNorm is the per-channel affine map x -> gamma (x - mean) / sqrt(var + eps) + beta."""
     if site.args.get("training", False) or site.args.get("running_var") is None:

@@ -94,7 +94,7 @@ def _separable_pool_norm(site: Site, d: int, one_axis: Callable[[int, int], Tens
     return with_margin(factor)
 
 
-@rule(aten("avg_pool1d", "avg_pool2d", "avg_pool3d"))
+@rule(aten("avg_pool1d", "avg_pool2d", "avg_pool3d"), linear=True)
 def _avg_pool(site: Site) -> float:
     """Average pooling is separable: the window and its divisor factor per axis (including the
     count_include_pad and ceil_mode rules), so each axis matrix is the 1-D pooling of the identity."""
@@ -125,7 +125,8 @@ def _avg_pool(site: Site) -> float:
         "adaptive_avg_pool3d",
         "_adaptive_avg_pool2d",
         "_adaptive_avg_pool3d",
-    )
+    ),
+    linear=True,
 )
 def _adaptive_avg_pool(site: Site) -> float:
     """Adaptive average pooling is separable too: per axis, the 1-D adaptive pooling of the identity."""
@@ -150,7 +151,8 @@ def _adaptive_avg_pool(site: Site) -> float:
         "upsample_trilinear3d",
         "_upsample_bilinear2d_aa",
         "_upsample_bicubic2d_aa",
-    )
+    ),
+    linear=True,
 )
 def _interpolation(site: Site) -> float:
     """Interpolation is separable, A_1 (x) ... (x) A_d on each channel, so its norm is prod ||A_i||_2.
