@@ -631,7 +631,8 @@ def run_audit(
         described = data_section(data, digest)
     journal = None
     if resume is not None:
-        identity = audit_identity(model, described or data_section(data), settings, world)
+        assert described is not None  # hashed above whenever there is a journal
+        identity = audit_identity(model, described, settings, world)
         journal = _open_journal(resume, identity, world)
     begin = time.perf_counter()
     try:
@@ -679,7 +680,7 @@ class _LargestSigma:
         self.keep = None if keep is None else max(keep, pictures)
         self.pictures = pictures
         self.parts: list[tuple[np.ndarray, ...]] = []
-        self.inputs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # indices, sigma, inputs
+        self.inputs: tuple[np.ndarray, ...] | None = None  # indices, sigma, inputs
 
     def add(self, indices: Sequence[int], result: SpectralNormResult, x: Tensor) -> None:
         sigma = result.sigma.detach().double().cpu().numpy()
@@ -690,19 +691,17 @@ class _LargestSigma:
         if self.keep is not None and sum(len(part[0]) for part in self.parts) > 2 * self.keep + 1:
             self.parts = [self._largest(self.parts, self.keep)]
         if self.pictures:
-            samples = x.detach().cpu().numpy()
-            if self.inputs is not None:
-                index, sigma, samples = (
-                    np.concatenate(pair) for pair in zip(self.inputs, (index, sigma, samples), strict=True)
-                )
-            order = np.lexsort((index, -sigma))[: self.pictures]
-            self.inputs = (index[order], sigma[order], samples[order])
+            inputs = (index, sigma, x.detach().cpu().numpy())
+            kept = [inputs] if self.inputs is None else [self.inputs, inputs]
+            self.inputs = self._largest(kept, self.pictures)
 
     @staticmethod
     def _largest(parts: Sequence[tuple[np.ndarray, ...]], count: int | None) -> tuple[np.ndarray, ...]:
-        index, sigma, residual, vectors = (np.concatenate(column) for column in zip(*parts, strict=True))
-        order = np.lexsort((index, -sigma))[:count]
-        return index[order], sigma[order], residual[order], vectors[order]
+        """The rows of the parts' columns (index, sigma, ...) of the `count` largest sigma (all when
+        None), largest first, ties by index."""
+        columns = [np.concatenate(column) for column in zip(*parts, strict=True)]
+        order = np.lexsort((columns[0], -columns[1]))[:count]
+        return tuple(column[order] for column in columns)
 
     @classmethod
     def merged(cls, shards: Sequence[_LargestSigma]) -> _LargestSigma:
@@ -712,9 +711,7 @@ class _LargestSigma:
         merged.parts = [part for shard in shards for part in shard.parts]
         inputs = [shard.inputs for shard in shards if shard.inputs is not None]
         if inputs:
-            index, sigma, samples = (np.concatenate(column) for column in zip(*inputs, strict=True))
-            order = np.lexsort((index, -sigma))[: merged.pictures]
-            merged.inputs = (index[order], sigma[order], samples[order])
+            merged.inputs = cls._largest(inputs, merged.pictures)
         return merged
 
     def result(self) -> Directions:
