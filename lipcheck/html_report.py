@@ -25,6 +25,7 @@ from lipcheck.render import (
     _bound_operator,
     _change_rows,
     _comparison_lines,
+    _data_line,
     _model_line,
     _number,
     _operator_note,
@@ -191,17 +192,10 @@ def _marks(report: Report) -> list[Mark]:
 
 def _header(report: Report) -> list[tuple[str, str]]:
     model, data, settings, environment = report.model, report.data, report.settings, report.environment
-    source = data.path if data.path is not None else f"random, seed {data.seed}"
-    key = f", key {data.key!r}" if data.key else ""
-    of_total = f" of {data.total:,}" if data.total != data.count else ""
     rows = [
         ("model", _model_line(model)),
         ("model sha256", model.sha256),
-        (
-            "data",
-            f"{source} ({data.kind}{key}, {data.count:,}{of_total} samples of "
-            f"{_shape(data.sample_shape)}, {data.dtype})",
-        ),
+        ("data", _data_line(data, with_digest=False)),
         ("data sha256", data.sha256 or "-"),
         (
             "settings",

@@ -30,6 +30,7 @@ from lipcheck.errors import InputError
 from lipcheck.gate import listed
 from lipcheck.report import (
     BoundReport,
+    DataSection,
     ModelBoundReport,
     ModelSection,
     Report,
@@ -89,15 +90,7 @@ def _header(report: Report) -> Table:
     grid.add_column(style="bold")
     grid.add_column()
     grid.add_row("model", _model_line(model))
-    source = data.path if data.path is not None else f"random, seed {data.seed}"
-    key = f", key {data.key!r}" if data.key else ""
-    shape = _shape(data.sample_shape)
-    of_total = f" of {data.total:,}" if data.total != data.count else ""
-    digest = f", sha256 {data.sha256[:12]}" if data.sha256 else ""
-    grid.add_row(
-        "data",
-        f"{source} ({data.kind}{key}, {data.count:,}{of_total} samples of {shape}, {data.dtype}{digest})",
-    )
+    grid.add_row("data", _data_line(data, with_digest=True))
     grid.add_row(
         "settings",
         f"{_operator_note(settings)}{settings.method}, tol {settings.tol:g}, max-iter {settings.max_iter}, "
@@ -106,6 +99,19 @@ def _header(report: Report) -> Table:
         + _search_note(report),
     )
     return grid
+
+
+def _data_line(data: DataSection, *, with_digest: bool) -> str:
+    """ "data.npy (npy, 64 samples of 1x16x16, float32, sha256 0c6da7db82b9)": the audited data, with the
+    start of its sha256 when `with_digest`."""
+    source = data.path if data.path is not None else f"random, seed {data.seed}"
+    key = f", key {data.key!r}" if data.key else ""
+    of_total = f" of {data.total:,}" if data.total != data.count else ""
+    digest = f", sha256 {data.sha256[:12]}" if with_digest and data.sha256 else ""
+    return (
+        f"{source} ({data.kind}{key}, {data.count:,}{of_total} samples of {_shape(data.sample_shape)}, "
+        f"{data.dtype}{digest})"
+    )
 
 
 def _scale_note(report: Report) -> str:
