@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lipcheck.auditing import load_source, open_source, run_audit
-from lipcheck.compare import compare_reports
-from lipcheck.render import COMPARISON, REPORT
+from lipcheck.auditing.request import DataSource, ModelSource
+from lipcheck.auditing.run import load_source, open_source, run_audit
+from lipcheck.present.render import COMPARISON, REPORT
 from lipcheck.report import (
     DataSection,
     Environment,
@@ -37,7 +37,7 @@ from lipcheck.report import (
     Timing,
     summarise,
 )
-from lipcheck.request import DataSource, ModelSource
+from lipcheck.report.compare import compare_reports
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from audit import FEATURES, save_model
 
-from lipcheck.journal import MAGIC, journal_name
+from lipcheck.auditing.journal import MAGIC, journal_name
 
 
 def lipcheck_audit(model: Path, data: Path, batch_size: int, out: Path, *flags: str) -> list[str]:

@@ -17,23 +17,23 @@ from lipcheck.errors import (
 )
 
 if TYPE_CHECKING:
-    from lipcheck.auditing import audit
+    from lipcheck.auditing.request import AuditRequest, DataSource, ModelSource
+    from lipcheck.auditing.run import audit
+    from lipcheck.auditing.search import SearchResult, worst_case_search
     from lipcheck.bounds import BoundReport, LayerBound, upper_bound
     from lipcheck.engine import JacobianOperator, SpectralNormResult, spectral_norm
-    from lipcheck.regularisers import FNEJacobianSpectralNorm, JacobianSpectralNorm
+    from lipcheck.engine.regularisers import FNEJacobianSpectralNorm, JacobianSpectralNorm
     from lipcheck.report import Report, Settings
-    from lipcheck.request import AuditRequest, DataSource, ModelSource
-    from lipcheck.search import SearchResult, worst_case_search
 
 __version__ = "0.1.0"
 
 # Exports that need torch, imported on first use: `lipcheck gate` and `lipcheck compare` read saved
 # reports and start in a fraction of a second without it.
 _LAZY = {
-    "audit": "lipcheck.auditing",
-    "AuditRequest": "lipcheck.request",
-    "DataSource": "lipcheck.request",
-    "ModelSource": "lipcheck.request",
+    "audit": "lipcheck.auditing.run",
+    "AuditRequest": "lipcheck.auditing.request",
+    "DataSource": "lipcheck.auditing.request",
+    "ModelSource": "lipcheck.auditing.request",
     "Report": "lipcheck.report",
     "Settings": "lipcheck.report",
     "BoundReport": "lipcheck.bounds",
@@ -42,10 +42,10 @@ _LAZY = {
     "JacobianOperator": "lipcheck.engine",
     "SpectralNormResult": "lipcheck.engine",
     "spectral_norm": "lipcheck.engine",
-    "FNEJacobianSpectralNorm": "lipcheck.regularisers",
-    "JacobianSpectralNorm": "lipcheck.regularisers",
-    "SearchResult": "lipcheck.search",
-    "worst_case_search": "lipcheck.search",
+    "FNEJacobianSpectralNorm": "lipcheck.engine.regularisers",
+    "JacobianSpectralNorm": "lipcheck.engine.regularisers",
+    "SearchResult": "lipcheck.auditing.search",
+    "worst_case_search": "lipcheck.auditing.search",
 }
 
 __all__ = [

@@ -22,7 +22,6 @@ from torch import Tensor, nn
 from typer.testing import CliRunner
 
 from lipcheck.cli import app
-from lipcheck.gate import FailAbove, judge
 from lipcheck.report import (
     DataSection,
     Environment,
@@ -34,6 +33,7 @@ from lipcheck.report import (
     report_schema,
     summarise,
 )
+from lipcheck.report.gate import FailAbove, judge
 
 ARCH = Path(__file__).resolve()
 IN_FEATURES = 6

@@ -10,10 +10,10 @@ import pytest
 import torch
 from cli_fixtures import ARCH, MLP, MemoryBoundMLP, run, saved_mlp
 
-from lipcheck.auditing import audit_rows, run_audit
-from lipcheck.datasets import random_dataset
+from lipcheck.auditing.run import audit_rows, run_audit
 from lipcheck.errors import LipcheckWarning
-from lipcheck.models import LoadedModel
+from lipcheck.io.datasets import random_dataset
+from lipcheck.io.models import LoadedModel
 from lipcheck.report import SampleResult, Settings, report_schema
 
 

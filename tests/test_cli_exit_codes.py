@@ -100,7 +100,7 @@ def test_an_internal_error_shows_the_traceback_and_asks_for_a_report(
     def broken(*args: object, **kwargs: object) -> None:
         raise ZeroDivisionError("a bug in lipcheck")
 
-    monkeypatch.setattr("lipcheck.auditing.run", broken)
+    monkeypatch.setattr("lipcheck.auditing.run.run", broken)
     result = run(*audit(weights, "make_mlp"))
     assert result.exit_code == ExitStatus.INTERNAL_ERROR
     assert "Traceback" in result.stderr and "ZeroDivisionError: a bug in lipcheck" in result.stderr
@@ -220,7 +220,7 @@ def test_a_failed_write_after_the_gate_says_the_verdict_and_exits_2(
     def full(*args: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("lipcheck.outputs.write_output", full)
+    monkeypatch.setattr("lipcheck.io.outputs.write_output", full)
     result = run(*audit(weights, "make_mlp", "--fail-above", "0.001", "-o", tmp_path / "r.json"))
     lines = result.stderr.strip().splitlines()
     assert result.exit_code == ExitStatus.USAGE_OR_INPUT, result.stderr

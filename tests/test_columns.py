@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from cli_fixtures import make_report
 
-import lipcheck.columns as columns
-from lipcheck.columns import ColumnStore, SampleColumns
+import lipcheck.report.columns as columns
 from lipcheck.report import Report, SampleResult, summarise, worst_samples
+from lipcheck.report.columns import ColumnStore, SampleColumns
 
 
 def rows(count: int, search: bool = False) -> list[SampleResult]:

@@ -8,8 +8,8 @@ from dataclasses import replace
 import pytest
 from cli_fixtures import make_report
 
-from lipcheck.compare import compare_reports, mismatches
-from lipcheck.gate import MaxIncrease
+from lipcheck.report.compare import compare_reports, mismatches
+from lipcheck.report.gate import MaxIncrease
 
 BASE = [1.0, 2.0, 3.0, 4.0]  # samples 10..13
 NEW = [1.5, 1.0, 3.3, 4.4]

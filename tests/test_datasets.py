@@ -29,8 +29,8 @@ from safetensors.numpy import save_file as save_numpy_safetensors
 from safetensors.torch import save_file
 
 import lipcheck
-from lipcheck.datasets import open_dataset, parse_shape, random_dataset
 from lipcheck.errors import InputError
+from lipcheck.io.datasets import open_dataset, parse_shape, random_dataset
 
 
 def test_npy_is_memory_mapped_and_read_per_batch(tmp_path: Path) -> None:
@@ -114,7 +114,7 @@ def test_sha256_is_the_hash_of_the_audited_samples_as_stored(tmp_path: Path) -> 
 
 
 def test_sha256_after_an_audit_reads_nothing_more_and_covers_bfloat16() -> None:
-    from lipcheck.datasets import DataInfo, Dataset
+    from lipcheck.io.datasets import DataInfo, Dataset
 
     x = torch.arange(6, dtype=torch.bfloat16).reshape(3, 2)
     reads: list[tuple[int, int]] = []

@@ -73,8 +73,8 @@ def test_deepinvs_own_tests_pass_with_lipcheck_swapped_in(tmp_path: Path) -> Non
     ran = len(swap["outcomes"])
     for bound in swap["bound"].values():
         assert bound == {
-            "JacobianSpectralNorm": "lipcheck.regularisers.JacobianSpectralNorm",
-            "FNEJacobianSpectralNorm": "lipcheck.regularisers.FNEJacobianSpectralNorm",
+            "JacobianSpectralNorm": "lipcheck.engine.regularisers.JacobianSpectralNorm",
+            "FNEJacobianSpectralNorm": "lipcheck.engine.regularisers.FNEJacobianSpectralNorm",
         }
     assert swap["calls"]["FNEJacobianSpectralNorm"] == ran
     assert swap["calls"]["JacobianSpectralNorm"] == 2 * ran  # once directly, once inside FNE

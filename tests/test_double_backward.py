@@ -11,10 +11,10 @@ from conftest import exact_sigma
 from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import lipcheck.regularisers
+import lipcheck.engine.regularisers
 from lipcheck import FNEJacobianSpectralNorm, spectral_norm
-from lipcheck.double_backward import linearisable_convolutions
 from lipcheck.engine import JacobianOperator, differentiable_sigma
+from lipcheck.engine.double_backward import linearisable_convolutions
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding=.same. with even kernel")
 
@@ -149,7 +149,7 @@ def test_fne_regulariser_trains_the_same_with_routed_convolutions(monkeypatch: p
         return [parameter.grad for parameter in model.parameters()]
 
     routed = parameter_gradients()
-    monkeypatch.setattr(lipcheck.regularisers, "linearisable_convolutions", contextlib.nullcontext)
+    monkeypatch.setattr(lipcheck.engine.regularisers, "linearisable_convolutions", contextlib.nullcontext)
     builtin = parameter_gradients()
     assert all(gradient is not None for gradient in routed)
     for ours, theirs in zip(routed, builtin, strict=True):

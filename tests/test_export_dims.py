@@ -18,7 +18,7 @@ import torch
 from cli_fixtures import MLP, mlp_inputs, run
 from torch import Tensor, nn
 
-from lipcheck.models import load_model
+from lipcheck.io.models import load_model
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

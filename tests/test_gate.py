@@ -11,8 +11,8 @@ from cli_fixtures import (
     make_report,
 )
 
-from lipcheck.gate import FailAbove, FailAboveSample, MaxIncrease, RequireConverged, judge, listed
 from lipcheck.report import Report, report_schema
+from lipcheck.report.gate import FailAbove, FailAboveSample, MaxIncrease, RequireConverged, judge, listed
 
 
 def all_converged(report: Report) -> Report:

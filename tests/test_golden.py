@@ -22,10 +22,8 @@ import jsonschema
 import pytest
 from cli_fixtures import make_report
 
-from lipcheck.choices import Format
-from lipcheck.compare import compare_reports
-from lipcheck.gate import FailAbove, FailAboveBound, FailAboveSample, MaxIncrease, RequireConverged, judge
-from lipcheck.render import BOUND_REPORT, COMPARISON, REPORT, Renderers
+from lipcheck.options.choices import Format
+from lipcheck.present.render import BOUND_REPORT, COMPARISON, REPORT, Renderers
 from lipcheck.report import (
     BoundReport,
     BoundTerm,
@@ -35,6 +33,15 @@ from lipcheck.report import (
     ModelBoundReport,
     bound_schema,
     report_schema,
+)
+from lipcheck.report.compare import compare_reports
+from lipcheck.report.gate import (
+    FailAbove,
+    FailAboveBound,
+    FailAboveSample,
+    MaxIncrease,
+    RequireConverged,
+    judge,
 )
 
 GOLDEN = Path(__file__).parent / "golden"

@@ -15,12 +15,12 @@ import pytest
 from cli_fixtures import SmallConv, make_report
 from test_golden import KINDS, audit_report
 
-from lipcheck.auditing import run as run_request
-from lipcheck.choices import Format
-from lipcheck.compare import compare_reports
-from lipcheck.render import COMPARISON, REPORT
+from lipcheck.auditing.request import AuditRequest, DataSource, ModelSource
+from lipcheck.auditing.run import run as run_request
+from lipcheck.options.choices import Format
+from lipcheck.present.render import COMPARISON, REPORT
 from lipcheck.report import Settings
-from lipcheck.request import AuditRequest, DataSource, ModelSource
+from lipcheck.report.compare import compare_reports
 
 PAGES = {kind: renderers.render_text(value, Format.html) for kind, (value, renderers) in KINDS.items()}
 
@@ -101,7 +101,7 @@ def test_a_page_is_the_same_in_another_process() -> None:
     script = (
         "import sys; sys.path[:0] = [sys.argv[1], sys.argv[2]]\n"
         "from test_golden import audit_report\n"
-        "from lipcheck.render import REPORT\n"
+        "from lipcheck.present.render import REPORT\n"
         "sys.stdout.write(REPORT.render_text(audit_report(), 'html'))\n"
     )
     tests, root = str(Path(__file__).parent), str(Path(__file__).parent.parent)

@@ -16,8 +16,8 @@ import torch
 from cli_fixtures import MLP, assert_one_line_error, mlp_inputs, run
 from safetensors.torch import save_file
 
-from lipcheck.datasets import open_dataset
 from lipcheck.errors import InputError
+from lipcheck.io.datasets import open_dataset
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from cli_fixtures import ARCH, assert_one_line_error, mlp_inputs, read_json, run, saved_mlp
 
-from lipcheck.columns import ROW
+from lipcheck.auditing.journal import MAGIC, Journal, journal_name
 from lipcheck.errors import InputError
-from lipcheck.journal import MAGIC, Journal, journal_name
+from lipcheck.report.columns import ROW
 
 SAMPLES, BATCH = 24, 2  # 12 batches
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from torch import Tensor, nn
 
 import lipcheck
-from lipcheck.bounds import graph, loop_transformation
+from lipcheck.bounds import compose, graph, loop_transformation
 
 SAMPLE = Path(__file__).resolve().parent.parent / "sample_models" / "denoiser.pt2"
 EXACT = 1e-7
@@ -234,7 +234,7 @@ def test_a_graph_it_cannot_handle_keeps_the_product_and_says_so(monkeypatch: pyt
     def fails(*args: object) -> None:
         raise RuntimeError("an operation vmap cannot batch")
 
-    monkeypatch.setattr(loop_transformation, "loop_transformation_bound", fails)
+    monkeypatch.setattr(compose, "loop_transformation_bound", fails)
     model = prepared(random_net("conv", "relu", 2)[0], 0)
     report = lipcheck.upper_bound(model, (1, 5, 5))
     assert report.method == "product" and report.terms == ()

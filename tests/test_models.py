@@ -25,7 +25,7 @@ from cli_fixtures import (
 from safetensors.torch import save_file
 
 from lipcheck.errors import InputError
-from lipcheck.models import detect_format, load_model
+from lipcheck.io.models import detect_format, load_model
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from cli_fixtures import assert_one_line_error, exported_mlp, make_report, run
 
-from lipcheck.outputs import prepare_outputs, remove_stale_temporaries, write_atomic
+from lipcheck.io.outputs import prepare_outputs, remove_stale_temporaries, write_atomic
 
 AS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
@@ -243,7 +243,7 @@ def test_an_existing_file_keeps_its_permissions(tmp_path: Path) -> None:
 
 WRITER = """
 import sys, time
-from lipcheck.outputs import write_atomic
+from lipcheck.io.outputs import write_atomic
 
 def pieces():
     yield "partial"

@@ -8,9 +8,8 @@ from dataclasses import replace
 import pytest
 from cli_fixtures import make_report
 
-from lipcheck.choices import format_for
-from lipcheck.gate import FailAbove, FailAboveSample, judge
-from lipcheck.render import (
+from lipcheck.options.choices import format_for
+from lipcheck.present.render import (
     REPORT,
     github_annotations,
     mermaid_histogram,
@@ -20,6 +19,7 @@ from lipcheck.render import (
     text_histogram,
 )
 from lipcheck.report import Report, RuleVerdict
+from lipcheck.report.gate import FailAbove, FailAboveSample, judge
 
 
 def judged(report: Report, *rules: object) -> Report:

@@ -13,8 +13,7 @@ from cli_fixtures import make_report
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lipcheck.gate import FailAboveBound
-from lipcheck.outputs import write_atomic
+from lipcheck.io.outputs import write_atomic
 from lipcheck.report import (
     BoundReport,
     LayerBound,
@@ -25,6 +24,7 @@ from lipcheck.report import (
     summarise,
     worst_samples,
 )
+from lipcheck.report.gate import FailAboveBound
 
 
 @settings(max_examples=40, deadline=None)

@@ -17,7 +17,6 @@ from cli_fixtures import assert_one_line_error, make_report, run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lipcheck.json_schema import first_problem
 from lipcheck.report import (
     BoundReport,
     LayerBound,
@@ -27,6 +26,7 @@ from lipcheck.report import (
     report_schema,
     summarise,
 )
+from lipcheck.report.json_schema import first_problem
 
 SCHEMAS = {"report": report_schema(), "bound": bound_schema()}
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from cli_fixtures import assert_one_line_error, run
 
+from lipcheck.auditing.request import AuditRequest, DataSource, ModelSource
 from lipcheck.errors import InputError
-from lipcheck.gate import RuleOptions
 from lipcheck.report import Settings
-from lipcheck.request import AuditRequest, DataSource, ModelSource
+from lipcheck.report.gate import RuleOptions
 
 MISSING = Path("no/such/model.pt2")  # never opened: every case below is refused before loading
 

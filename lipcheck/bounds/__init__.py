@@ -22,7 +22,8 @@ the composition is never below the model's Lipschitz constant. Exact factors get
 from __future__ import annotations
 
 from lipcheck.bounds import rules  # noqa: F401  (registers every operation's rule)
-from lipcheck.bounds.graph import operation_name, upper_bound
+from lipcheck.bounds.compose import upper_bound
+from lipcheck.bounds.graph import operation_name
 from lipcheck.bounds.norms import gram_iteration_bound, matrix_spectral_norm
 from lipcheck.report import BoundReport, LayerBound
 

@@ -51,7 +51,7 @@ from lipcheck.bounds.graph import (
     nodes_in,
 )
 from lipcheck.bounds.norms import matrix_spectral_norm
-from lipcheck.bounds.rules.elementwise import GELU_SLOPE, GELU_TANH_SLOPE, MISH_SLOPE, SILU_SLOPE
+from lipcheck.bounds.rules.slopes import GELU_SLOPE, GELU_TANH_SLOPE, MISH_SLOPE, SILU_SLOPE
 from lipcheck.report import BoundTerm
 
 # A block's matrix is read (and its SVD taken) when its smaller side is at most this many entries and it

@@ -36,7 +36,9 @@ from rich.progress import (
 from rich.text import Text
 
 from lipcheck import __version__
-from lipcheck.choices import (
+from lipcheck.errors import AuditFailedError, InputError, LipcheckError, LipcheckWarning, first_line
+from lipcheck.io.file_formats import MAX_READ_BYTES
+from lipcheck.options.choices import (
     WORKER_TIMEOUT_SECONDS,
     BoundMethod,
     Device,
@@ -47,15 +49,13 @@ from lipcheck.choices import (
     Reduction,
     format_for,
 )
-from lipcheck.errors import AuditFailedError, InputError, LipcheckError, LipcheckWarning, first_line
-from lipcheck.file_formats import MAX_READ_BYTES
 
 if TYPE_CHECKING:
-    from lipcheck.gate import RuleOptions
-    from lipcheck.outputs import Destination
-    from lipcheck.render import Renderers
+    from lipcheck.auditing.request import AuditRequest
+    from lipcheck.io.outputs import Destination
+    from lipcheck.present.render import Renderers
     from lipcheck.report import Report, RuleVerdict
-    from lipcheck.request import AuditRequest
+    from lipcheck.report.gate import RuleOptions
 
 # Click's exception classes: a dependency of older typer, vendored as a private module by newer typer;
 # reached through the public BadParameter so that both work.
@@ -168,7 +168,7 @@ class LipcheckGroup(typer.core.TyperGroup):
         if not standalone_mode:
             return result
         if "torch.distributed" in sys.modules:  # one rank of several: every rank ends with one code
-            from lipcheck.distributed import agree
+            from lipcheck.auditing.distributed import agree
 
             status = agree(status)
         sys.exit(int(status))
@@ -437,7 +437,7 @@ FormatOption = Annotated[
 def _rule_options(flags: dict[str, Any]) -> RuleOptions:
     """The gate's flags (`_RULE_FLAGS`, by name in a command's `locals()`) as `RuleOptions`, validated
     (InputError naming the flag)."""
-    from lipcheck.gate import RuleOptions
+    from lipcheck.report.gate import RuleOptions
 
     options = RuleOptions(**{name: flags[name] for name in _RULE_FLAGS})
     options.validate()
@@ -462,7 +462,7 @@ def _write(
     value: Any, renderers: Renderers[Any], outputs: Sequence[Destination], fmt: str, quiet: bool
 ) -> None:
     """Write `value` rendered to each output (its format from its suffix, else `fmt`), or to stdout."""
-    from lipcheck.outputs import write_output
+    from lipcheck.io.outputs import write_output
 
     # Rendered before any is written (JSON streams, lazily, but is ASCII), so that a report that cannot
     # be rendered fails before the first output is written, not after it.
@@ -486,7 +486,7 @@ def _write(
 
 
 def _write_report(report: Report, outputs: Sequence[Destination], fmt: str, quiet: bool) -> None:
-    from lipcheck.render import REPORT
+    from lipcheck.present.render import REPORT
 
     _write(report, REPORT, outputs, fmt, quiet)
 
@@ -516,7 +516,7 @@ def _write_and_judge(
 def _say_gate(verdicts: Sequence[RuleVerdict], quiet: bool) -> bool:
     """One line on stderr with the gate's verdict (and `::error::` lines in GitHub Actions); whether a
     rule failed."""
-    from lipcheck.render import github_annotations
+    from lipcheck.present.render import github_annotations
 
     failed = [verdict for verdict in verdicts if not verdict.passed]
     if os.environ.get("GITHUB_ACTIONS") == "true":
@@ -822,9 +822,9 @@ def audit(
     The gate flags (--fail-above, --fail-above-sample, --require-converged, --baseline with
     --max-increase) are rules recorded in the report; any failed rule exits 1.
     """
-    from lipcheck.auditing import give_back_freed_memory, run
-    from lipcheck.outputs import prepare_outputs
-    from lipcheck.render import REPORT
+    from lipcheck.auditing.run import give_back_freed_memory, run
+    from lipcheck.io.outputs import prepare_outputs
+    from lipcheck.present.render import REPORT
 
     flags = dict(locals())
     request = _audit_request(flags)
@@ -836,7 +836,7 @@ def audit(
     )
     fmt = _output_format(output_format, outputs, REPORT)
     if workers is not None and workers > 1 and "WORLD_SIZE" not in os.environ:
-        from lipcheck.distributed import launch_workers
+        from lipcheck.auditing.distributed import launch_workers
 
         raise typer.Exit(launch_workers(workers, _invocation.argv))
     give_back_freed_memory()  # memory flat in the number of samples
@@ -862,7 +862,7 @@ def audit(
 
 def _write_directions(report: Report, destination: Destination, top: int | None, quiet: bool) -> None:
     """Write the report's kept directions (`--save-directions`, `--top`) as a safetensors file."""
-    from lipcheck.outputs import write_output
+    from lipcheck.io.outputs import write_output
 
     assert report.directions is not None
     metadata = {
@@ -885,9 +885,9 @@ def _write_directions(report: Report, destination: Destination, top: int | None,
 
 def _audit_request(flags: dict[str, Any]) -> AuditRequest:
     """The `AuditRequest` of `lipcheck audit`'s flags, validated before anything is loaded."""
-    from lipcheck.datasets import parse_shape
+    from lipcheck.auditing.request import AuditRequest, DataSource, ModelSource
+    from lipcheck.io.datasets import parse_shape
     from lipcheck.report import Settings
-    from lipcheck.request import AuditRequest, DataSource, ModelSource
 
     random = flags["random"]
     settings = Settings(
@@ -938,7 +938,7 @@ def _audit_request(flags: dict[str, Any]) -> AuditRequest:
 
 def _pictures(outputs: Sequence[Path], output_format: Format | None) -> int:
     """How many of the worst samples keep their inputs: those an HTML report draws, when one is written."""
-    from lipcheck.html_report import PICTURES
+    from lipcheck.present.html import PICTURES
 
     fallback = output_format.value if output_format is not None else "json"
     pages = [path for path in outputs if format_for(path, fallback) == Format.html]
@@ -1057,11 +1057,11 @@ def bound(
     """
     import time
 
-    from lipcheck.auditing import run_bound
-    from lipcheck.datasets import parse_shape
-    from lipcheck.models import arch_file, load_model
-    from lipcheck.outputs import prepare_outputs
-    from lipcheck.render import BOUND_REPORT
+    from lipcheck.auditing.run import run_bound
+    from lipcheck.io.datasets import parse_shape
+    from lipcheck.io.models import arch_file, load_model
+    from lipcheck.io.outputs import prepare_outputs
+    from lipcheck.present.render import BOUND_REPORT
 
     if input_shape is None:
         raise InputError(
@@ -1118,9 +1118,9 @@ def inspect(
     debug: DebugOption = False,
 ) -> None:
     """Load MODEL and print what was loaded (format, sha256, size, parameters, input spec); no audit."""
-    from lipcheck.auditing import model_section
-    from lipcheck.models import load_model
-    from lipcheck.render import render_model_json, render_model_text
+    from lipcheck.auditing.run import model_section
+    from lipcheck.io.models import load_model
+    from lipcheck.present.render import render_model_json, render_model_text
 
     kwargs = _parse_json_object(arch_kwargs, "--arch-kwargs")
     loaded = load_model(model, arch=arch, arch_kwargs=kwargs, trust_pickle=trust_pickle)
@@ -1169,11 +1169,11 @@ def gate(
     The report's gate is replaced by these rules' verdicts; write it (JSON, Markdown, JUnit, table)
     with --output, so one audit can be gated several ways.
     """
-    from lipcheck.compare import comparable
-    from lipcheck.gate import judge, rules_for
-    from lipcheck.outputs import prepare_outputs
-    from lipcheck.render import REPORT
+    from lipcheck.io.outputs import prepare_outputs
+    from lipcheck.present.render import REPORT
     from lipcheck.report import read_report
+    from lipcheck.report.compare import comparable
+    from lipcheck.report.gate import judge, rules_for
 
     outputs = prepare_outputs(
         output or [], {"the report judged (REPORT.json)": report_path, "the baseline (--baseline)": baseline}
@@ -1260,11 +1260,11 @@ def compare(
     """Compare two audit reports: per-sample changes matched by index, the samples that rose most, the
     change of every summary figure.
     """
-    from lipcheck.compare import comparable, compare_reports
-    from lipcheck.gate import RuleOptions, check_thresholds, rules_for
-    from lipcheck.outputs import prepare_outputs
-    from lipcheck.render import COMPARISON
+    from lipcheck.io.outputs import prepare_outputs
+    from lipcheck.present.render import COMPARISON
     from lipcheck.report import path_text, read_report
+    from lipcheck.report.compare import comparable, compare_reports
+    from lipcheck.report.gate import RuleOptions, check_thresholds, rules_for
 
     outputs = prepare_outputs(
         output or [], {"the base report (BASE.json)": base_path, "the new report (NEW.json)": new_path}

@@ -9,7 +9,7 @@ The model is evaluated once. `JacobianOperator` keeps that evaluation's autograd
 J^T v (one backward pass) and J u (the double-backward trick: g(w) = J^T w is linear in w, so
 differentiating <g(w), u> with respect to w gives J u). Both solvers iterate on the Gram operator
 J^T J, whose largest eigenvalue is sigma^2. While the engine evaluates the model, its convolutions
-build graphs whose double backward is one convolution (lipcheck.double_backward), which brings J u on a
+build graphs whose double backward is one convolution (lipcheck.engine.double_backward), which brings J u on a
 convolutional net from about a forward+backward pass down to about a forward.
 """
 
@@ -24,8 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lipcheck.choices import Method, Operator, choose
-from lipcheck.double_backward import linearisable_convolutions
+from lipcheck.engine.double_backward import linearisable_convolutions
 from lipcheck.errors import (
     AuditFailedError,
     BatchCouplingError,
@@ -33,6 +32,7 @@ from lipcheck.errors import (
     InputError,
     ModelOutputError,
 )
+from lipcheck.options.choices import Method, Operator, choose
 
 # Called once per iteration with (iteration, sigma (B,), active (B,) bool); for progress and logs.
 IterationCallback = Callable[[int, Tensor, Tensor], None]

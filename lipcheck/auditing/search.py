@@ -39,7 +39,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lipcheck.choices import Method, Operator
 from lipcheck.engine import (
     DEFAULT_CONFIDENCE,
     DEFAULT_KRYLOV_DIM,
@@ -50,6 +49,7 @@ from lipcheck.engine import (
     solve,
 )
 from lipcheck.errors import InputError
+from lipcheck.options.choices import Method, Operator
 
 __all__ = ["SearchResult", "worst_case_search"]
 

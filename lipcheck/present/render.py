@@ -1,5 +1,5 @@
 """Present a `Report`: a rich table for people, JSON for scripts, Markdown for pull-request comments,
-JUnit XML for CI systems, a self-contained HTML page with charts (`lipcheck.html_report`); and the same
+JUnit XML for CI systems, a self-contained HTML page with charts (`lipcheck.present.html`); and the same
 formats for a `Comparison` of two reports.
 
 Every renderer takes the same plain data, so the formats cannot disagree. The report of
@@ -23,11 +23,9 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from lipcheck import charts
-from lipcheck.choices import Format, Operator
-from lipcheck.compare import Comparison
 from lipcheck.errors import InputError
-from lipcheck.gate import listed
+from lipcheck.options.choices import Format, Operator
+from lipcheck.present import charts
 from lipcheck.report import (
     BoundReport,
     DataSection,
@@ -39,6 +37,8 @@ from lipcheck.report import (
     Settings,
     worst_samples,
 )
+from lipcheck.report.compare import Comparison
+from lipcheck.report.gate import listed
 
 WORST = 10
 TEXT_BINS = 32  # characters of the table's one-line histogram
@@ -666,8 +666,8 @@ def render_model_json(model: ModelSection) -> str:
 
 
 def _html() -> Any:
-    """`lipcheck.html_report`, imported when a page is rendered (it imports this module)."""
-    from lipcheck import html_report
+    """`lipcheck.present.html`, imported when a page is rendered (it imports this module)."""
+    from lipcheck.present import html as html_report
 
     return html_report
 

@@ -27,8 +27,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from lipcheck.choices import WORKER_TIMEOUT_SECONDS
 from lipcheck.errors import AuditFailedError, InputError, LipcheckError, describe
+from lipcheck.options.choices import WORKER_TIMEOUT_SECONDS
 
 
 @dataclass(frozen=True)

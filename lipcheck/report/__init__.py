@@ -1,7 +1,7 @@
 """The audit report as plain data, its summary statistics, and its JSON round trip.
 
 Everything an audit produces is a frozen dataclass here; `Report.to_dict` and `Report.from_dict` are
-the one place where it is (de)serialised; `lipcheck.outputs` writes it to files. The JSON Schema of
+the one place where it is (de)serialised; `lipcheck.io.outputs` writes it to files. The JSON Schema of
 `Report.to_dict()` ships at `lipcheck/schemas/report.schema.json`; that of `ModelBoundReport.to_dict()`,
 the report of `lipcheck bound`, at `lipcheck/schemas/bound.schema.json`.
 """
@@ -20,9 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from lipcheck.choices import Device, Dtype, Method, Operator, Reduction, choose
 from lipcheck.errors import InputError
-from lipcheck.json_schema import first_problem
+from lipcheck.options.choices import Device, Dtype, Method, Operator, Reduction, choose
+from lipcheck.options.limits import check_seed
+from lipcheck.report.json_schema import first_problem
 
 SCHEMA_VERSION = 1
 
@@ -147,16 +148,6 @@ def path_text(path: str | Path) -> str:
     """A path as text that every output can hold: bytes of the name that are not UTF-8 (which Python
     keeps as lone surrogates) become '\\xNN' escapes, as `ls -b` shows them."""
     return os.fsencode(path).decode("utf-8", "backslashreplace")
-
-
-# The largest seed a torch.Generator and numpy take (a signed 64-bit integer).
-MAX_SEED = 2**63 - 1
-
-
-def check_seed(seed: int) -> None:
-    """InputError naming --seed when it is not in 0..MAX_SEED."""
-    if not 0 <= seed <= MAX_SEED:
-        raise InputError(f"--seed must be in 0..{MAX_SEED} (2**63 - 1), got {seed}")
 
 
 @dataclass(frozen=True)
@@ -472,7 +463,7 @@ def worst_samples(report: Report, count: int = 10) -> list[SampleResult]:
     samples = report.samples
     if not hasattr(samples, "tables"):
         return sorted(samples, key=lambda s: (-largest_sigma(s), s.index))[:count]
-    from lipcheck.columns import table_to_rows  # columns.py builds on this module
+    from lipcheck.report.columns import table_to_rows  # columns.py builds on this module
 
     best: list[SampleResult] = []  # compact columns: the best of each chunk, merged
     for table in samples.tables():

@@ -3,7 +3,7 @@
 `audit_batch` measures one batch into compact rows (`columns.ROW`), splitting it in halves while it
 runs out of memory. `audit_columns` runs the batches of a data set: all of them, or with a `World` of
 several ranks (torchrun, `--workers`) batches rank, rank + N, ..., with the rows gathered at the end
-(`lipcheck.distributed`); with a `Journal` (`--resume`), finished batches are read back and new ones
+(`lipcheck.auditing.distributed`); with a `Journal` (`--resume`), finished batches are read back and new ones
 made durable. Because the engine starts every sample from the same seeded vector, a sample's row does
 not depend on which batch it was in, so a shard or a resumed rest gives the rows of a whole run.
 `audit_rows` is the same loop over an index range, with a sink for `SampleResult`s. `run_audit` wraps
@@ -35,14 +35,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-import lipcheck
-from lipcheck import __version__, distributed
+from lipcheck import __version__
+from lipcheck.auditing import distributed
+from lipcheck.auditing.distributed import World
+from lipcheck.auditing.journal import Journal
+from lipcheck.auditing.request import AuditRequest, DataSource, ModelSource
+from lipcheck.auditing.search import SearchResult, worst_case_search
 from lipcheck.bounds import upper_bound
-from lipcheck.choices import Device, Dtype, Operator
-from lipcheck.columns import ROW, ColumnStore, SampleColumns, table_to_rows
-from lipcheck.compare import comparable
-from lipcheck.datasets import Dataset, batches_dataset, open_dataset, random_dataset, tensor_dataset
-from lipcheck.distributed import World
 from lipcheck.engine import SpectralNormResult, operator_output, spectral_norm
 from lipcheck.errors import (
     AuditFailedError,
@@ -52,10 +51,10 @@ from lipcheck.errors import (
     ModelOutputError,
     describe,
 )
-from lipcheck.file_formats import MAX_READ_BYTES
-from lipcheck.gate import Rule, RuleOptions, judge, rules_for
-from lipcheck.journal import Journal
-from lipcheck.models import LoadedModel, load_model, wrap_model
+from lipcheck.io.datasets import Dataset, batches_dataset, open_dataset, random_dataset, tensor_dataset
+from lipcheck.io.file_formats import MAX_READ_BYTES
+from lipcheck.io.models import LoadedModel, load_model, wrap_model
+from lipcheck.options.choices import Device, Dtype, Operator
 from lipcheck.report import (
     BoundReport,
     BoundTiming,
@@ -72,8 +71,9 @@ from lipcheck.report import (
     path_text,
     summarise,
 )
-from lipcheck.request import AuditRequest, DataSource, ModelSource
-from lipcheck.search import SearchResult, worst_case_search
+from lipcheck.report.columns import ROW, ColumnStore, SampleColumns, table_to_rows
+from lipcheck.report.compare import comparable
+from lipcheck.report.gate import Rule, RuleOptions, judge, rules_for
 
 RowSink = Callable[[Sequence[SampleResult]], None]
 Progress = Callable[[int], None]
@@ -82,7 +82,7 @@ DirectionSink = Callable[[Sequence[int], SpectralNormResult, Tensor], None]
 
 
 # Where a traceback's frames are not the model's code: torch's and lipcheck's own modules.
-_LIBRARY_FOLDERS = tuple(str(Path(module.__file__).resolve().parent) for module in (torch, lipcheck))
+_LIBRARY_FOLDERS = (str(Path(torch.__file__).resolve().parent), str(Path(__file__).resolve().parents[1]))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -529,7 +529,7 @@ def audit_columns(
 
     Batch k is samples [k B, (k+1) B) of the batch size B. With a `world` of several ranks, this rank
     audits batches rank, rank + size, ... and the rows of all ranks are gathered (see
-    `lipcheck.distributed`); `progress` counts the samples of all ranks. With a `journal`, batches it
+    `lipcheck.auditing.distributed`); `progress` counts the samples of all ranks. With a `journal`, batches it
     holds are read back instead of audited, and each batch audited is added to it. The engine's
     results of the batches audited go to `directions`, when given.
     """

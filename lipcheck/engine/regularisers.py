@@ -23,15 +23,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lipcheck.choices import Method
-from lipcheck.double_backward import linearisable_convolutions
 from lipcheck.engine import (
     DEFAULT_KRYLOV_DIM,
     JacobianOperator,
     differentiable_sigma,
     solve,
 )
+from lipcheck.engine.double_backward import linearisable_convolutions
 from lipcheck.errors import InputError
+from lipcheck.options.choices import Method
 
 _REDUCTIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "max": torch.max,

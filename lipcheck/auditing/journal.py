@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from lipcheck.columns import ROW
 from lipcheck.errors import InputError
+from lipcheck.report.columns import ROW
 
 MAGIC = b"LJB1"
 _HEAD = struct.Struct("<qqI")  # batch number, rows, CRC-32 of the rows

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from lipcheck.errors import AuditFailedError, InputError, describe, first_line
-from lipcheck.file_formats import ZIP_MAGIC, is_safetensors, is_torch_save, read_head, zip_members
+from lipcheck.io.file_formats import ZIP_MAGIC, is_safetensors, is_torch_save, read_head, zip_members
 
 _STATE_DICT_KEYS = ("state_dict", "model_state_dict")
 _FIX_FORMAT = "save it with torch.export.save (recommended), torch.jit.save or safetensors"

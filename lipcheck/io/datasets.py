@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from lipcheck.errors import InputError, describe
-from lipcheck.file_formats import (
+from lipcheck.io.file_formats import (
     MAX_READ_BYTES,
     ZIP_MAGIC,
     is_npy,
@@ -41,7 +41,7 @@ from lipcheck.file_formats import (
     read_head,
     zip_names,
 )
-from lipcheck.report import check_seed
+from lipcheck.options.limits import check_seed
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 

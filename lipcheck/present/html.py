@@ -1,6 +1,6 @@
 """The HTML form of each report: one self-contained page to open from a CI artifact, offline.
 
-A page holds everything inline: the styles, and the charts as SVG drawn by `lipcheck.charts`
+A page holds everything inline: the styles, and the charts as SVG drawn by `lipcheck.present.charts`
 (matplotlib, the extra `lipcheck[html]`). It loads nothing (its Content-Security-Policy forbids any
 request but inline data) and runs no script, so it reads the same with JavaScript off. Each chart is a
 `<figure>` with a text alternative, and the numbers behind it are in a table beneath (folded in a
@@ -14,10 +14,9 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from lipcheck import charts
-from lipcheck.charts import Mark
-from lipcheck.compare import Comparison, SampleChange
-from lipcheck.render import (
+from lipcheck.present import charts
+from lipcheck.present.charts import Mark
+from lipcheck.present.render import (
     TERM_COLUMNS,
     WORST,
     _assumptions,
@@ -36,6 +35,7 @@ from lipcheck.render import (
     sigma_histogram,
 )
 from lipcheck.report import BoundReport, ModelBoundReport, Report, RuleVerdict, worst_samples
+from lipcheck.report.compare import Comparison, SampleChange
 
 HISTOGRAM_BINS = 30
 PICTURES = 6  # the worst samples drawn beside their directions

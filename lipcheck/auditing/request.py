@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lipcheck.choices import WORKER_TIMEOUT_SECONDS, BoundMethod, Format
 from lipcheck.errors import InputError
-from lipcheck.file_formats import MAX_READ_BYTES
-from lipcheck.gate import RuleOptions
+from lipcheck.io.file_formats import MAX_READ_BYTES
+from lipcheck.options.choices import WORKER_TIMEOUT_SECONDS, BoundMethod, Format
 from lipcheck.report import Settings
+from lipcheck.report.gate import RuleOptions
 
 
 @dataclass(frozen=True)
@@ -147,7 +147,7 @@ class AuditRequest:
 
     def inputs(self) -> dict[str, Path | None]:
         """What this audit reads, by what it is ("the model (MODEL)"): no output may overwrite them."""
-        from lipcheck.models import arch_file  # the audit loads the model next: torch is due anyway
+        from lipcheck.io.models import arch_file  # the audit loads the model next: torch is due anyway
 
         model, data = self.model, self.data
         return {

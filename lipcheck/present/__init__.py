@@ -1,0 +1,1 @@
+"""Presenting reports: the table, JSON, Markdown, JUnit and HTML renderers and their charts."""
