@@ -66,16 +66,55 @@ def test_search_reaches_the_known_worst_point() -> None:
     np.testing.assert_allclose(found.sigma.numpy(), exact_sigma(model, found.point), rtol=1e-8)
 
 
-def test_no_steps_no_radius_or_a_piecewise_linear_model_stay_at_the_sample() -> None:
+def test_no_steps_or_no_radius_stay_at_the_sample() -> None:
     x = torch.from_numpy(mlp_inputs(3)).double()
     model = MLP().double().eval()
     for radius, steps in ((0.0, 5), (1.0, 0)):
         found = worst_case_search(model, x, radius=radius, steps=steps)
         assert torch.equal(found.sigma, found.start.sigma) and torch.equal(found.point, x)
         assert torch.all(found.distance == 0)
-    relu = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)).double()
-    found = worst_case_search(relu, x, radius=1.0, steps=5)
-    assert torch.equal(found.sigma, found.start.sigma) and torch.all(found.distance == 0)
+
+
+class Hinge(nn.Module):
+    """3 relu(w.x - 1/2) + x.sum() / 10: sigma is 0.2 on the near side of the hinge, about 3 beyond it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.tensor([0.5, 0.5, 0.5, 0.5], dtype=torch.float64)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return 3 * torch.relu(x @ self.w - 0.5).unsqueeze(-1) + x.sum(-1, keepdim=True) / 10
+
+
+def test_a_piecewise_linear_model_is_searched_on_its_smoothed_surrogate_and_measured_on_itself() -> None:
+    """sigma of a ReLU model is piecewise constant (zero gradient); the search follows softplus and
+    crosses the hinge, and its value is the real model's exact sigma at the point it returns."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 4, generator=generator, dtype=torch.float64)
+    x = x - (x @ Hinge().w).unsqueeze(1) * Hinge().w  # on w.x = 0, half a unit before the hinge
+    found = worst_case_search(Hinge(), x, radius=1.0, steps=8, **PRECISE)
+    np.testing.assert_allclose(found.start.sigma.numpy(), 0.2, rtol=1e-8)
+    assert torch.all(found.sigma > 3.0) and torch.all(found.distance <= 1.0 + 1e-12)
+    np.testing.assert_allclose(found.sigma.numpy(), exact_sigma(Hinge(), found.point), rtol=1e-8)
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)),
+        nn.Sequential(nn.Linear(6, 8), nn.LeakyReLU(0.1), nn.Linear(8, 8), nn.Hardtanh(), nn.Linear(8, 3)),
+        nn.Sequential(
+            nn.Unflatten(1, (1, 2, 3)), nn.ReLU6(), nn.MaxPool2d(2, 1), nn.Flatten(), nn.Linear(2, 3)
+        ),
+    ],
+    ids=["relu", "leaky_relu_hardtanh", "relu6_max_pool"],
+)
+def test_piecewise_linear_search_values_are_the_real_models(model: nn.Module) -> None:
+    x = torch.from_numpy(mlp_inputs(3)).double()
+    model = model.double().eval()
+    found = worst_case_search(model, x, radius=1.0, steps=5, **PRECISE)
+    assert torch.all(found.sigma >= found.start.sigma) and torch.all(found.distance <= 1.0 + 1e-12)
+    np.testing.assert_allclose(found.sigma.numpy(), exact_sigma(model, found.point), rtol=1e-6)
 
 
 @pytest.mark.parametrize(

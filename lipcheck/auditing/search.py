@@ -25,8 +25,12 @@ models and raised no model's figures.) Every candidate's sigma is computed by th
 settings used at the sample (method, tolerance, seed), so the result is what an audit at that point
 would report. Each step costs one model evaluation, one engine solve and one extra backward pass.
 
-Where the model is piecewise linear (ReLU, max pooling, no smooth activation), sigma is piecewise
-constant: its gradient is zero almost everywhere, and the search stays at the sample.
+Piecewise-linear models. Where the model is piecewise linear (ReLU, LeakyReLU, hardtanh, max pooling),
+sigma is piecewise constant: its gradient is zero almost everywhere, and ascent on it stays at the
+sample. The ascent then runs on a smoothed surrogate (`smoothing.py`: softplus for ReLU and the like, a
+log-sum-exp for max pooling), whose gradient and sigma steer the steps, while every point it visits is
+also measured on the real model; the result is the largest real sigma met, at its point. So each step
+costs two engine solves, and the reported value stays a true lower bound.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lipcheck.auditing.smoothing import Smoothing
 from lipcheck.engine import (
     DEFAULT_CONFIDENCE,
     DEFAULT_KRYLOV_DIM,
@@ -128,15 +133,32 @@ def worst_case_search(
     }  # fmt: skip
     searching = steps > 0 and radius > 0
 
-    def evaluate(z: Tensor, check: bool) -> tuple[SpectralNormResult, Tensor]:
+    smoothing = Smoothing()
+    piecewise: list[bool] = []  # whether the model has piecewise-linear operations to smooth
+
+    def evaluate(z: Tensor, check: bool) -> tuple[SpectralNormResult, SpectralNormResult, Tensor]:
+        """The real model's result at z, and the surrogate's result and sigma gradient (the model's own
+        where it has no piecewise-linear operation)."""
         jacobian = JacobianOperator.from_function(f, z, args, kwargs, operator=operator)
         result = solve(jacobian, krylov_dim=krylov_dim, check_coupling=check, **settings)
-        gradient = _sigma_gradient(jacobian, result.vector) if searching else torch.zeros_like(z)
-        return result, gradient
+        if not searching:
+            return result, result, torch.zeros_like(z)
+        if not piecewise or piecewise[0]:
+            smoothing.replaced = False
+            with smoothing:
+                smooth_jacobian = JacobianOperator.from_function(f, z, args, kwargs, operator=operator)
+            if not piecewise:
+                piecewise.append(smoothing.replaced)  # decided once, at the samples
+            if smoothing.replaced:
+                with smoothing:
+                    smooth = solve(smooth_jacobian, krylov_dim=krylov_dim, check_coupling=False, **settings)
+                    return result, smooth, _sigma_gradient(smooth_jacobian, smooth.vector)
+        return result, result, _sigma_gradient(jacobian, result.vector)
 
     center = x.detach()
-    start, gradient = evaluate(center, check_coupling)
-    best, best_sigma, converged = center, start.sigma, start.converged
+    start, guide, gradient = evaluate(center, check_coupling)
+    best, best_guide = center, guide.sigma  # the ascent's point, by the surrogate's sigma
+    found, best_sigma, converged = center, start.sigma, start.converged  # the real model's best
     improved = torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
     step = torch.full((x.shape[0],), FIRST_STEP * radius, dtype=torch.float64, device=x.device)
     for _ in range(steps if searching else 0):
@@ -145,17 +167,20 @@ def worst_case_search(
             break
         offset = (step.to(x.dtype).unsqueeze(1) * direction).view_as(x)
         candidate = _project(best + offset, center, radius)
-        result, candidate_gradient = evaluate(candidate, False)
-        better = moving & (result.sigma > best_sigma)
-        rows = better.view(-1, *([1] * (x.dim() - 1)))
+        result, candidate_guide, candidate_gradient = evaluate(candidate, False)
+        ascended = moving & (candidate_guide.sigma > best_guide)
+        rows = ascended.view(-1, *([1] * (x.dim() - 1)))
         best = torch.where(rows, candidate, best)
         gradient = torch.where(rows, candidate_gradient, gradient)
+        best_guide = torch.where(ascended, candidate_guide.sigma, best_guide)
+        step = torch.where(ascended, step, step / 2)
+        better = moving & (result.sigma > best_sigma)
+        found = torch.where(better.view(-1, *([1] * (x.dim() - 1))), candidate, found)
         best_sigma = torch.where(better, result.sigma, best_sigma)
         converged = torch.where(better, result.converged, converged)
         improved += better.to(torch.int64)
-        step = torch.where(better, step, step / 2)
-    distance = torch.linalg.vector_norm((best.double() - center.double()).flatten(1), dim=1)
-    return SearchResult(start, best_sigma, best, distance, converged, improved)
+    distance = torch.linalg.vector_norm((found.double() - center.double()).flatten(1), dim=1)
+    return SearchResult(start, best_sigma, found, distance, converged, improved)
 
 
 def _sigma_gradient(operator: JacobianOperator, vector: Tensor) -> Tensor:

@@ -11,7 +11,9 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
+from lipcheck.bounds.frequency import circulant_transformation
 from lipcheck.bounds.graph import GraphBound, export_program, functional
+from lipcheck.bounds.lipsdp import dense_transformation, lipsdp_bound
 from lipcheck.bounds.loop_transformation import loop_transformation_bound
 from lipcheck.errors import InputError
 from lipcheck.report import BoundReport
@@ -22,7 +24,7 @@ def upper_bound(
     input_shape: int | Sequence[int],
     *,
     assume: Mapping[str, float] | None = None,
-    method: str = "liplt",
+    method: str = "lipsdp",
 ) -> BoundReport:
     """A certified upper bound on the global l2 Lipschitz constant of `model` on inputs of one shape.
 
@@ -33,8 +35,12 @@ def upper_bound(
         assume: operation name (as named by `UnsupportedOperationError`, e.g. "aten.erf.default" or
             "aten.erf") -> a Lipschitz constant of that operation, jointly in all its tensor inputs,
             that the user takes responsibility for. It replaces lipcheck's rule where there is one.
-        method: "liplt" (default), the loop-transformation composition (`loop_transformation.py`), never
-            above "product", the product of the factors along every path; the report keeps both totals.
+        method: "lipsdp" (default): LipSDP-Neuron multipliers found by a first-order solver and checked
+            in float64 (`lipsdp.py`; per neuron on small networks, per channel on stride-1 convolutional
+            ones, `frequency.py`), taken when certified and below the loop transformation; otherwise, or
+            outside their budget, the loop transformation's bound stands and `method` says "liplt".
+            "liplt": the loop-transformation composition (`loop_transformation.py`), never above
+            "product", the product of the factors along every path; the report keeps the product's total.
 
     In-place operations (`relu_`, `add_`, ...) are bounded by the rule of their out-of-place form: a graph
     that mutates tensors is functionalised first (`run_decompositions({})`, which decomposes nothing), so
@@ -48,8 +54,8 @@ def upper_bound(
     """
     shape = _check_shape(input_shape)
     assumptions = _check_assumptions(assume)
-    if method not in ("liplt", "product"):
-        raise InputError(f"bound method {method!r} is not one of 'liplt', 'product'")
+    if method not in METHODS:
+        raise InputError(f"bound method {method!r} is not one of {', '.join(map(repr, METHODS))}")
     program = functional(export_program(model, shape))
     walker = GraphBound(program, assumptions)
     bound = walker.run()
@@ -61,15 +67,20 @@ def upper_bound(
             f"contain; its operations are: {present}"
         )
     product, terms = bound, ()
-    if method == "liplt" and walker.output_nodes:
+    wanted, method = method, "product"
+    if wanted != "product" and walker.output_nodes:
         try:
             composed = loop_transformation_bound(walker, walker.output_nodes)
-        except (ArithmeticError, AttributeError, IndexError, KeyError, RuntimeError, TypeError, ValueError):
+        except COMPOSITION_ERRORS:
             # a graph the loop transformation does not handle keeps the product's certified bound, and the
             # report says that the product made it
-            method = "product"
+            pass
         else:
-            bound, terms = min(product, composed.bound), composed.terms
+            bound, terms, method = min(product, composed.bound), composed.terms, "liplt"
+    if wanted == "lipsdp" and walker.output_nodes:
+        semidefinite = _lipsdp(walker)
+        if semidefinite is not None and semidefinite < bound:
+            bound, method = semidefinite, "lipsdp"
     return BoundReport(
         upper_bound=bound,
         layers=tuple(walker.layers),
@@ -79,6 +90,30 @@ def upper_bound(
         product_bound=product,
         terms=terms,
     )
+
+
+METHODS = ("lipsdp", "liplt", "product")
+COMPOSITION_ERRORS = (
+    ArithmeticError,
+    AttributeError,
+    IndexError,
+    KeyError,
+    RuntimeError,
+    TypeError,
+    ValueError,
+)
+
+
+def _lipsdp(walker: GraphBound) -> float | None:
+    """The certified LipSDP bound, per neuron where the network is small enough to read, else per channel
+    where it is a stride-1 convolutional network; None where neither applies or nothing was certified."""
+    outputs = walker.output_nodes
+    try:
+        problem = dense_transformation(walker, outputs) or circulant_transformation(walker, outputs)
+        found = None if problem is None else lipsdp_bound(problem)
+    except COMPOSITION_ERRORS:
+        return None  # an operation the reading cannot batch: the loop transformation stands
+    return None if found is None else found.bound
 
 
 def _check_shape(input_shape: int | Sequence[int]) -> tuple[int, ...]:

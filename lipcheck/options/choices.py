@@ -46,9 +46,12 @@ class Operator(str, Enum):
 
 
 class BoundMethod(str, Enum):
-    """How the certified bound composes the layers' factors: the loop transformation (default, never
-    above the product) or the product of the factors along every path."""
+    """How the certified bound composes the layers' factors: LipSDP-Neuron multipliers checked in
+    float64 (lipsdp; where they cannot be found or certified within its budget, the loop transformation
+    stands and the report says so), the loop transformation (liplt, never above the product) or the
+    product of the factors along every path."""
 
+    lipsdp = "lipsdp"
     liplt = "liplt"
     product = "product"
 
