@@ -21,6 +21,7 @@ import math
 import mmap
 import os
 import pickle
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -291,14 +292,10 @@ def _open_npz(path: Path, key: str | None, max_read_bytes: int) -> _Array:
 def _open_pt(path: Path, key: str | None, max_read_bytes: int) -> _Array:
     where = f"data file '{path}'"
     try:
-        try:
-            content = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:  # files in torch's legacy format cannot be memory-mapped: read whole
-            check_read_bytes(
-                path.stat().st_size, max_read_bytes, f"{where} (a legacy torch.save file, read whole)",
-                "save it again with torch.save (memory-mapped) or as .npy",
-            )  # fmt: skip
-            content = torch.load(str(path), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's own deprecations, met rebuilding a quantized tensor
+            warnings.filterwarnings("ignore", "TypedStorage is deprecated")
+            warnings.filterwarnings("ignore", "torch.quantize_per_tensor")
+            content = _load_pt(path, where, max_read_bytes)
     except pickle.UnpicklingError as error:
         raise InputError(
             f"{where} is a pickle that needs code to load, and data is never loaded with code: save a "
@@ -323,6 +320,18 @@ def _open_pt(path: Path, key: str | None, max_read_bytes: int) -> _Array:
     _check_stored(tensor, where, max_read_bytes)
     dtype = str(tensor.dtype).removeprefix("torch.")
     return _Array(chosen, keys, tensor.shape[0], tuple(tensor.shape[1:]), dtype, lambda a, b: tensor[a:b])
+
+
+def _load_pt(path: Path, where: str, max_read_bytes: int) -> Any:
+    """The content of a torch.save file, memory-mapped; a legacy one (which cannot be) read whole."""
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # files in torch's legacy format cannot be memory-mapped: read whole
+        check_read_bytes(
+            path.stat().st_size, max_read_bytes, f"{where} (a legacy torch.save file, read whole)",
+            "save it again with torch.save (memory-mapped) or as .npy",
+        )  # fmt: skip
+        return torch.load(str(path), map_location="cpu", weights_only=True)
 
 
 def _check_plain(tensor: Tensor, where: str) -> None:
