@@ -406,3 +406,60 @@ def test_a_resumed_audit_refuses_a_forged_journal_record_with_exit_2(tmp_path: P
     result = run(*args, "--resume", resume, "--device", "cpu")
     assert_one_line_error(result, str(path), "record 0", "sigma nan")
     assert os.path.getsize(path) == len(content)  # refused, not cut or rewritten
+
+
+# ---------------------------------------------------------------- reports and baselines read back
+
+
+def _saved(path: Path, sigma: list[float], change: Any = None) -> Path:
+    from cli_fixtures import make_report
+
+    document = json.loads(make_report(sigma).to_json())
+    if change is not None:
+        change(document)
+    path.write_text(json.dumps(document))
+    return path
+
+
+def _duplicate(document: dict[str, Any]) -> None:
+    document["samples"][1]["index"] = document["samples"][0]["index"]
+
+
+def _huge_index(document: dict[str, Any]) -> None:
+    document["samples"][0]["index"] = 10**30
+
+
+def _short(document: dict[str, Any]) -> None:
+    document["data"]["count"] += 1
+
+
+@pytest.mark.parametrize(
+    ("change", "said"),
+    [
+        (_duplicate, "sample 10 appears more than once"),
+        (_huge_index, "index 1000000000000000000000000000000"),
+        (_short, "holds 3 samples, but its data section says 4"),
+    ],
+    ids=["duplicate-index", "index-1e30", "missing-sample"],
+)
+def test_a_report_with_rows_no_audit_writes_is_exit_2_in_gate_compare_and_baseline(
+    tmp_path: Path, change: Any, said: str
+) -> None:
+    good = _saved(tmp_path / "good.json", [1.0, 2.0, 3.0])
+    bad = _saved(tmp_path / "bad.json", [1.0, 2.0, 3.0], change)
+    assert_one_line_error(run("gate", bad, "--fail-above", "5"), "bad.json", said)
+    assert_one_line_error(run("compare", good, bad), "bad.json", said)
+    assert_one_line_error(run("compare", bad, good), "bad.json", said)
+    baseline = run("gate", good, "--baseline", bad, "--max-increase", "5")
+    assert_one_line_error(baseline, "--baseline", "bad.json", said)
+
+
+def test_a_change_past_float64_is_valid_json_without_infinity(tmp_path: Path) -> None:
+    base = _saved(tmp_path / "base.json", [1e-300, 1.0])
+    new = _saved(tmp_path / "new.json", [1e300, 1.0])
+    result = run("compare", base, new, "--format", "json")
+    assert result.exit_code == 0, result.stderr
+    assert "Infinity" not in result.stdout and "NaN" not in result.stdout
+    comparison = json.loads(result.stdout, parse_constant=lambda name: pytest.fail(f"{name} in the JSON"))
+    top = comparison["top"][0]
+    assert top["index"] == 10 and top["change_percent"] is None and top["change"] == pytest.approx(1e300)

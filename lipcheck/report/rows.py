@@ -20,8 +20,8 @@ from collections.abc import Iterable
 import numpy as np
 
 from lipcheck.errors import InputError
-from lipcheck.report import SampleResult
 from lipcheck.report.columns import ROW
+from lipcheck.report.samples import SampleResult
 
 _INT64 = 2**63 - 1
 _OPTIONAL = ("residual", "sigma_upper", "search_sigma", "search_distance")  # NaN: absent
@@ -50,7 +50,7 @@ def sample_table(samples: Iterable[SampleResult], where: str) -> np.ndarray:
 
 def check_rows(table: np.ndarray, where: str, *, count: int, expected: range | None = None) -> None:
     """InputError, naming `where` (the file and the record) and the first bad row, unless every row of
-    the `ROW` table is one an audit of `count` samples can write.
+    the `ROW` table is one an audit of a source of `count` samples can write.
 
     Each row needs a finite sigma >= 0, finite figures >= 0 or NaN (absent) for the residual, the error
     bar and the search, at least one iteration, and an index in [0, count) that no other row has. With
@@ -88,11 +88,12 @@ def check_rows(table: np.ndarray, where: str, *, count: int, expected: range | N
         raise InputError(f"{where}: sample {int(order[repeated[0]])} appears more than once: {_FIX}")
 
 
-def check_report_samples(samples: Iterable[SampleResult], where: str, *, count: int) -> None:
-    """`check_rows` of a report's (or a baseline's) samples, and every one of its `count` samples has
-    its row: a report read back is whole or refused."""
+def check_report_samples(samples: Iterable[SampleResult], where: str, *, count: int, total: int) -> None:
+    """`check_rows` of a report's (or a baseline's) samples, whose indices are in the source's `total`
+    samples, and whose number is the `count` its data section says were audited: a report read back is
+    whole or refused."""
     table = sample_table(samples, where)
-    check_rows(table, where, count=count)
+    check_rows(table, where, count=total)
     if len(table) != count:
         raise InputError(
             f"{where} holds {len(table)} samples, but its data section says {count} were audited: {_FIX}"
