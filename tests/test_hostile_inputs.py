@@ -463,3 +463,13 @@ def test_a_change_past_float64_is_valid_json_without_infinity(tmp_path: Path) ->
     comparison = json.loads(result.stdout, parse_constant=lambda name: pytest.fail(f"{name} in the JSON"))
     top = comparison["top"][0]
     assert top["index"] == 10 and top["change_percent"] is None and top["change"] == pytest.approx(1e300)
+
+
+def test_docs_list_every_limit_with_its_value() -> None:
+    page = (Path(__file__).resolve().parents[1] / "docs" / "limits.md").read_text()
+    names = [name for name in vars(limits) if name.startswith("MAX_")]
+    assert names and all(f"`{name}`" in page for name in names), names
+    with pytest.raises(InputError, match="--max-iter 10000000 .*MAX_STEPS"):
+        lipcheck.Settings(max_iter=10**7).validate()
+    with pytest.raises(InputError, match="--search-steps .*MAX_STEPS"):
+        lipcheck.Settings(search_steps=10**7, search_radius=1.0).validate()
