@@ -473,3 +473,77 @@ def test_docs_list_every_limit_with_its_value() -> None:
         lipcheck.Settings(max_iter=10**7).validate()
     with pytest.raises(InputError, match="--search-steps .*MAX_STEPS"):
         lipcheck.Settings(search_steps=10**7, search_radius=1.0).validate()
+
+
+# ---------------------------------------------------------------- models that draw random numbers
+
+
+class Noisy(MLP):
+    """An MLP whose forward adds torch.rand noise and draws from numpy: a different output per call."""
+
+    def forward(self, x: Tensor, scale: float = 1.0) -> Tensor:
+        noise = torch.rand(x.shape[-1]) + float(np.random.rand())  # noqa: NPY002
+        return super().forward(x * noise, scale)
+
+
+def make_noisy() -> nn.Module:
+    return Noisy()
+
+
+def test_a_model_that_draws_random_numbers_is_seeded_per_call_and_reported(tmp_path: Path) -> None:
+    weights = tmp_path / "mlp.safetensors"
+    save_file(MLP().state_dict(), weights)
+    np.save(tmp_path / "x.npy", mlp_inputs(6))
+    args = (
+        "audit",
+        weights,
+        "--arch",
+        f"{HERE}:make_noisy",
+        "--data",
+        tmp_path / "x.npy",
+        "--batch-size",
+        "2",
+    )
+    reports = []
+    for name in ("a.json", "b.json"):
+        result = run(*args, "-o", tmp_path / name)
+        assert result.exit_code == 0, result.stderr
+        assert "draws random numbers in its forward (numpy.random, torch)" in result.stderr
+        reports.append(json.loads((tmp_path / name).read_text()))
+    assert [s["sigma"] for s in reports[0]["samples"]] == [s["sigma"] for s in reports[1]["samples"]]
+    assert all(s["sigma"] > 0 for s in reports[0]["samples"])
+    assert any("draws random numbers" in note for note in reports[0]["notes"])
+    state = torch.get_rng_state()
+    lipcheck.audit(Noisy(), torch.from_numpy(mlp_inputs(2)), device="cpu")
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's generator is as it was
+
+
+def test_torchscript_dropout_in_training_mode_repeats_with_the_seed(tmp_path: Path) -> None:
+    class Dropping(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = nn.Linear(6, 4)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return torch.nn.functional.dropout(self.linear(x), 0.5, True)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        model = tmp_path / "drop.ts"
+        torch.jit.save(torch.jit.script(Dropping()), model)
+    np.save(tmp_path / "x.npy", mlp_inputs(6))
+    first = run("audit", model, "--data", tmp_path / "x.npy", "-f", "json")
+    second = run("audit", model, "--data", tmp_path / "x.npy", "-f", "json")
+    assert first.exit_code == 0 and "draws random numbers in its forward (torch)" in first.stderr
+    sigmas = [[s["sigma"] for s in json.loads(r.stdout)["samples"]] for r in (first, second)]
+    assert sigmas[0] == sigmas[1]
+
+
+def test_arg_on_a_torchscript_model_is_exit_2_like_other_formats(tmp_path: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        model = tmp_path / "lin.ts"
+        torch.jit.save(torch.jit.script(nn.Linear(6, 3)), model)
+    np.save(tmp_path / "x.npy", mlp_inputs(6))
+    result = run("audit", model, "--data", tmp_path / "x.npy", "--arg", "x=1")
+    assert_one_line_error(result, "--arg x=1", "forward(input)")
