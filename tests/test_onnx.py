@@ -20,6 +20,8 @@ import lipcheck
 from lipcheck.errors import InputError
 from lipcheck.io.models import detect_format, load_model
 from lipcheck.io.onnx import is_onnx
+from lipcheck.report import report_schema
+from lipcheck.report.json_schema import first_problem
 
 
 def _onnx_stack() -> None:
@@ -91,6 +93,7 @@ def test_sigma_of_an_onnx_file_equals_its_torch_model(tmp_path: Path, name: str)
     from_onnx = lipcheck.audit(path, data, **settings)
     from_torch = lipcheck.audit(model, data, **settings)
     assert from_onnx.model.format == "onnx"
+    assert first_problem(from_onnx.to_dict(), report_schema()) is None
     np.testing.assert_allclose(_sigma(from_onnx), _sigma(from_torch), rtol=1e-5, atol=1e-7)
     # and against the dense Jacobian of the torch model, in float64
     reference = model.double()

@@ -100,7 +100,8 @@ def render_series_table(series: SeriesReport, console: Console) -> None:
     table = Table(title=f"Checkpoints ({len(series.checkpoints)})", title_justify="left")
     heads = series_heads(series)
     for number, head in enumerate(heads):
-        table.add_column(head, justify="left" if number in (1, len(heads) - 1) else "right")
+        table.add_column(head, justify="left" if number in (1, len(heads) - 1) else "right",
+                         overflow="fold" if number == 1 else "ellipsis")  # fmt: skip
     for cells in series_rows(series):
         table.add_row(*(Text(cell) for cell in cells))
     summary = pairs_table("Series", _overview(series) + gate_rows(series.gate.rules))
