@@ -22,8 +22,9 @@ from pathlib import Path
 
 from lipcheck import __version__
 from lipcheck.auditing import distributed
+from lipcheck.auditing.provenance import data_section
 from lipcheck.auditing.request import AuditRequest
-from lipcheck.auditing.run import data_section, open_source, run
+from lipcheck.auditing.run import open_source, run
 from lipcheck.errors import InputError
 from lipcheck.io.models import file_sha256
 from lipcheck.io.outputs import write_atomic
