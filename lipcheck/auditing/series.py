@@ -20,7 +20,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from lipcheck import __version__
 from lipcheck.auditing import distributed
 from lipcheck.auditing.provenance import data_section
 from lipcheck.auditing.request import AuditRequest
@@ -28,6 +27,7 @@ from lipcheck.auditing.run import open_source, run
 from lipcheck.errors import InputError
 from lipcheck.io.models import file_sha256
 from lipcheck.io.outputs import write_atomic
+from lipcheck.options.version import __version__
 from lipcheck.report import Gate, Report, SampleResult, read_report, worst_samples
 from lipcheck.report.compare import comparable
 from lipcheck.report.gate import RuleOptions, check_thresholds, judge, rules_for
