@@ -513,8 +513,9 @@ def test_a_model_that_draws_random_numbers_is_seeded_per_call_and_reported(tmp_p
     assert [s["sigma"] for s in reports[0]["samples"]] == [s["sigma"] for s in reports[1]["samples"]]
     assert all(s["sigma"] > 0 for s in reports[0]["samples"])
     assert any("draws random numbers" in note for note in reports[0]["notes"])
+    model, x = Noisy(), torch.from_numpy(mlp_inputs(2))
     state = torch.get_rng_state()
-    lipcheck.audit(Noisy(), torch.from_numpy(mlp_inputs(2)), device="cpu")
+    lipcheck.audit(model, x, device="cpu")
     assert torch.equal(torch.get_rng_state(), state)  # the caller's generator is as it was
 
 
