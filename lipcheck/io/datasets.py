@@ -19,7 +19,6 @@ import contextlib
 import hashlib
 import math
 import mmap
-import os
 import pickle
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -42,14 +41,13 @@ from lipcheck.io.file_formats import (
     read_head,
     zip_names,
 )
+from lipcheck.io.images import open_image_folder
 from lipcheck.options.limits import (
     check_read_bytes,
     check_sample_shape,
     check_samples,
     check_seed,
 )
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 # Reads samples [start, stop) as a numpy array or a tensor of the stored dtype.
 Reader = Callable[[int, int], "np.ndarray | Tensor"]
@@ -396,89 +394,9 @@ def _open_safetensors(path: Path, key: str | None, max_read_bytes: int) -> _Arra
 
 
 def _open_images(path: Path, key: str | None, max_read_bytes: int) -> _Array:
-    where = f"image folder '{path}'"
-    _no_key(key, where)
-    named = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    broken = [p for p in named if p.is_symlink() and not p.exists()]
-    if broken:
-        raise InputError(
-            f"{where} has {len(broken)} broken symlink(s) among its images: '{broken[0].name}' points to "
-            f"'{os.readlink(broken[0])}', which does not exist; fix or remove the links"
-        )
-    files = [p for p in named if p.is_file()]
-    if not files:
-        return _Array(None, (), 0, (), "uint8", lambda a, b: np.zeros((0,)))
-    try:
-        from PIL import Image
-    except ImportError:
-        raise InputError(
-            f'{where} needs Pillow to read PNG/JPEG images: pip install "lipcheck[images]"'
-        ) from None
-
-    stored = _depth_of(files[0])  # the dtype every image must be stored as
-
-    def decode(file: Path) -> np.ndarray:
-        try:
-            with Image.open(file) as image:
-                image.load()
-                pixels, depth = _pixels(image, file)
-        except OSError as error:
-            raise InputError(f"image '{file}' cannot be read ({error}): fix or remove it") from error
-        if depth != stored:
-            raise InputError(
-                f"image '{file}' has {depth} pixels, but '{files[0].name}' has {stored}: save the "
-                f"images of {where} at one bit depth"
-            )
-        return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
-
-    first = decode(files[0])
-
-    def reader(start: int, stop: int) -> np.ndarray:
-        images = []
-        for file in files[start:stop]:
-            pixels = decode(file)
-            if pixels.shape != first.shape:
-                raise InputError(
-                    f"image '{file}' has shape {pixels.shape} (C, H, W), but '{files[0].name}' has "
-                    f"{first.shape}: resize the images of {where} to one size"
-                )
-            images.append(pixels)
-        return np.stack(images)
-
-    return _Array(None, (), len(files), tuple(first.shape), stored, reader)
-
-
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def _png_bit_depth(file: Path) -> int:
-    """The bit depth of a PNG's samples, from its header (byte 24, in IHDR); 8 for any other file."""
-    with file.open("rb") as stream:
-        head = stream.read(26)
-    return head[24] if len(head) == 26 and head.startswith(_PNG_SIGNATURE) else 8
-
-
-def _depth_of(file: Path) -> str:
-    """The dtype of an image's stored values: 'uint16' for a 16-bit PNG, else 'uint8'."""
-    try:
-        return "uint16" if _png_bit_depth(file) == 16 else "uint8"
-    except OSError as error:
-        raise InputError(f"image '{file}' cannot be read ({error}): fix or remove it") from error
-
-
-def _pixels(image: Any, file: Path) -> tuple[np.ndarray, str]:
-    """An opened image's pixels as float32 in [0, 1], (H, W) or (H, W, 3), and the dtype they were
-    stored as. A 16-bit greyscale PNG is read at its full range (65535 is 1.0); Pillow reads a 16-bit
-    colour PNG as 8 bits, so that one is refused rather than audited at a quarter of its precision."""
-    if _png_bit_depth(file) == 16:
-        if image.mode.startswith("I;16") or image.mode == "I":
-            return np.asarray(image, dtype=np.float32) / 65535.0, "uint16"
-        raise InputError(
-            f"image '{file}' is a 16-bit colour PNG, which Pillow reads as 8 bits: convert the images to "
-            "an array of floats in [0, 1] saved with numpy.save, or to 8-bit PNGs"
-        )
-    grey = image.mode in ("1", "L", "LA", "I", "I;16", "F")
-    return np.asarray(image.convert("L" if grey else "RGB"), dtype=np.float32) / 255.0, "uint8"
+    _no_key(key, f"image folder '{path}'")
+    folder = open_image_folder(path)
+    return _Array(None, (), folder.count, folder.sample_shape, folder.dtype, folder.read)
 
 
 @dataclass(frozen=True)
