@@ -318,10 +318,7 @@ def percent_change(base: float, new: float) -> float | None:
     float64 (a base of 1e-300 and a new 1e300): JSON has no Infinity, and the absolute change says it."""
     if not base:
         return None
-    try:
-        change = 100 * ((new - base) / base)
-    except (OverflowError, ZeroDivisionError):
-        return None
+    change = 100 * (new - base) / base
     return change if math.isfinite(change) else None
 
 
