@@ -16,6 +16,7 @@ from lipcheck.bounds.graph import GraphBound, export_program, functional
 from lipcheck.bounds.lipsdp import dense_transformation, lipsdp_bound
 from lipcheck.bounds.loop_transformation import loop_transformation_bound
 from lipcheck.errors import InputError
+from lipcheck.options.limits import check_sample_shape
 from lipcheck.report import BoundReport
 
 
@@ -34,7 +35,8 @@ def upper_bound(
         input_shape: the shape of one input without the batch dimension, e.g. (3, 224, 224).
         assume: operation name (as named by `UnsupportedOperationError`, e.g. "aten.erf.default" or
             "aten.erf") -> a Lipschitz constant of that operation, jointly in all its tensor inputs,
-            that the user takes responsibility for. It replaces lipcheck's rule where there is one.
+            that the user takes responsibility for. Only an operation without a rule can be assumed: an
+            assumption that names one with a rule is an InputError.
         method: "lipsdp" (default): LipSDP-Neuron multipliers found by a first-order solver and checked
             in float64 (`lipsdp.py`; per neuron on small networks, per channel on stride-1 convolutional
             ones, `frequency.py`), taken when certified and below the loop transformation; otherwise, or
@@ -123,6 +125,7 @@ def _check_shape(input_shape: int | Sequence[int]) -> tuple[int, ...]:
             f"input shape {input_shape!r} is not a non-empty sequence of positive integers "
             "(the shape of one input, without the batch dimension, e.g. (3, 32, 32))"
         )
+    check_sample_shape(dims, "the input shape")
     return dims
 
 

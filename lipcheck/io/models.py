@@ -9,7 +9,9 @@ never executes code from the file unless the user asked for it by name with `tru
 - ``torchscript``: an archive made by ``torch.jit.save``,
 - ``safetensors``: weights only, the module comes from an architecture factory (``--arch``),
 - ``state-dict``: a ``torch.save``'d dict of tensors, loaded with ``weights_only=True``, plus ``--arch``,
-- ``pickle``: a whole pickled module, loaded only with ``trust_pickle=True``.
+- ``pickle``: a whole pickled module, loaded only with ``trust_pickle=True``,
+- ``onnx``: an ONNX file, converted to a torch module with onnx2torch (`lipcheck.io.onnx`, the extra
+  ``lipcheck[onnx]``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import contextlib
 import hashlib
 import importlib
 import importlib.util
+import inspect
 import json
 import pickle
 import re
@@ -32,6 +35,7 @@ from torch import nn
 
 from lipcheck.errors import AuditFailedError, InputError, describe, first_line
 from lipcheck.io.file_formats import ZIP_MAGIC, is_safetensors, is_torch_save, read_head, zip_members
+from lipcheck.io.onnx import is_onnx, load_onnx
 
 _STATE_DICT_KEYS = ("state_dict", "model_state_dict")
 _FIX_FORMAT = "save it with torch.export.save (recommended), torch.jit.save or safetensors"
@@ -61,7 +65,9 @@ class LoadedModel:
         trusted: whether loading executed code from the file (only a pickle with trust_pickle=True).
         arch: the architecture factory (``file.py:factory``) for weight-only formats, else None.
         arch_kwargs: the keyword arguments given to the factory.
-        input_spec: the inputs the file records (torch.export), else empty.
+        input_spec: the inputs the file records (torch.export, ONNX), else empty.
+        notes: what a reader of the figures must know about the loading (an ONNX opset brought down).
+        graph: what the file says of its graph, for `inspect` (ONNX: outputs, opset, operators).
     """
 
     module: Callable[..., Any]
@@ -74,6 +80,8 @@ class LoadedModel:
     arch: str | None = None
     arch_kwargs: Mapping[str, Any] = field(default_factory=dict)
     input_spec: tuple[InputSpec, ...] = ()
+    notes: tuple[str, ...] = ()
+    graph: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -81,6 +89,8 @@ class _Loaded:
     module: Any
     trusted: bool = False
     input_spec: tuple[InputSpec, ...] = ()
+    notes: tuple[str, ...] = ()
+    graph: Mapping[str, Any] = field(default_factory=dict)
 
 
 def _is_export(path: Path, head: bytes) -> bool:
@@ -146,6 +156,25 @@ def _derived_range(expr: Any, ranges: Mapping[Any, Any]) -> Any:
         return None
 
 
+def _load_onnx(path: Path) -> _Loaded:
+    converted = load_onnx(path)
+    return _Loaded(
+        converted.module,
+        input_spec=tuple(InputSpec(*value) for value in converted.inputs),
+        notes=converted.notes,
+        graph={
+            "outputs": [
+                {"name": name, "shape": list(shape), "dtype": dtype}
+                for name, shape, dtype in converted.outputs
+            ],
+            "opset": converted.opset,
+            "converted_opset": converted.converted_opset,
+            "operators": converted.operators,
+            "producer": converted.producer,
+        },
+    )
+
+
 def _load_torchscript(path: Path) -> _Loaded:
     return _Loaded(torch.jit.load(str(path), map_location="cpu"))
 
@@ -201,6 +230,7 @@ FORMATS: tuple[ModelFormat, ...] = (
     ModelFormat("torch.export", _is_export, lambda path, trust: _load_export(path)),
     ModelFormat("torchscript", _is_torchscript, lambda path, trust: _load_torchscript(path)),
     ModelFormat("safetensors", is_safetensors, lambda path, trust: _load_safetensors(path)),
+    ModelFormat("onnx", is_onnx, lambda path, trust: _load_onnx(path)),
     ModelFormat("pickle", is_torch_save, _load_pickle),
 )
 
@@ -219,7 +249,7 @@ def detect_format(path: Path) -> ModelFormat:
         )
     raise InputError(
         f"model file '{path}' is not a format lipcheck reads (torch.export .pt2, TorchScript, "
-        f"safetensors, torch.save): {_FIX_FORMAT}"
+        f"safetensors, torch.save, ONNX): {_FIX_FORMAT}"
     )
 
 
@@ -352,8 +382,29 @@ def _state_dict(content: Any) -> dict[str, torch.Tensor] | None:
     return None
 
 
+def _check_weights(weights: Mapping[str, torch.Tensor], path: Path) -> None:
+    """InputError naming the first tensor of a weights file that holds no real values lipcheck can load:
+    a complex one (copied into a real parameter, it would lose its imaginary part, and every sigma
+    with it), one on the meta device (no values), or a quantized one."""
+    for key, tensor in weights.items():
+        found = None
+        if tensor.is_complex():
+            found = f"complex values ({str(tensor.dtype).removeprefix('torch.')})"
+        elif tensor.device.type != "cpu":
+            found = f"no values (a tensor on the {tensor.device.type} device)"
+        elif tensor.is_quantized:
+            found = "quantized values"
+        if found is not None:
+            raise InputError(
+                f"weights in '{path}': tensor {key!r} holds {found}, which lipcheck cannot audit as real "
+                "weights: save the model's real-valued weights (a complex layer as its real and imaginary "
+                "parts, a quantized one dequantized)"
+            )
+
+
 def _fill(module: nn.Module, weights: Mapping[str, torch.Tensor], path: Path, arch: str) -> None:
     """Load `weights` into `module` strictly, naming every key that does not fit."""
+    _check_weights(weights, path)
     expected = module.state_dict()
     missing = sorted(set(expected) - set(weights))
     unexpected = sorted(set(weights) - set(expected))
@@ -405,6 +456,46 @@ def wrap_model(model: Callable[..., Any]) -> LoadedModel:
         parameters=_count_parameters(model),
         trusted=False,
     )
+
+
+def check_model_args(module: Any, kwargs: Mapping[str, Any]) -> None:
+    """InputError naming --arg when the keywords cannot be passed to the module's forward with one
+    input (an unknown name, or the name of the input itself), for every format alike: a TorchScript
+    method has no Python signature, so its own schema gives one."""
+    if not kwargs:
+        return
+    signature = forward_signature(module)
+    if signature is None:  # a builtin or a compiled callable: the call itself will tell
+        return
+    try:
+        signature.bind(None, **kwargs)
+    except TypeError as error:
+        given = " ".join(f"--arg {k}={json.dumps(v)}" for k, v in kwargs.items())
+        raise InputError(
+            f"{given} does not fit the model's forward{signature} ({error}): pass only its keyword "
+            "parameters other than the input"
+        ) from None
+
+
+def forward_signature(module: Any) -> inspect.Signature | None:
+    """The signature of a module's forward (without self), from Python or from a TorchScript schema."""
+    forward = getattr(module, "forward", module)
+    schema = getattr(forward, "schema", None)
+    if schema is not None:  # a TorchScript method
+        kind = inspect.Parameter
+        parameters = [
+            kind(
+                argument.name,
+                kind.KEYWORD_ONLY if argument.kwarg_only else kind.POSITIONAL_OR_KEYWORD,
+                default=argument.default_value if argument.has_default_value() else kind.empty,
+            )
+            for argument in list(schema.arguments)[1:]  # the first is self
+        ]
+        return inspect.Signature(parameters)
+    try:
+        return inspect.signature(forward)
+    except (TypeError, ValueError):
+        return None
 
 
 def _count_parameters(module: Any) -> int:
@@ -485,4 +576,6 @@ def load_model(
         arch=arch,
         arch_kwargs=arch_kwargs if arch is not None else {},
         input_spec=loaded.input_spec,
+        notes=loaded.notes,
+        graph=loaded.graph,
     )
