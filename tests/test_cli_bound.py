@@ -313,13 +313,13 @@ def test_audit_bound_refusals(files: dict[str, Path]) -> None:
     assert_one_line_error(result, "--assume", "--bound")
 
 
-@pytest.mark.parametrize("method", ["liplt", "product"])
+@pytest.mark.parametrize("method", ["lipsdp", "liplt", "product"])
 def test_bound_method_from_the_command_line_is_the_librarys(files: dict[str, Path], method: str) -> None:
     args = (files["conv"], "--arch", f"{ARCH}:make_conv", "--input-shape", "3x5x5")
-    report = bound_json(*args, *(["--bound-method", method] if method == "product" else []))
+    report = bound_json(*args, *(["--bound-method", method] if method != "lipsdp" else []))  # the default
     expected = lipcheck.upper_bound(SmallConv().eval(), CONV_SHAPE, method=method)
     assert report["upper_bound"] == pytest.approx(expected.upper_bound, rel=1e-12)
-    assert report["bound"]["method"] == method
+    assert report["bound"]["method"] == expected.method == method
     assert report["bound"]["product_bound"] == pytest.approx(expected.product_bound, rel=1e-12)
     assert [(t["node"], t["kind"]) for t in report["bound"]["terms"]] == [
         (t.node, t.kind) for t in expected.terms
@@ -329,22 +329,26 @@ def test_bound_method_from_the_command_line_is_the_librarys(files: dict[str, Pat
     )
     table = run("bound", *args, "--bound-method", method, "--format", "table")
     assert table.exit_code == 0, table.stderr
-    assert ("Terms of the loop transformation" in table.stdout) == (method == "liplt")
+    assert ("Terms of the loop transformation" in table.stdout) == (method != "product")
     assert ("loop transformation (liplt)" in table.stdout) == (method == "liplt")
+    assert ("LipSDP-Neuron, certified in float64 (lipsdp)" in table.stdout) == (method == "lipsdp")
 
 
 def test_audit_bound_reports_its_method_and_bracket_ratio_in_every_format(files: dict[str, Path]) -> None:
     args = (files["export"], "--data", files["data"], "--bound")
-    liplt = audit_json(*args)
+    default = audit_json(*args)
+    liplt = audit_json(*args, "--bound-method", "liplt")
     product = audit_json(*args, "--bound-method", "product")
-    assert liplt["bound"]["method"] == "liplt" and product["bound"]["method"] == "product"
-    assert liplt["upper_bound"] <= product["upper_bound"] == liplt["bound"]["product_bound"]
-    for report in (liplt, product):
+    assert default["bound"]["method"] == "lipsdp" and liplt["bound"]["method"] == "liplt"
+    assert product["bound"]["method"] == "product"
+    assert default["upper_bound"] <= liplt["upper_bound"] <= product["upper_bound"]
+    assert product["upper_bound"] == liplt["bound"]["product_bound"] == default["bound"]["product_bound"]
+    for report in (default, liplt, product):
         lower, upper = report["bracket"]
         assert report["bracket_ratio"] == pytest.approx(upper / lower)
     junit = run("audit", *args, "--format", "junit", "--fail-above-bound", "1e6")
     assert junit.exit_code == 0, junit.stderr
-    assert 'name="bound_method" value="liplt"' in junit.stdout and 'name="bracket_ratio"' in junit.stdout
+    assert 'name="bound_method" value="lipsdp"' in junit.stdout and 'name="bracket_ratio"' in junit.stdout
     table = run("audit", *args, "--format", "table", "--bound-method", "product")
     assert "product of the layer factors" in table.stdout and "ratio" in table.stdout
     failed = run(

@@ -131,6 +131,23 @@ def test_an_uncertified_solution_falls_back_to_the_loop_transformation(
     assert report.upper_bound == lipcheck.upper_bound(model, (3,), method="liplt").upper_bound
 
 
+@pytest.mark.parametrize(
+    "model",
+    [
+        nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Conv2d(2, 2, 3, padding=1), nn.ReLU()),
+        nn.Sequential(
+            nn.Conv2d(1, 2, 3, padding=1), nn.BatchNorm2d(2), nn.Conv2d(2, 1, 3, padding=1), nn.ReLU()
+        ),
+    ],
+    ids=["conv_after_conv", "conv_after_batch_norm_of_conv"],
+)
+def test_per_channel_form_refuses_a_convolution_reading_a_convolution(model: nn.Module) -> None:
+    """On the periodic grid a convolution's output is not 0 at the added positions, so a convolution
+    reading it would see what the zero-padded network does not: the form is refused there."""
+    walker = walked(model.eval(), (1, 4, 4))
+    assert frequency.circulant_transformation(walker, walker.output_nodes) is None
+
+
 def test_graphs_with_opaque_operations_keep_the_loop_transformation() -> None:
     model = nn.Sequential(
         nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(8, 1)

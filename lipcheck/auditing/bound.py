@@ -72,7 +72,7 @@ def bound_model(
     assume: Mapping[str, float] | None = None,
     settings: Settings | None = None,
     model_kwargs: Mapping[str, Any] | None = None,
-    method: str = "liplt",
+    method: str = "lipsdp",
     operator: str = Operator.model.value,
 ) -> BoundReport:
     """The certified upper bound of a loaded model (`lipcheck.upper_bound`); errors name the model file.
@@ -119,7 +119,7 @@ def run_bound(
     assume: Mapping[str, float] | None = None,
     model_kwargs: Mapping[str, Any] | None = None,
     load_seconds: float = 0.0,
-    method: str = "liplt",
+    method: str = "lipsdp",
     operator: str = Operator.model.value,
 ) -> ModelBoundReport:
     """`lipcheck bound`: the certified bound of a model file at one input shape, with provenance; the

@@ -79,7 +79,7 @@ class AuditRequest:
     """One audit: what to load, how to measure, what to judge, where the report goes.
 
     `bound` asks for the certified upper bound (implied by `rules.fail_above_bound`), with `assume`d
-    constants for operations without a rule, composed by `bound_method` ("liplt" or "product").
+    constants for operations without a rule, composed by `bound_method` ("lipsdp", "liplt" or "product").
     `outputs` and `format` are for whoever renders the report (`auditing.run` returns it). With
     `save_directions`, the report keeps the most amplified directions of the `top` samples of largest
     sigma (all when None) for the caller to write there; `pictures` is how many of the worst samples keep
@@ -95,7 +95,7 @@ class AuditRequest:
     rules: RuleOptions = field(default_factory=RuleOptions)
     bound: bool = False
     assume: Mapping[str, float] = field(default_factory=dict)
-    bound_method: str = "liplt"
+    bound_method: str = "lipsdp"
     outputs: tuple[Path, ...] = ()
     format: Format | None = None
     resume: Path | None = None
@@ -114,7 +114,7 @@ class AuditRequest:
                 f"--bound-method {self.bound_method!r} is not one of "
                 f"{', '.join(choice.value for choice in BoundMethod)}"
             )
-        if self.bound_method != BoundMethod.liplt.value and not self.with_bound:
+        if self.bound_method != BoundMethod.lipsdp.value and not self.with_bound:
             raise InputError(
                 "--bound-method goes with --bound (or --fail-above-bound): it composes the bound"
             )

@@ -146,7 +146,7 @@ def audit(
     trust_pickle: bool = False,
     bound: bool = False,
     assume: Mapping[str, float] | None = None,
-    bound_method: str = "liplt",
+    bound_method: str = "lipsdp",
     progress: Callable[[int, int], None] | None = None,
     resume: str | Path | None = None,
     **options: Any,
@@ -158,7 +158,7 @@ def audit(
     prepared `AuditRequest`, then the only argument. `data` is a data file or image folder (with
     `data_key`, `limit`, and `max_read_bytes` as `--max-read-bytes`), a tensor or array (N, ...), or an
     iterable of batches such as a DataLoader (a batch may be a tensor or a tuple (inputs, labels);
-    `data_key` picks another entry). `bound`, `assume` and `bound_method` ("liplt" or "product") are
+    `data_key` picks another entry). `bound`, `assume` and `bound_method` ("lipsdp", "liplt" or "product") are
     `--bound`, `--assume` and `--bound-method`.
     The other keyword arguments are `Settings` fields (operator, method, tol, confidence, max_iter,
     seed, batch_size, device, dtype, reduction, krylov_dim, output_key, model_kwargs, search_steps,
@@ -183,7 +183,7 @@ def audit(
             or arch
             or arch_kwargs
             or trust_pickle
-            or (bound_method != "liplt")
+            or (bound_method != "lipsdp")
             or resume
         ):
             raise InputError("lipcheck.audit(request) takes the AuditRequest alone: put the options in it")

@@ -25,7 +25,7 @@ from torch.nn import functional
 from torch.overrides import TorchFunctionMode
 
 # The sharpness of the surrogate: softplus(beta x) / beta is within log(2) / beta of relu(x).
-SMOOTHING_BETA = 10.0
+SMOOTHING_BETA = 20.0
 
 
 def _positive_part(x: Tensor, beta: float) -> Tensor:

@@ -7,11 +7,13 @@ BatchNorm, sums and differences (residual connections), scaling by a scalar or p
 elementwise activations between them. Anything else (strides, pooling, explicit pads, concatenation,
 reshapes) returns None and the caller keeps the loop transformation.
 
-Why zero padding is sound here. Let M >= N + p per axis for every convolution (N the size, p its
-padding), so that each zero-padded convolution is R K E: the zero-extension E of its input to the grid
-M, the circular convolution K there, and the restriction R to the image (the same embedding as
-`norms.zero_padded_conv_bound`). Run the whole c-network on the grid M instead, with circular
-convolutions and every activation's slope diagonal D extended to the added positions by the slope 0.
+Why zero padding is sound here (and only where every convolution reads the input or an activation's
+output, possibly scaled or summed: never another convolution's output directly). Let M >= N + p per
+axis for every convolution (N the size, p its padding), so that each zero-padded convolution is R K E:
+the zero-extension E of its input to the grid M, the circular convolution K there, and the restriction
+R to the image (the same embedding as `norms.zero_padded_conv_bound`). Run the whole c-network on the
+grid M instead, with circular convolutions and every activation's slope diagonal D extended to the
+added positions by the slope 0.
 Then the values on the image are exactly those of the zero-padded network, and the added positions of
 every activation's output are 0, which is what the next zero-padded convolution reads there: the
 zero-padded network's difference map is R T(D') E, with T(D') the periodic network's map. The slope 0
@@ -100,7 +102,15 @@ class _Symbols:
         eye = torch.eye(self.channels, columns, dtype=torch.complex128)
         symbols[self.input] = eye.expand(count, -1, -1)
         z_rows: dict[Node, Tensor] = {}
+        # values that are 0 at the grid's added positions: the input (zero-extended), an activation's
+        # output (slope 0 there), and linear maps of them other than a convolution
+        self.clean: set[Node] = {self.input}
         for node in nodes[1:]:
+            operands = [item for item in nodes_in((node.args, node.kwargs)) if item in self.walker.bounds]
+            if node in self.sites or (
+                short_name(node) not in CONVOLUTIONS and all(item in self.clean for item in operands)
+            ):
+                self.clean.add(node)
             if node in self.sites:
                 site = self.sites[node]
                 source = symbols[site.inputs[0]]
@@ -235,6 +245,10 @@ class _Symbols:
 
     def _convolution(self, node: Node, symbol: Tensor) -> Tensor:
         args = bind_arguments(node)
+        if args["input"] not in self.clean:
+            # a convolution reading another one's output (directly, or through BatchNorm or a sum) would
+            # read the periodic grid's added positions, which the zero-padded network does not have
+            raise _Unsupported
         d = len(self.spatial)
         if bool(self._constant(args.get("transposed", False))):
             raise _Unsupported

@@ -142,7 +142,7 @@ def audit(
     search_radius: SearchRadiusOption = None,
     with_bound: WithBoundOption = False,
     assume: AuditAssumeOption = None,
-    bound_method: BoundMethodOption = BoundMethod.liplt,
+    bound_method: BoundMethodOption = BoundMethod.lipsdp,
     fail_above_bound: FailAboveBoundOption = None,
     output_format: FormatOption = None,
     output: OutputOption = None,

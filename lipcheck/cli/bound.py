@@ -118,7 +118,7 @@ def bound(
     trust_pickle: TrustPickleOption = False,
     model_arg: ModelArgOption = None,
     assume: BoundAssumeOption = None,
-    bound_method: BoundMethodOption = BoundMethod.liplt,
+    bound_method: BoundMethodOption = BoundMethod.lipsdp,
     operator: BoundOperatorOption = Operator.model,
     output_format: BoundFormatOption = None,
     output: BoundOutputOption = None,
@@ -128,9 +128,11 @@ def bound(
     """Certify an upper bound on MODEL's global l2 Lipschitz constant, composed layer by layer.
 
     The model is exported with torch.export at one input of --input-shape; every operation of the
-    graph gets a rule (exact spectral norms where the layer allows it), composed over the graph by the
-    loop transformation (--bound-method liplt, the default) or as products along a path and sums at
-    residual connections (--bound-method product). Prints every layer factor, the terms, and the total.
+    graph gets a rule (exact spectral norms where the layer allows it), composed over the graph by
+    LipSDP-Neuron multipliers checked in float64 (--bound-method lipsdp, the default, which keeps the loop
+    transformation's bound where none are certified within its budget), by the loop transformation
+    (--bound-method liplt) or as products along a path and sums at residual connections (--bound-method
+    product). Prints every layer factor, the terms, and the total.
     """
     from lipcheck.io.models import arch_file
     from lipcheck.io.outputs import prepare_outputs

@@ -138,6 +138,7 @@ def bound_rows(report: Report) -> list[tuple[str, str]]:
 
 
 BOUND_METHODS = {
+    "lipsdp": "LipSDP-Neuron, certified in float64 (lipsdp)",
     "liplt": "loop transformation (liplt)",
     "product": "product of the layer factors",
 }

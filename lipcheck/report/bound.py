@@ -68,11 +68,13 @@ class BoundReport:
         assumptions: operation name -> Lipschitz constant supplied by the user with `assume`, for the
             operations of the graph it was used on.
         input_shape: the shape of one input, without the batch dimension.
-        method: how the factors were composed: "liplt" (the loop transformation, never above the product)
+        method: how the factors were composed: "lipsdp" (LipSDP-Neuron multipliers certified in float64,
+            below the loop transformation), "liplt" (the loop transformation, never above the product)
             or "product" (the product of the factors along every path).
         product_bound: the product composition's bound, for comparison (equal to `upper_bound` when
             `method` is "product").
-        terms: with "liplt", the terms of the sum, one per source of deviation (which block contributes
+        terms: with "liplt" (and "lipsdp", whose bound is below their sum), the loop transformation's
+            terms, one per source of deviation (which block contributes
             most).
         operator: whose Lipschitz constant is bounded: "model" (f), "fne" (2f - Id) or "residual"
             (Id - f), each exported as one graph.
