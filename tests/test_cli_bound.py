@@ -352,7 +352,7 @@ def test_audit_bound_reports_its_method_and_bracket_ratio_in_every_format(files:
     table = run("audit", *args, "--format", "table", "--bound-method", "product")
     assert "product of the layer factors" in table.stdout and "ratio" in table.stdout
     failed = run(
-        "audit", *args, "--format", "json", "--fail-above-bound", f"{liplt['upper_bound'] * 0.99:.6g}"
+        "audit", *args, "--format", "json", "--fail-above-bound", f"{default['upper_bound'] * 0.99:.6g}"
     )
     assert failed.exit_code == 1
 
