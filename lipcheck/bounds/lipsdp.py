@@ -137,15 +137,19 @@ def lipsdp_bound(problem: Transformation, steps: int | None = None) -> LipSDPBou
     """The certified bound sqrt(rho) of the transformation, or None when no multipliers were certified
     (or the problem is past the work budget)."""
     solver_rows = _reduced(problem)
+    budget = None
     if steps is None:
         per_step = solver_rows.shape[0] * solver_rows.shape[-1] ** 3
-        steps = min(SOLVER_STEPS, WORK_BUDGET // max(per_step, 1))
-        if steps < MIN_STEPS:
+        budget = WORK_BUDGET // max(per_step, 1)
+        if budget < MIN_STEPS:
             return None
-    start = _feasible_start(solver_rows, problem)
+    start, evaluations = _feasible_start(solver_rows, problem)
     if start is None:
         return None
-    multipliers = _minimise(solver_rows, problem, start, steps)
+    if budget is not None:
+        # the start's evaluations of rho* count against the same budget as the solver's steps
+        steps = max(min(SOLVER_STEPS, budget - evaluations), 0)
+    multipliers = _minimise(solver_rows, problem, start, steps or 0)
     rho = certify(problem.rows, problem, multipliers)
     if rho is None:
         return None
@@ -189,10 +193,11 @@ def rho_of(rows: Tensor, problem: Transformation, multipliers: Tensor) -> Tensor
     return torch.linalg.eigvalsh(schur)[..., -1].max()
 
 
-def _feasible_start(rows: Tensor, problem: Transformation) -> Tensor | None:
+def _feasible_start(rows: Tensor, problem: Transformation) -> tuple[Tensor | None, int]:
     """Per-site multipliers mu_j = 2 m (||D_j||^2 + sum over later sites k of r_k^2 mu_k ||B_kj||^2), m the
     number of sites, make diag(lambda) - Q_ww positive definite (||sum_j F_j v_j||^2 <= m sum_j
-    ||F_j||^2 ||v_j||^2); then the best common scale of them on a geometric grid."""
+    ||F_j||^2 ||v_j||^2); then the best common scale of them on a geometric grid, and each site's scale
+    on its own. Returns the start and the number of evaluations of rho* it took."""
     n_x, n_w, sites = rows.shape[-1] - problem.n_w, problem.n_w, problem.sites
     count = int(sites.max()) + 1
     z_rows, y_rows = rows[..., :n_w, n_x:], rows[..., n_w:, n_x:]
@@ -205,25 +210,27 @@ def _feasible_start(rows: Tensor, problem: Transformation) -> Tensor | None:
             total += float(problem.radius[sites == k][0]) ** 2 * mu[k] * _block_norm(block) ** 2
         mu[j] = 2 * count * total + 1e-12
     base = torch.tensor(mu, dtype=torch.float64)[sites]
-    best, best_rho = None, math.inf
+    best, best_rho, evaluations = None, math.inf, 0
     for exponent in range(0, 40):
         candidate = base * 2.0 ** (exponent / 2)
         rho = float(rho_of(rows, problem, candidate))
+        evaluations += 1
         if rho < best_rho:
             best, best_rho = candidate, rho
         elif math.isfinite(best_rho):
             break
     if best is None:
-        return None
+        return None, evaluations
     # then each site's multipliers scaled on their own (the recursion's factor 2 m is often far too much)
     for _ in range(3):
         for j in range(count):
             for factor in (0.25, 0.5, 2.0, 4.0):
                 candidate = torch.where(sites == j, best * factor, best)
                 rho = float(rho_of(rows, problem, candidate))
+                evaluations += 1
                 if rho < best_rho:
                     best, best_rho = candidate, rho
-    return best
+    return best, evaluations
 
 
 def _block_norm(block: Tensor) -> float:
