@@ -189,7 +189,8 @@ class _Symbols:
 
     def _sum(self, node: Node, symbols: dict[Node, Any], sign: float) -> Tensor:
         args = bind_arguments(node)
-        alpha = float(self._constant(args.get("alpha", 1)) or 1)
+        alpha = args.get("alpha")
+        alpha = 1.0 if alpha is None else float(self._constant(alpha))
         total: Tensor | None = None
         for key, factor in (("self", 1.0), ("other", sign * alpha)):
             item = args.get(key)
