@@ -196,6 +196,7 @@ def run_audit(
             journal.close()
     seconds = time.perf_counter() - begin
     ran = replace(environment(device), world_size=world.size, fitted_batch_size=fitted)
+    zero = _zero_jacobian_notes(rows)
     report = Report(
         model=model_section(model),
         data=described or data_section(data),
@@ -212,10 +213,10 @@ def run_audit(
         summary=summarise(rows, settings.reduction),
         lipcheck_version=__version__,
         bound=bound,
-        notes=_zero_jacobian_notes(rows),
+        notes=(*model.notes, *zero),  # the loading's (an ONNX conversion), then the figures'
         directions=kept.result() if kept is not None else None,
     )
-    for note in report.notes:
+    for note in zero:
         warnings.warn(note, LipcheckWarning, stacklevel=2)
     return replace(report, gate=judge(rules, report))
 
