@@ -45,6 +45,15 @@ from lipcheck.cli.audit_options import (
     WorkersOption,
     WorkerTimeoutOption,
 )
+from lipcheck.cli.audit_series import (
+    MaxIncreaseOverBestOption,
+    ModelsFromOption,
+    ReportsDirOption,
+    StepRegexOption,
+    model_paths,
+    run_series_command,
+    series_request,
+)
 from lipcheck.cli.options import (
     AllowMismatchOption,
     ArchKwargsOption,
@@ -105,6 +114,10 @@ lipcheck audit model.pt2 --data x.npy --save-directions worst.safetensors --top 
 lipcheck audit model.pt2 --data x.npy --baseline release.json --max-increase 5 --require-converged \\
     -o report.json -o junit.xml -o summary.md
 lipcheck audit model.pt2 --data big.npy --workers 4 --resume audit-journal/ -o report.json
+lipcheck audit model.onnx --data x.npy   # needs pip install "lipcheck[onnx]"
+lipcheck audit ckpt/*.pt --arch nets.py:make --data x.npy -o series.json -o series.html
+lipcheck audit --models-from run.txt --arch nets.py:make --data x.npy --step-regex 'epoch_(\\d+)' \\
+    --max-increase-over-best 10 --resume series-reports/ -o series.md
 torchrun --standalone --nproc-per-node 8 -m lipcheck audit model.pt2 --data big.npy -o report.json
 ```
 
@@ -116,7 +129,11 @@ sharded audit exits with the same code.
 
 
 def audit(
-    model: ModelArgument,
+    model: ModelArgument = None,
+    models_from: ModelsFromOption = None,
+    step_regex: StepRegexOption = None,
+    max_increase_over_best: MaxIncreaseOverBestOption = None,
+    reports_dir: ReportsDirOption = None,
     data: DataOption = None,
     random: RandomOption = None,
     num_samples: NumSamplesOption = None,
@@ -166,12 +183,31 @@ def audit(
     Prints the worst samples and a summary (table), or the full report (json, markdown, junit, html).
     The gate flags (--fail-above, --fail-above-sample, --require-converged, --baseline with
     --max-increase) are rules recorded in the report; any failed rule exits 1.
+
+    Several MODELs (or --models-from) audit a training run's checkpoints one at a time into a series
+    report: one row per checkpoint, the trend, the worst; gated on the last checkpoint and with
+    --max-increase-over-best.
     """
-    request = _audit_request(dict(locals()))
+    flags = dict(locals())
+    paths = model_paths(model, models_from)
+    request = _audit_request({**flags, "model": paths[0]})
+    if len(paths) > 1 or models_from is not None:
+        series = series_request(request, paths, step_regex, max_increase_over_best, reports_dir)
+        _launch_workers(workers)
+        return run_series_command(series, request.outputs, output_format, quiet)
+    _single_model_only(step_regex, max_increase_over_best, reports_dir)
     where = _destinations(request, output_format)
     _launch_workers(workers)
     report = _run(request, where, quiet)
     _write_all(report, request.top, where, quiet)
+
+
+def _single_model_only(step_regex: str | None, over_best: float | None, reports_dir: Path | None) -> None:
+    """InputError naming a series flag given with one model."""
+    for flag, value in (("--step-regex", step_regex), ("--max-increase-over-best", over_best),
+                        ("--reports-dir", reports_dir)):  # fmt: skip
+        if value is not None:
+            raise InputError(f"{flag} is for a series: give several checkpoints (MODEL...) or --models-from")
 
 
 @dataclass(frozen=True)
