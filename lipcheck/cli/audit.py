@@ -94,6 +94,7 @@ from lipcheck.options.choices import (
 
 if TYPE_CHECKING:
     from lipcheck.auditing.request import AuditRequest
+    from lipcheck.auditing.series import SeriesRequest
     from lipcheck.io.outputs import Destination
     from lipcheck.report import Report
 
@@ -182,32 +183,42 @@ def audit(
 
     Prints the worst samples and a summary (table), or the full report (json, markdown, junit, html).
     The gate flags (--fail-above, --fail-above-sample, --require-converged, --baseline with
-    --max-increase) are rules recorded in the report; any failed rule exits 1.
-
-    Several MODELs (or --models-from) audit a training run's checkpoints one at a time into a series
-    report: one row per checkpoint, the trend, the worst; gated on the last checkpoint and with
-    --max-increase-over-best.
+    --max-increase) are rules recorded in the report; any failed rule exits 1. Several MODELs: a series.
     """
-    flags = dict(locals())
-    paths = model_paths(model, models_from)
+    request, series = _requests(dict(locals()))
+    if series is not None:
+        return _audit_series(series, request, output_format, quiet, workers)
+    _audit_one(request, output_format, quiet, workers)
+
+
+def _requests(flags: dict[str, Any]) -> tuple[AuditRequest, SeriesRequest | None]:
+    """The audit request of the flags (of the first MODEL), and the series request when several MODELs
+    or --models-from make a series; InputError for a series flag given with one model."""
+    paths = model_paths(flags["model"], flags["models_from"])
     request = _audit_request({**flags, "model": paths[0]})
-    if len(paths) > 1 or models_from is not None:
-        series = series_request(request, paths, step_regex, max_increase_over_best, reports_dir)
-        _launch_workers(workers)
-        return run_series_command(series, request.outputs, output_format, quiet)
-    _single_model_only(step_regex, max_increase_over_best, reports_dir)
+    series_flags = {"--step-regex": flags["step_regex"], "--reports-dir": flags["reports_dir"],
+                    "--max-increase-over-best": flags["max_increase_over_best"]}  # fmt: skip
+    if len(paths) > 1 or flags["models_from"] is not None:
+        over_best, reports = flags["max_increase_over_best"], flags["reports_dir"]
+        return request, series_request(request, paths, flags["step_regex"], over_best, reports)
+    for flag, value in series_flags.items():
+        if value is not None:
+            raise InputError(f"{flag} is for a series: give several checkpoints (MODEL...) or --models-from")
+    return request, None
+
+
+def _audit_series(
+    series: SeriesRequest, request: AuditRequest, fmt: Format | None, quiet: bool, workers: int | None
+) -> None:
+    _launch_workers(workers)
+    run_series_command(series, request.outputs, fmt, quiet)
+
+
+def _audit_one(request: AuditRequest, output_format: Format | None, quiet: bool, workers: int | None) -> None:
     where = _destinations(request, output_format)
     _launch_workers(workers)
     report = _run(request, where, quiet)
     _write_all(report, request.top, where, quiet)
-
-
-def _single_model_only(step_regex: str | None, over_best: float | None, reports_dir: Path | None) -> None:
-    """InputError naming a series flag given with one model."""
-    for flag, value in (("--step-regex", step_regex), ("--max-increase-over-best", over_best),
-                        ("--reports-dir", reports_dir)):  # fmt: skip
-        if value is not None:
-            raise InputError(f"{flag} is for a series: give several checkpoints (MODEL...) or --models-from")
 
 
 @dataclass(frozen=True)
