@@ -63,8 +63,9 @@ MaxReadBytesOption = Annotated[
     typer.Option(
         "--max-read-bytes",
         min=1,
-        help="The largest array read whole into memory, as the file declares it: an .npz member (a .npy "
-        "file is memory-mapped instead). Larger ones, and zip bombs, are refused before reading.",
+        help="The largest array read whole into memory, as the file declares it: an .npz member, a legacy "
+        ".pt file, a .pt tensor whose strides repeat its storage (a .npy file is memory-mapped instead). "
+        "Larger ones, and zip bombs, are refused before reading; the other limits: docs/limits.md.",
         metavar="BYTES",
     ),
 ]
