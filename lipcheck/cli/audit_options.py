@@ -15,11 +15,12 @@ from lipcheck.cli.options import remember_quiet
 from lipcheck.options.choices import Device, Dtype, Method, Operator, Reduction
 
 ModelArgument = Annotated[
-    Path,
+    list[Path] | None,
     typer.Argument(
-        metavar="MODEL",
-        help="Model file: .pt2 (torch.export), TorchScript, .safetensors or a state dict with --arch, "
-        "or a pickled module with --trust-pickle. Detected from the file's content.",
+        metavar="MODEL...",
+        help="Model file: .pt2 (torch.export), TorchScript, ONNX, .safetensors or a state dict with --arch, "
+        "or a pickled module with --trust-pickle. Detected from the file's content. Several (a training "
+        "run's checkpoints, ckpt/*.pt) make a series audit.",
         show_default=False,
     ),
 ]

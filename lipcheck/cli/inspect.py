@@ -36,7 +36,8 @@ def inspect(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object instead of text.")] = False,
     debug: DebugOption = False,
 ) -> None:
-    """Load MODEL and print what was loaded (format, sha256, size, parameters, input spec); no audit."""
+    """Load MODEL and print what was loaded (format, sha256, size, parameters, input spec; for ONNX, the
+    outputs, opset, operator count and how it was converted); no audit."""
     from lipcheck.auditing.run import model_section
     from lipcheck.io.models import load_model
     from lipcheck.present.render import render_model_json, render_model_text
@@ -44,4 +45,5 @@ def inspect(
     kwargs = parse_json_object(arch_kwargs, "--arch-kwargs")
     loaded = load_model(model, arch=arch, arch_kwargs=kwargs, trust_pickle=trust_pickle)
     section = model_section(loaded)
-    sys.stdout.write(render_model_json(section) if as_json else render_model_text(section))
+    graph = {**loaded.graph, "notes": list(loaded.notes)} if loaded.graph else None
+    sys.stdout.write(render_model_json(section, graph) if as_json else render_model_text(section, graph))

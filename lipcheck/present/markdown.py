@@ -28,11 +28,11 @@ from lipcheck.report.compare import Comparison
 MERMAID_BINS = 12  # bars of the Markdown report's chart
 
 
-def _cell(text: str) -> str:
+def markdown_cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def _markdown_gate(verdicts: Sequence[RuleVerdict]) -> list[str]:
+def markdown_gate(verdicts: Sequence[RuleVerdict]) -> list[str]:
     if not verdicts:
         return []
     failed = sum(1 for v in verdicts if not v.passed)
@@ -46,7 +46,7 @@ def _markdown_gate(verdicts: Sequence[RuleVerdict]) -> list[str]:
     for v in verdicts:
         lines.append(
             f"| `{v.name}` | {'passed' if v.passed else '**FAILED**'} | {number_text(v.value)} "
-            f"| {number_text(v.threshold)} | {_cell(v.message)} |"
+            f"| {number_text(v.threshold)} | {markdown_cell(v.message)} |"
         )
     return [*lines, ""]
 
@@ -63,7 +63,7 @@ def render_markdown(report: Report) -> str:
         f"{settings.dtype}"
         f"{search_note(report)}.",
         "",
-        *_markdown_gate(report.gate.rules),
+        *markdown_gate(report.gate.rules),
         "| summary | value |",
         "| --- | ---: |",
     ]
@@ -74,7 +74,7 @@ def render_markdown(report: Report) -> str:
     )
     lines += [
         "",
-        f"| worst sample | {_cell(sigma_heading(settings))} | sigma_upper ({settings.confidence:g}) "
+        f"| worst sample | {markdown_cell(sigma_heading(settings))} | sigma_upper ({settings.confidence:g}) "
         f"| iterations | converged | residual |{search_heads}",
         f"| ---: | ---: | ---: | ---: | --- | ---: |{search_rule}",
     ]
@@ -141,8 +141,8 @@ def render_comparison_markdown(comparison: Comparison) -> str:
     """The comparison in GitHub Markdown, for a step summary or a pull-request comment."""
     figures, samples = change_rows(comparison)
     lines = ["### lipcheck compare", ""]
-    lines += [f"- {name}: {_cell(value)}" for name, value in comparison_lines(comparison)]
-    lines += ["", *_markdown_gate(comparison.gate.rules)]
+    lines += [f"- {name}: {markdown_cell(value)}" for name, value in comparison_lines(comparison)]
+    lines += ["", *markdown_gate(comparison.gate.rules)]
     for first, rows in (("figure", figures), ("sample that rose most", samples)):
         if rows:
             lines += [f"| {first} | base | new | change | change % |", "| --- | ---: | ---: | ---: | ---: |"]
