@@ -575,3 +575,12 @@ def test_any_bytes_after_a_journal_header_open_or_are_refused(tmp_path: Path, ta
         assert "record 0" in str(error)
         return
     journal.close()
+
+
+def test_a_worker_timeout_past_a_week_is_exit_2(tmp_path: Path) -> None:
+    model = tmp_path / "mlp.safetensors"
+    save_file(MLP().state_dict(), model)
+    args = ("audit", model, "--arch", f"{ARCH}:make_mlp", "--random", "6", "--num-samples", "2")
+    for timeout in ("1e300", "inf"):
+        result = run(*args, "--worker-timeout", timeout)
+        assert_one_line_error(result, "--worker-timeout", "MAX_WORKER_TIMEOUT")
