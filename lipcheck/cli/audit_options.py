@@ -17,7 +17,7 @@ from lipcheck.options.choices import Device, Dtype, Method, Operator, Reduction
 ModelArgument = Annotated[
     list[Path] | None,
     typer.Argument(
-        metavar="MODEL...",
+        metavar="MODEL",
         help="Model file: .pt2 (torch.export), TorchScript, ONNX, .safetensors or a state dict with --arch, "
         "or a pickled module with --trust-pickle. Detected from the file's content. Several (a training "
         "run's checkpoints, ckpt/*.pt) make a series audit.",
