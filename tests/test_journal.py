@@ -149,3 +149,40 @@ def test_lipcheck_audit_resumes_from_python(tmp_path: Path) -> None:
     assert records(tmp_path / "j" / journal_name(0)) == 3
     again = lipcheck.audit(MLP(), x, batch_size=4, device="cpu", resume=tmp_path / "j")
     assert list(again.samples) == list(first.samples) and again.summary == first.summary
+
+
+def test_a_full_disk_stops_the_audit_with_exit_2_and_the_journal_continues_later(
+    files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import os
+
+    journal, out = tmp_path / "journal", tmp_path / "r.json"
+    args = audit_args(files, "make_mlp", {}, "--resume", str(journal), "-o", str(out))
+    real = os.pwrite
+    writes: list[int] = []
+
+    def fills_up(descriptor: int, data: bytes, offset: int) -> int:
+        writes.append(len(data))
+        if len(writes) == 4:  # the header, two batches, then the disk is full in the middle of the third
+            real(descriptor, data[: len(data) // 2], offset)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(descriptor, data, offset)
+
+    monkeypatch.setattr("lipcheck.auditing.journal.os.pwrite", fills_up)
+    result = run(*args)
+    assert_one_line_error(result, "--resume", journal_name(0), "No space left on device", "run the same command")
+    assert not out.exists() and records(journal / journal_name(0)) == 2  # the half record was cut off
+    monkeypatch.setattr("lipcheck.auditing.journal.os.pwrite", real)
+    assert run(*args).exit_code == 0
+    uninterrupted = tmp_path / "u.json"
+    assert run(*audit_args(files, "make_mlp", {}, "-o", str(uninterrupted))).exit_code == 0
+    assert without_timing(read_json(out)) == without_timing(read_json(uninterrupted))
+
+
+def test_the_journal_refuses_a_short_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    journal = Journal.open(tmp_path, {"audit": 1}, 0)
+    monkeypatch.setattr("lipcheck.auditing.journal.os.pwrite", lambda fd, data, offset: len(data) - 1)
+    with pytest.raises(InputError, match="cannot be written"):
+        journal.append(0, np.zeros(2, dtype=ROW))
+    journal.close()
