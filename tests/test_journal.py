@@ -14,7 +14,16 @@ from typing import Any
 
 import numpy as np
 import pytest
-from cli_fixtures import ARCH, assert_one_line_error, mlp_inputs, read_json, run, saved_mlp
+from cli_fixtures import (
+    ARCH,
+    EXIT_SECONDS,
+    STARTUP_SECONDS,
+    assert_one_line_error,
+    mlp_inputs,
+    read_json,
+    run,
+    saved_mlp,
+)
 
 from lipcheck.auditing.journal import MAGIC, Journal, journal_name
 from lipcheck.errors import InputError
@@ -59,13 +68,13 @@ def test_an_audit_killed_at_random_points_and_resumed_gives_the_uninterrupted_re
     held = [0]
     for _ in range(3):  # killed at a random point after it made progress, three times
         process = subprocess.Popen([sys.executable, "-m", "lipcheck", *args], stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + STARTUP_SECONDS
         while records(journal / journal_name(0)) <= held[-1] and process.poll() is None:
             assert time.monotonic() < deadline
             time.sleep(0.01)
         time.sleep(chance.uniform(0.0, 0.2))
         process.send_signal(signal.SIGKILL)
-        assert process.wait(30) == -signal.SIGKILL
+        assert process.wait(EXIT_SECONDS) == -signal.SIGKILL
         held.append(records(journal / journal_name(0)))
     assert held == sorted(held) and held[-1] < SAMPLES // BATCH, held  # it went on, and was cut short
     assert not out.exists()
@@ -171,7 +180,8 @@ def test_a_full_disk_stops_the_audit_with_exit_2_and_the_journal_continues_later
 
     monkeypatch.setattr("lipcheck.auditing.journal.os.pwrite", fills_up)
     result = run(*args)
-    assert_one_line_error(result, "--resume", journal_name(0), "No space left on device", "run the same command")
+    said = ("--resume", journal_name(0), "No space left on device", "run the same command")
+    assert_one_line_error(result, *said)
     assert not out.exists() and records(journal / journal_name(0)) == 2  # the half record was cut off
     monkeypatch.setattr("lipcheck.auditing.journal.os.pwrite", real)
     assert run(*args).exit_code == 0

@@ -13,6 +13,7 @@ refused with an InputError that names each difference: its rows are not this aud
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -98,10 +99,8 @@ class Journal:
                 raise OSError(errno.ENOSPC, f"wrote {written} of {len(data)} bytes")
             os.fsync(self._descriptor)
         except OSError as error:
-            try:
+            with contextlib.suppress(OSError):  # else the short record is cut off when read back
                 os.ftruncate(self._descriptor, offset)
-            except OSError:
-                pass  # a short record is cut off when the journal is read back
             raise InputError(
                 f"--resume '{self.path.parent}': the journal '{self.path}' cannot be written "
                 f"({error.strerror or error}): free some space (or choose another folder) and run the same "

@@ -3,9 +3,10 @@
 `prepare_outputs` runs before a command loads anything. It refuses (InputError naming --output) an
 output that is one of the command's inputs (the model, the data, a baseline, a report read by `gate` or
 `compare`, the `--arch` file), compared by resolved path and by (st_dev, st_ino), so a symlink or a
-hard link to an input is caught; two outputs that are the same file (`refuse_shared_outputs`: one would
-replace the other, e.g. `-o r.json --save-directions r.json`); and an output that cannot be written (a folder, a missing or read-only
-folder, a read-only file, a closed /dev/fd/N). `write_output` then writes each report:
+hard link to an input is caught; two outputs that are the same file (`refuse_shared_outputs`: one
+would replace the other, e.g. `-o r.json --save-directions r.json`); and an output that cannot be
+written (a folder, a missing or read-only folder, a read-only file, a closed /dev/fd/N).
+`write_output` then writes each report:
 
 - a regular file (or a new one) atomically: a temporary file in the same folder, fsync, then
   `os.replace`, so the file is complete or untouched. A symlink is followed: its target is replaced and
