@@ -14,14 +14,18 @@ FILE_NAMES = {
     "heading": f"a\n\n## {SPOOFED_VERDICT}\n\n<!--",
     "backticks": "b`` `code` ``x",
     "table": "c | d\n| --- | --- |\n| passed",
-    "cdata": "e]]><x/>&amp;'\"",
+    "cdata": "e]]><x>&amp;'\"",
     "escape": "\x1b[31mred\x1b[0m\x1b]0;title\x07\x1b[2J",
     "bidi": "f\u202egnp.\u2066x\u2069\u200f",
-    "markup": "[bold red]x[/] :white_check_mark: $\\text{ok}$ *y* _z_",
+    "markup": "[bold red]x :white_check_mark: $\\text{ok}$ *y* _z_ [link=file:x]",
     "separators": "g\u2028h\u2029i\r\x85j\t",
+    "undecodable": "m\udcffn",  # the byte 0xff, which is not UTF-8, as Python decodes a file name
 }
-STRINGS = {**FILE_NAMES, "nul": "k\x00l\x7f\x9b31m", "surrogate": "m\udcffn"}
+STRINGS = {
+    **FILE_NAMES,
+    "nul": "k\x00l\x7f\x9b31m",
+    "closing markup": "[/] [/bold] </x> a/b",
+}
 
-# What no escaped output may contain: the raw control characters, and Markdown that would start a
-# heading or a comment.
-RAW = ("\x1b", "\x00", "\u202e", "\u2066", "\u2069", "\u200f", "\x07", "\x9b", "\u2028", "\u2029")
+# Characters that no escaped output may hold raw.
+RAW = ("\x1b", "\x00", "\u202e", "\u2066", "\u2069", "\u200f", "\x07", "\x9b", "\u2028", "\u2029", "\udcff")
