@@ -19,12 +19,12 @@ FILE_NAMES = {
     "bidi": "f\u202egnp.\u2066x\u2069\u200f",
     "markup": "[bold red]x :white_check_mark: $\\text{ok}$ *y* _z_ [link=file:x]",
     "separators": "g\u2028h\u2029i\r\x85j\t",
-    "undecodable": "m\udcffn",  # the byte 0xff, which is not UTF-8, as Python decodes a file name
 }
 STRINGS = {
     **FILE_NAMES,
     "nul": "k\x00l\x7f\x9b31m",
     "closing markup": "[/] [/bold] </x> a/b",
+    "undecodable": "m\udcffn",  # a file name's byte 0xff, not UTF-8, as Python decodes it
 }
 
 # Characters that no escaped output may hold raw.

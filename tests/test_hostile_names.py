@@ -4,7 +4,7 @@ names and as fields of reports read back from JSON, through every format of ever
 
 Every output must keep the real verdict, hold no raw control character, parse as its language with
 only the structure lipcheck wrote (Markdown: its own headings, no HTML; JUnit: valid XML with the
-failure; HTML: no comment, the failed banner), and stderr likewise. The files are generated here.
+failure; HTML: no comment but the charts', the failed banner), and stderr likewise. The files are generated here.
 """
 
 from __future__ import annotations
@@ -92,11 +92,11 @@ def _markdown_structure(text: str, heading: str) -> list[str]:
 class _Page(HTMLParser):
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
-        self.comments = 0
+        self.comments: list[str] = []  # the SVG charts' own, only
         self.verdict: str | None = None
 
     def handle_comment(self, data: str) -> None:
-        self.comments += 1
+        self.comments.append(data)
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         found = dict(attrs)
@@ -128,7 +128,7 @@ def _check(paths: dict[str, Path], result: Any, heading: str, failed: bool | Non
         elif fmt == "html":
             page = _Page()
             page.feed(text)
-            assert page.comments == 0
+            assert not [comment for comment in page.comments if "Gate" in comment or "\\n" in comment]
             if failed:
                 assert page.verdict == "banner failed"
         elif failed:
@@ -184,10 +184,11 @@ def test_compare(files: dict[str, Path], tmp_path: Path, name: str) -> None:
 @pytest.mark.parametrize("name", sorted(FILE_NAMES))
 def test_bound_and_inspect(files: dict[str, Path], tmp_path: Path, name: str) -> None:
     model = _named(files["model"], tmp_path, FILE_NAMES[name], ".pt2")
-    flags, paths = _outputs(tmp_path, _formats("junit"))
-    result = run("bound", model, "--input-shape", "6", *flags)
-    assert result.exit_code == 0, result.stderr
-    _check(paths, result, "lipcheck bound", failed=None)
+    for fmt in _formats("junit"):  # bound takes one --output
+        flags, paths = _outputs(tmp_path, [fmt])
+        result = run("bound", model, "--input-shape", "6", *flags)
+        assert result.exit_code == 0, result.stderr
+        _check(paths, result, "lipcheck bound", failed=None)
     for command in (["bound", model, "--input-shape", "6", "-f", "table"], ["inspect", model]):
         shown = run(*command)
         assert shown.exit_code == 0, shown.stderr
