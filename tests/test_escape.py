@@ -115,3 +115,32 @@ def test_workflow_command_cannot_start_another_command() -> None:
     message = escape.workflow_command("a\n::notice::passed %0A\x1b")
     assert "\n" not in message and "%250A" in message and "\\x1b" in message
     assert escape.workflow_command("lipcheck a:b,c", property=True) == "lipcheck a%3Ab%2Cc"
+
+
+@pytest.mark.parametrize(
+    "start",
+    ["# heading", "###", "> quote", "- item", "+ item", "1. item", "12) item", "===", "---", "-", "- - -"],
+)
+def test_markdown_opens_no_block_at_the_start_of_a_line(start: str) -> None:
+    tokens = GFM.parse(f"some paragraph\n{escape.markdown(start)}\n")
+    assert [t.type for t in tokens] == ["paragraph_open", "inline", "paragraph_close"]
+    tokens = GFM.parse(escape.markdown(start) + "\n")
+    assert [t.type for t in tokens] == ["paragraph_open", "inline", "paragraph_close"]
+    assert _inline_text(tokens[1].children) == start
+
+
+def test_markdown_leaves_ordinary_punctuation_readable() -> None:
+    for text in ("max sigma 3 > 2: samples 1, 2 (of model.pt2)", "1.9375", "-0.5", "#3", "2025-01-01"):
+        assert escape.markdown(text) == text
+
+
+@pytest.mark.parametrize("name", sorted(STRINGS))
+def test_markdown_code_is_a_code_span_or_escaped_text(name: str) -> None:
+    for text in (f"Model {escape.markdown_code(STRINGS[name])} on data.", "| x |\n| --- |\n| "
+                 f"{escape.markdown_code(STRINGS[name])} |"):  # fmt: skip
+        inline = [t for t in GFM.parse(text) if t.type == "inline"][-1].children
+        kinds = {child.type for child in inline}
+        assert kinds <= {"text", "code_inline"}, kinds
+        shown = "".join(child.content for child in inline)
+        assert escape.visible(STRINGS[name]) in shown
+    assert escape.markdown_code("model.pt2") == "`model.pt2`"

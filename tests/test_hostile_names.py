@@ -4,7 +4,8 @@ names and as fields of reports read back from JSON, through every format of ever
 
 Every output must keep the real verdict, hold no raw control character, parse as its language with
 only the structure lipcheck wrote (Markdown: its own headings, no HTML; JUnit: valid XML with the
-failure; HTML: no comment but the charts', the failed banner), and stderr likewise. The files are generated here.
+failure; HTML: no comment but the charts', the failed banner), and stderr likewise. The files are
+generated here.
 """
 
 from __future__ import annotations

@@ -10,9 +10,11 @@ as the verdict:
   other invisible format characters, line separators, lone surrogates of undecodable file names)
   become their visible escapes (`\\x1b`, `\\n`, `\\u202e`), as `repr` spells them. The consoles of
   `console` parse no markup and no emoji codes, so `[bold]` or `:white_check_mark:` in a name is text.
-- `markdown`: the same visible escapes, then every ASCII punctuation character backslash-escaped
-  (CommonMark's escapable set), so a name is inline text: no heading, no HTML comment (`<!--`), no code
-  span, no emphasis, no table cell (`|`), no math (`$`).
+- `markdown`: the same visible escapes (so no newline can start a block such as a heading), then a
+  backslash before every character that opens inline Markdown: no HTML or comment (`<!--`), no code
+  span, emphasis, strikethrough, link, entity, math (`$`), and no end of a table cell (`|`); and
+  before a first character that would open a block at the start of a line (`#`, `>`, `-`, `1.`).
+  `markdown_code` shows a name as a code span where one can hold it.
 - `junit`: the visible escapes; ElementTree escapes `&`, `<`, `>` and quotes, so `]]>` cannot end
   anything. `xml_document` turns the characters XML 1.0 cannot hold left in a whole document into
   visible escapes too.
@@ -31,8 +33,12 @@ from typing import Any
 
 from rich.console import Console
 
-# CommonMark's backslash-escapable characters: all of ASCII punctuation.
-_MARKDOWN_PUNCTUATION = re.compile(r"""([!"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~])""")
+# The characters that open or end inline Markdown (CommonMark, GitHub's tables, strikethrough and
+# math), and those that open a block at the start of a line; all are backslash-escapable.
+_MARKDOWN_INLINE = re.compile(r"([\\`*_\[\]<&|~$])")
+_MARKDOWN_LINE_START = re.compile(
+    r"^(#{1,6}(?=[ \t]|$)|[-+](?=[ \t]|$)|\d{1,9}(?=[.)](?:[ \t]|$))|>|[=-](?=[-= \t]*$))"
+)
 
 # Characters XML 1.0 cannot hold, even escaped: control characters but tab and newlines, surrogates,
 # U+FFFE and U+FFFF.
@@ -74,9 +80,22 @@ def console(**options: Any) -> Console:
 
 
 def markdown(text: object) -> str:
-    """Inline Markdown text that renders as `text` (with visible escapes): every ASCII punctuation
-    character is backslash-escaped, so the text opens no block, span, comment, link or table cell."""
-    return _MARKDOWN_PUNCTUATION.sub(r"\\\1", visible(text))
+    """Markdown text that renders as `text` (with visible escapes) anywhere on a line or in a table cell:
+    it opens no block, span, comment, link or table cell."""
+    escaped = _MARKDOWN_INLINE.sub(r"\\\1", visible(text))
+    if escaped[:1].isdigit():
+        return _MARKDOWN_LINE_START.sub(lambda found: found.group() + "\\", escaped, count=1)
+    return _MARKDOWN_LINE_START.sub(r"\\\1", escaped, count=1)
+
+
+def markdown_code(text: object) -> str:
+    """A name (a path, a layer, a rule) in Markdown: a code span of its visible escapes where one can
+    hold it (nothing inside a code span is Markdown), else `markdown(text)`: a backtick would end the
+    span, and a `|` the table cell around it."""
+    shown = visible(text)
+    if shown and "`" not in shown and "|" not in shown and shown.strip() == shown:
+        return f"`{shown}`"
+    return markdown(shown)
 
 
 def junit(text: object) -> str:
@@ -97,6 +116,9 @@ def html(text: object) -> str:
 
 def workflow_command(text: object, property: bool = False) -> str:
     """The message (or, with `property`, a property value) of a GitHub Actions workflow command such as
-    `::error title=...::message`: visible escapes, then the runner's own percent-encoding."""
-    shown = visible(text).replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    `::error title=...::message`: visible escapes but for line breaks, then the runner's own
+    percent-encoding (which keeps line breaks in the message)."""
+    parts = re.split(r"([\r\n])", str(text))
+    shown = "".join(part if part in ("\r", "\n") else visible(part) for part in parts)
+    shown = shown.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
     return shown.replace(":", "%3A").replace(",", "%2C") if property else shown

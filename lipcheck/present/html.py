@@ -9,12 +9,11 @@ request but inline data) and runs no script, so it reads the same with JavaScrip
 
 from __future__ import annotations
 
-import html
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from lipcheck.present import charts
+from lipcheck.present import charts, escape
 from lipcheck.present.charts import Mark
 from lipcheck.present.facts import (
     TERM_COLUMNS,
@@ -75,7 +74,7 @@ _POLICY = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 
 
 def _text(value: object) -> str:
-    return html.escape(str(value), quote=True)
+    return escape.html(value)
 
 
 def _page(

@@ -6,6 +6,7 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from lipcheck.present import escape
 from lipcheck.report import ModelSection
 
 
@@ -30,7 +31,10 @@ def _inspected(name: str, value: Any) -> str:
 
 def render_model_text(model: ModelSection) -> str:
     """One 'name: value' line per field of a loaded model's description."""
-    return "".join(f"{name + ':':<13} {_inspected(name, value)}\n" for name, value in model.__dict__.items())
+    return "".join(
+        f"{name + ':':<13} {escape.terminal(_inspected(name, value))}\n"
+        for name, value in model.__dict__.items()
+    )
 
 
 def render_model_json(model: ModelSection) -> str:
