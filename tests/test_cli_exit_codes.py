@@ -1,5 +1,6 @@
 """Every exit code of `lipcheck` (cli.ExitStatus), driven through the command line: 0 passed, 1 gate
-failed, 2 usage or input error, 3 the audit failed, 70 an internal error, 130 interrupted."""
+failed, 2 usage or input error, 3 the audit failed, 70 an internal error, 130 interrupted (141, a
+broken pipe, in test_streams.py)."""
 
 from __future__ import annotations
 
@@ -59,6 +60,7 @@ def test_the_codes_are_the_documented_ones() -> None:
         "AUDIT_FAILED": 3,
         "INTERNAL_ERROR": 70,
         "INTERRUPTED": 130,
+        "BROKEN_PIPE": 141,
     }
 
 
