@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 from cli_fixtures import EXIT_SECONDS, IN_FEATURES, assert_one_line_error, exported_mlp, mlp_inputs, run
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX descriptors and /dev/full")
@@ -43,7 +44,16 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     chatty = folder / "chatty.ts"
     torch.jit.save(torch.jit.script(Chatty()), chatty)
     np.save(folder / "six.npy", mlp_inputs(6))
-    return {"model": model, "data": data, "chatty": chatty, "six": folder / "six.npy"}
+    arch = folder / "chatty_arch.py"  # the same model as Python code, for --arch
+    arch.write_text(
+        "import sys\nfrom torch import nn\n\n\nclass Chatty(nn.Linear):\n    def forward(self, x):\n"
+        "        print('chatty python print')\n        sys.stdout.write('and a write\\n')\n"
+        "        return super().forward(x)\n\n\ndef make():\n    print('chatty factory')\n"
+        f"    return Chatty({IN_FEATURES}, 3)\n"
+    )
+    save_file(nn.Linear(IN_FEATURES, 3).state_dict(), folder / "chatty.safetensors")
+    return {"model": model, "data": data, "chatty": chatty, "six": folder / "six.npy", "arch": arch,
+            "weights": folder / "chatty.safetensors"}  # fmt: skip
 
 
 def lipcheck(*args: Any, **options: Any) -> subprocess.CompletedProcess[str]:
@@ -65,6 +75,14 @@ def test_model_prints_go_to_stderr_and_stdout_is_the_report(files: dict[str, Pat
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["summary"]["count"] == 6  # `| jq` reads it
     assert "chatty model output" in done.stderr  # TorchScript's print, written by C++
+    arch = f"{files['arch']}:make"
+    done = lipcheck("audit", files["weights"], "--arch", arch, "--data", files["six"], "-f", "json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["summary"]["count"] == 6
+    assert all(said in done.stderr for said in ("chatty factory", "chatty python print", "and a write"))
+    done = lipcheck("bound", files["weights"], "--arch", arch, "--input-shape", "6", "-f", "json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["upper_bound"] > 0 and "chatty factory" in done.stderr
 
 
 @pytest.mark.parametrize("command", [["--help"], ["audit", "--help"], "audit json", "audit table"])
