@@ -10,6 +10,7 @@ traceback.
   the audit), so the model's `print` and the C++ prints of TorchScript land on stderr and
   `lipcheck audit ... -f json | jq` reads only the report.
 - `write_stdout` writes and flushes the report; a full or failing stdout is an InputError (exit 2).
+- Every line lipcheck says on stderr goes through `say`, escaped for a terminal.
 - A broken pipe (`lipcheck ... | head -c 10`) is not an error of anyone's: `end_broken_pipe` silences
   both streams and the command exits with `BROKEN_PIPE`, 141, the status a shell reports for a tool
   that SIGPIPE ended (128 + 13), with nothing said.
@@ -23,7 +24,10 @@ import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, redirect_stdout, suppress
 
+import typer
+
 from lipcheck.errors import InputError
+from lipcheck.present import escape
 
 BROKEN_PIPE = 141  # 128 + SIGPIPE: what `yes | head -1` reports for `yes`
 
@@ -55,6 +59,12 @@ def prepare_standard_streams() -> None:
         reconfigure = getattr(stream, "reconfigure", None)
         if reconfigure is not None:
             reconfigure(errors="backslashreplace")
+
+
+def say(line: str) -> None:
+    """One line on stderr, 'lipcheck: ' and `line` escaped for a terminal: a name in a message cannot
+    move the cursor, colour the line or reorder it."""
+    typer.echo(f"lipcheck: {escape.terminal(line)}", err=True)
 
 
 def require_stdout(what: str) -> None:
