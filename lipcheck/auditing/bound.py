@@ -11,7 +11,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lipcheck import __version__
 from lipcheck.auditing.batches import (
     select_output,
 )
@@ -24,6 +23,7 @@ from lipcheck.errors import (
 )
 from lipcheck.io.models import LoadedModel
 from lipcheck.options.choices import Operator
+from lipcheck.options.version import __version__
 from lipcheck.report import (
     BoundReport,
     BoundTiming,

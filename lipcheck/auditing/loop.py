@@ -28,7 +28,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lipcheck import __version__
 from lipcheck.auditing import distributed
 from lipcheck.auditing.batches import (
     DirectionSink,
@@ -48,6 +47,7 @@ from lipcheck.errors import (
 )
 from lipcheck.io.datasets import Dataset
 from lipcheck.io.models import LoadedModel
+from lipcheck.options.version import __version__
 from lipcheck.report import (
     BoundReport,
     Directions,

@@ -9,11 +9,11 @@ from typing import Any
 
 import torch
 
-from lipcheck import __version__
 from lipcheck.auditing.batches import resolve_device
 from lipcheck.auditing.distributed import World
 from lipcheck.io.datasets import Dataset
 from lipcheck.io.models import LoadedModel
+from lipcheck.options.version import __version__
 from lipcheck.report import (
     DataSection,
     Environment,

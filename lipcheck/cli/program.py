@@ -18,7 +18,6 @@ from typing import Annotated, Any
 import typer
 import typer.core
 
-from lipcheck import __version__
 from lipcheck.cli import audit, bound, compare, gate, inspect
 from lipcheck.cli.status import ExitStatus, invocation
 from lipcheck.cli.streams import (
@@ -30,6 +29,7 @@ from lipcheck.cli.streams import (
     stdout_failed,
 )
 from lipcheck.errors import AuditFailedError, LipcheckError, LipcheckWarning, first_line
+from lipcheck.options.version import __version__
 
 # Click's exception class: a dependency of older typer, vendored as a private module by newer typer;
 # reached through the public BadParameter so that both work.
