@@ -17,6 +17,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from cli_fixtures import MLP, export, exported_mlp, mlp_inputs, run
@@ -194,3 +195,57 @@ def test_bound_and_inspect(files: dict[str, Path], tmp_path: Path, name: str) ->
         shown = run(*command)
         assert shown.exit_code == 0, shown.stderr
         _check({}, shown, "", failed=None)
+
+
+@pytest.fixture(scope="module")
+def series_report(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A series of two checkpoints, the second steeper, its gate failed by --max-increase-over-best."""
+    from lipcheck.auditing.request import AuditRequest, DataSource, ModelSource
+    from lipcheck.auditing.series import SeriesRequest, run_series
+    from lipcheck.report import Settings
+
+    folder = tmp_path_factory.mktemp("series")
+    (folder / "nets.py").write_text("from torch import nn\n\n\ndef make():\n    return nn.Linear(6, 3)\n")
+    torch.manual_seed(0)
+    weights = torch.nn.Linear(6, 3).state_dict()
+    for step, scale in ((1, 1.0), (2, 3.0)):
+        torch.save({name: tensor * scale for name, tensor in weights.items()}, folder / f"epoch_{step}.pt")
+    np.save(folder / "x.npy", mlp_inputs(4))
+    template = AuditRequest(
+        model=ModelSource("unused", arch=f"{folder / 'nets.py'}:make"),
+        data=DataSource(folder / "x.npy"),
+        settings=Settings(seed=0),
+    )
+    checkpoints = (folder / "epoch_1.pt", folder / "epoch_2.pt")
+    series = run_series(SeriesRequest(checkpoints, template, max_increase_over_best=10.0))
+    assert series.gate.passed is False
+    saved = folder / "series.json"
+    saved.write_text(series.to_json())
+    return saved
+
+
+@pytest.mark.parametrize("name", sorted(STRINGS))
+def test_series(series_report: Path, tmp_path: Path, name: str) -> None:
+    from lipcheck.present.render import SERIES
+    from lipcheck.report.series import read_series
+
+    data = json.loads(series_report.read_text())
+    for checkpoint in data["checkpoints"]:
+        checkpoint["path"] = STRINGS[name] + checkpoint["path"]
+    data["data"]["path"] = STRINGS[name]
+    doctored = tmp_path / "series.json"
+    doctored.write_text(json.dumps(data))
+    series = read_series(doctored)
+    for fmt in _formats("junit", "json"):
+        text = SERIES.render_text(series, fmt)
+        _assert_no_raw(text, fmt)
+        if fmt == "markdown":
+            inline = _markdown_structure(text, "lipcheck series")
+            verdicts = [line.strip("*") for line in inline if line.strip("*").startswith("Gate: ")]
+            assert len(verdicts) == 1 and verdicts[0].startswith("Gate: failed"), inline
+        elif fmt == "html":
+            page = _Page()
+            page.feed(text)
+            assert page.verdict == "banner failed"
+        else:
+            assert "FAILED" in text
