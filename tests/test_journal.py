@@ -133,17 +133,18 @@ def test_a_journal_of_another_audit_is_refused_naming_what_differs(
 
 
 def test_a_journal_of_another_world_size_is_refused(tmp_path: Path) -> None:
-    identity = {"model_sha256": "a" * 64, "settings": {"batch_size": 2}, "world_size": 1}
+    identity = {"model_sha256": "a" * 64, "settings": {"batch_size": 2}, "world_size": 1, "data_count": 7}
     Journal.open(tmp_path, identity, 0).close()
     with pytest.raises(InputError, match="world size 1 vs 2"):
         Journal.open(tmp_path, {**identity, "world_size": 2}, 1)
     journal = Journal.open(tmp_path, identity, 0)
-    rows = np.zeros(3, dtype=ROW)
-    rows["index"] = [4, 5, 6]
+    rows = np.zeros(2, dtype=ROW)
+    rows["index"] = [4, 5]
+    rows["iterations"] = 1
     journal.append(2, rows)
     journal.close()
     again = Journal.open(tmp_path, identity, 0)
-    assert list(again.done) == [2] and again.read(2)["index"].tolist() == [4, 5, 6]
+    assert list(again.done) == [2] and again.read(2)["index"].tolist() == [4, 5]
     again.close()
 
 
