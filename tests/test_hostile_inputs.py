@@ -548,3 +548,39 @@ def test_arg_on_a_torchscript_model_is_exit_2_like_other_formats(tmp_path: Path)
     np.save(tmp_path / "x.npy", mlp_inputs(6))
     result = run("audit", model, "--data", tmp_path / "x.npy", "--arg", "x=1")
     assert_one_line_error(result, "--arg x=1", "forward(input)")
+
+
+def test_packed_sub_byte_floats_in_pt_data_and_weights_are_exit_2(tmp_path: Path) -> None:
+    packed = torch.zeros(8, 6, dtype=torch.uint8).view(torch.float4_e2m1fn_x2)
+    torch.save(packed, tmp_path / "f4.pt")
+    with pytest.raises(InputError, match="f4.pt.*float4_e2m1fn_x2"):
+        open_dataset(tmp_path / "f4.pt")
+    weights = {**MLP().state_dict(), "first.weight": packed}
+    torch.save(weights, tmp_path / "w.pt")
+    with pytest.raises(InputError, match="'first.weight' holds float4_e2m1fn_x2 values"):
+        load_model(tmp_path / "w.pt", arch=f"{ARCH}:make_mlp")
+
+
+@quick
+@given(tail=st.binary(max_size=300))
+def test_any_bytes_after_a_journal_header_open_or_are_refused(tmp_path: Path, tail: bytes) -> None:
+    """Garbage after the header is a torn write (cut, its batches done again) or a refused record."""
+    folder = Path(tempfile.mkdtemp(dir=tmp_path))
+    Journal.open(folder, IDENTITY, 0).close()
+    with (folder / journal_name(0)).open("ab") as stream:
+        stream.write(MAGIC + tail if tail[:1] == b"\x00" else tail)
+    try:
+        journal = Journal.open(folder, IDENTITY, 0)
+    except InputError as error:
+        assert "record 0" in str(error)
+        return
+    journal.close()
+
+
+def test_a_worker_timeout_past_a_week_is_exit_2(tmp_path: Path) -> None:
+    model = tmp_path / "mlp.safetensors"
+    save_file(MLP().state_dict(), model)
+    args = ("audit", model, "--arch", f"{ARCH}:make_mlp", "--random", "6", "--num-samples", "2")
+    for timeout in ("1e300", "inf"):
+        result = run(*args, "--worker-timeout", timeout)
+        assert_one_line_error(result, "--worker-timeout", "MAX_WORKER_TIMEOUT")

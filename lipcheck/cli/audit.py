@@ -45,6 +45,15 @@ from lipcheck.cli.audit_options import (
     WorkersOption,
     WorkerTimeoutOption,
 )
+from lipcheck.cli.audit_series import (
+    MaxIncreaseOverBestOption,
+    ModelsFromOption,
+    ReportsDirOption,
+    StepRegexOption,
+    model_paths,
+    run_series_command,
+    series_request,
+)
 from lipcheck.cli.options import (
     AllowMismatchOption,
     ArchKwargsOption,
@@ -86,6 +95,7 @@ from lipcheck.options.choices import (
 
 if TYPE_CHECKING:
     from lipcheck.auditing.request import AuditRequest
+    from lipcheck.auditing.series import SeriesRequest
     from lipcheck.io.outputs import Destination
     from lipcheck.report import Report
 
@@ -106,6 +116,10 @@ lipcheck audit model.pt2 --data x.npy --save-directions worst.safetensors --top 
 lipcheck audit model.pt2 --data x.npy --baseline release.json --max-increase 5 --require-converged \\
     -o report.json -o junit.xml -o summary.md
 lipcheck audit model.pt2 --data big.npy --workers 4 --resume audit-journal/ -o report.json
+lipcheck audit model.onnx --data x.npy   # needs pip install "lipcheck[onnx]"
+lipcheck audit ckpt/*.pt --arch nets.py:make --data x.npy -o series.json -o series.html
+lipcheck audit --models-from run.txt --arch nets.py:make --data x.npy --step-regex 'epoch_(\\d+)' \\
+    --max-increase-over-best 10 --resume series-reports/ -o series.md
 torchrun --standalone --nproc-per-node 8 -m lipcheck audit model.pt2 --data big.npy -o report.json
 ```
 
@@ -117,7 +131,11 @@ sharded audit exits with the same code.
 
 
 def audit(
-    model: ModelArgument,
+    model: ModelArgument = None,
+    models_from: ModelsFromOption = None,
+    step_regex: StepRegexOption = None,
+    max_increase_over_best: MaxIncreaseOverBestOption = None,
+    reports_dir: ReportsDirOption = None,
     data: DataOption = None,
     random: RandomOption = None,
     num_samples: NumSamplesOption = None,
@@ -166,9 +184,38 @@ def audit(
 
     Prints the worst samples and a summary (table), or the full report (json, markdown, junit, html).
     The gate flags (--fail-above, --fail-above-sample, --require-converged, --baseline with
-    --max-increase) are rules recorded in the report; any failed rule exits 1.
+    --max-increase) are rules recorded in the report; any failed rule exits 1. Several MODELs: a series.
     """
-    request = _audit_request(dict(locals()))
+    request, series = _requests(dict(locals()))
+    if series is not None:
+        return _audit_series(series, request, output_format, quiet, workers)
+    _audit_one(request, output_format, quiet, workers)
+
+
+def _requests(flags: dict[str, Any]) -> tuple[AuditRequest, SeriesRequest | None]:
+    """The audit request of the flags (of the first MODEL), and the series request when several MODELs
+    or --models-from make a series; InputError for a series flag given with one model."""
+    paths = model_paths(flags["model"], flags["models_from"])
+    request = _audit_request({**flags, "model": paths[0]})
+    series_flags = {"--step-regex": flags["step_regex"], "--reports-dir": flags["reports_dir"],
+                    "--max-increase-over-best": flags["max_increase_over_best"]}  # fmt: skip
+    if len(paths) > 1 or flags["models_from"] is not None:
+        over_best, reports = flags["max_increase_over_best"], flags["reports_dir"]
+        return request, series_request(request, paths, flags["step_regex"], over_best, reports)
+    for flag, value in series_flags.items():
+        if value is not None:
+            raise InputError(f"{flag} is for a series: give several checkpoints (MODEL...) or --models-from")
+    return request, None
+
+
+def _audit_series(
+    series: SeriesRequest, request: AuditRequest, fmt: Format | None, quiet: bool, workers: int | None
+) -> None:
+    _launch_workers(workers)
+    run_series_command(series, request.outputs, fmt, quiet)
+
+
+def _audit_one(request: AuditRequest, output_format: Format | None, quiet: bool, workers: int | None) -> None:
     where = _destinations(request, output_format)
     _launch_workers(workers)
     report = _run(request, where, quiet)

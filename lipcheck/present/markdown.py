@@ -29,7 +29,7 @@ from lipcheck.report.compare import Comparison
 MERMAID_BINS = 12  # bars of the Markdown report's chart
 
 
-def _markdown_gate(verdicts: Sequence[RuleVerdict]) -> list[str]:
+def markdown_gate(verdicts: Sequence[RuleVerdict]) -> list[str]:
     if not verdicts:
         return []
     failed = sum(1 for v in verdicts if not v.passed)
@@ -63,7 +63,7 @@ def render_markdown(report: Report) -> str:
             f"{search_note(report)}."
         ),
         "",
-        *_markdown_gate(report.gate.rules),
+        *markdown_gate(report.gate.rules),
         "| summary | value |",
         "| --- | ---: |",
     ]
@@ -147,7 +147,7 @@ def render_comparison_markdown(comparison: Comparison) -> str:
     figures, samples = change_rows(comparison)
     lines = ["### lipcheck compare", ""]
     lines += [f"- {name}: {escape.markdown(value)}" for name, value in comparison_lines(comparison)]
-    lines += ["", *_markdown_gate(comparison.gate.rules)]
+    lines += ["", *markdown_gate(comparison.gate.rules)]
     for first, rows in (("figure", figures), ("sample that rose most", samples)):
         if rows:
             lines += [f"| {first} | base | new | change | change % |", "| --- | ---: | ---: | ---: | ---: |"]

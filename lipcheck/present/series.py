@@ -16,7 +16,7 @@ from rich.text import Text
 
 from lipcheck.present import escape
 from lipcheck.present.facts import data_line, number_text, operator_note
-from lipcheck.present.markdown import _markdown_gate as markdown_gate
+from lipcheck.present.markdown import markdown_gate
 from lipcheck.present.tables import BLOCKS, gate_rows, pairs_table
 from lipcheck.report.series import SeriesReport
 
