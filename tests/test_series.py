@@ -8,6 +8,8 @@ checkpoint's max sigma is checked against dense Jacobians in float64.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -251,3 +253,29 @@ def test_series_flags_need_a_series(run_folder: Path) -> None:
                  "--max-increase-over-best", 5)  # fmt: skip
     assert_one_line_error(result, "--max-increase-over-best is for a series")
     assert_one_line_error(_cli_series(run_folder, "-o", run_folder / "x.npy"), "--output", "x.npy")
+
+
+def test_workers_split_each_checkpoint_and_resume_keeps_their_reports(
+    run_folder: Path, tmp_path: Path
+) -> None:
+    """--workers 2: each checkpoint's batches over two ranks, the figures of one process; rerun with
+    --resume, no checkpoint is audited again (their reports keep their bytes)."""
+    checkpoints = [str(path) for path in _checkpoints(run_folder)[:3]]
+    common = ["--arch", f"{run_folder / 'nets.py'}:make", "--data", str(run_folder / "x.npy"),
+              "--dtype", "float64", "--batch-size", "4", "--resume", str(tmp_path / "kept")]  # fmt: skip
+    single = run("audit", *checkpoints, *common[:-2], "-o", tmp_path / "single.json")
+    assert single.exit_code == 0, single.stderr
+    for name in ("first", "again"):
+        command = [sys.executable, "-m", "lipcheck", "audit", *checkpoints, *common, "--workers", "2",
+                   "-o", str(tmp_path / f"{name}.json")]  # fmt: skip
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        if name == "first":
+            kept = {path: path.read_bytes() for path in (tmp_path / "kept").glob("*.json")}
+    assert {path: path.read_bytes() for path in kept} == kept and len(kept) == 3
+    ranked, alone = read_series(tmp_path / "again.json"), read_series(tmp_path / "single.json")
+    for figure in ("max", "median", "min"):
+        assert [getattr(c.summary, figure) for c in ranked.checkpoints] == pytest.approx(
+            [getattr(c.summary, figure) for c in alone.checkpoints], rel=1e-9
+        )
+    assert all(read_report(path).environment.world_size == 2 for path in kept)
