@@ -78,6 +78,7 @@ from lipcheck.cli.options import (
 from lipcheck.cli.output import choose_format, say_gate, write_and_judge, write_report
 from lipcheck.cli.progress import progress_bar
 from lipcheck.cli.status import ExitStatus, invocation
+from lipcheck.cli.streams import model_prints_to_stderr, say
 from lipcheck.errors import AuditFailedError, InputError, LipcheckError
 from lipcheck.io.file_formats import MAX_READ_BYTES
 from lipcheck.options.choices import (
@@ -232,9 +233,14 @@ class _Destinations:
 
 
 def _destinations(request: AuditRequest, output_format: Format | None) -> _Destinations:
-    from lipcheck.io.outputs import prepare_outputs
+    from lipcheck.io.outputs import prepare_outputs, refuse_shared_outputs
     from lipcheck.present.render import REPORT
 
+    directions = [request.save_directions] if request.save_directions is not None else []
+    refuse_shared_outputs(
+        [("--output", path) for path in request.outputs]
+        + [("--save-directions", path) for path in directions]
+    )
     outputs = prepare_outputs(request.outputs, request.inputs())
     directions_file = (
         prepare_outputs([request.save_directions], request.inputs(), "--save-directions")
@@ -267,7 +273,7 @@ def _run(request: AuditRequest, where: _Destinations, quiet: bool) -> Report:
     watched = where.fmt == "table" or bool(where.reports)
     show_progress = main_rank and not quiet and sys.stderr.isatty() and watched
     try:
-        with progress_bar(show_progress) as progress:
+        with progress_bar(show_progress) as progress, model_prints_to_stderr():
             return run(request, progress=progress)
     except AuditFailedError as failure:
         if failure.report is not None and main_rank:  # no sample converged: the figures are written
@@ -310,7 +316,7 @@ def _write_directions(report: Report, destination: Destination, top: int | None,
         reason = error.strerror or error
         raise InputError(f"--save-directions '{destination.path}' cannot be written ({reason})") from error
     if not quiet:
-        typer.echo(f"lipcheck: directions written to {destination.path}", err=True)
+        say(f"directions written to {destination.path}")
 
 
 def _audit_request(flags: dict[str, Any]) -> AuditRequest:

@@ -20,6 +20,7 @@ import typer
 
 from lipcheck.cli.output import choose_format, write_and_judge
 from lipcheck.cli.status import ExitStatus
+from lipcheck.cli.streams import model_prints_to_stderr, say
 from lipcheck.errors import InputError
 from lipcheck.options.choices import Format
 
@@ -125,9 +126,10 @@ def run_series_command(
     def progress(position: int, count: int, path: Path, kept: bool) -> None:
         if tell:
             said = "kept (its report is complete and matches)" if kept else "auditing"
-            typer.echo(f"lipcheck: checkpoint {position + 1}/{count} {path}: {said}", err=True)
+            say(f"checkpoint {position + 1}/{count} {path}: {said}")
 
-    series = run_series(request, progress)
+    with model_prints_to_stderr():
+        series = run_series(request, progress)
     if not main_rank:  # rank 0 writes and says the verdict
         raise typer.Exit(ExitStatus.GATE_FAILED if series.gate.passed is False else ExitStatus.PASSED)
     write_and_judge(series, SERIES, destinations, fmt, quiet, series.gate.rules)

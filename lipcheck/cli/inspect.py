@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from lipcheck.cli.options import ArchKwargsOption, DebugOption, parse_json_object
+from lipcheck.cli.streams import model_prints_to_stderr, require_stdout, write_stdout
 
 EPILOG = """\
 **Examples**
@@ -43,7 +43,9 @@ def inspect(
     from lipcheck.present.render import render_model_json, render_model_text
 
     kwargs = parse_json_object(arch_kwargs, "--arch-kwargs")
-    loaded = load_model(model, arch=arch, arch_kwargs=kwargs, trust_pickle=trust_pickle)
-    section = model_section(loaded)
+    require_stdout("the model's description")
+    with model_prints_to_stderr():  # an --arch factory's or a pickled module's prints
+        loaded = load_model(model, arch=arch, arch_kwargs=kwargs, trust_pickle=trust_pickle)
+        section = model_section(loaded)
     graph = {**loaded.graph, "notes": list(loaded.notes)} if loaded.graph else None
-    sys.stdout.write(render_model_json(section, graph) if as_json else render_model_text(section, graph))
+    write_stdout([render_model_json(section, graph) if as_json else render_model_text(section, graph)])

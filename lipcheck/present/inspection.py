@@ -6,6 +6,7 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from lipcheck.present import escape
 from lipcheck.report import ModelSection
 
 
@@ -32,9 +33,11 @@ def _inspected(name: str, value: Any) -> str:
 
 def render_model_text(model: ModelSection, graph: Mapping[str, Any] | None = None) -> str:
     """One 'name: value' line per field of a loaded model's description, then per fact of its `graph`
-    (what an ONNX file says: outputs, opset, operators, producer, notes)."""
+    (what an ONNX file says: outputs, opset, operators, producer, notes), escaped for a terminal."""
     fields = {**model.__dict__, **(graph or {})}
-    return "".join(f"{name + ':':<13} {_inspected(name, value)}\n" for name, value in fields.items())
+    return "".join(
+        f"{name + ':':<13} {escape.terminal(_inspected(name, value))}\n" for name, value in fields.items()
+    )
 
 
 def render_model_json(model: ModelSection, graph: Mapping[str, Any] | None = None) -> str:

@@ -9,9 +9,9 @@ training run) build their pages from these.
 
 from __future__ import annotations
 
-import html
 from collections.abc import Iterable, Sequence
 
+from lipcheck.present import escape
 from lipcheck.present.facts import number_text
 from lipcheck.report import RuleVerdict
 
@@ -48,7 +48,8 @@ POLICY = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 
 
 def escaped(value: object) -> str:
-    return html.escape(str(value), quote=True)
+    """`value` as HTML text or a quoted attribute value: the HTML escaper of `lipcheck.present.escape`."""
+    return escape.html(value)
 
 
 def html_page(
