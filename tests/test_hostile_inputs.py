@@ -2,7 +2,7 @@
 naming the file or flag (or a correct result), never a traceback, an allocation the input asked for,
 or a figure that was silently dropped or trusted. Every file is generated here; none is committed.
 
-The factories at the top are --arch targets (this file is imported by path)."""
+The factories here are --arch targets (this file is imported by path)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 import lipcheck
 from lipcheck.auditing.journal import _HEAD, MAGIC, Journal, journal_name
-from lipcheck.errors import InputError
+from lipcheck.errors import InputError, LipcheckWarning
 from lipcheck.io.datasets import open_dataset
 from lipcheck.io.models import load_model
 from lipcheck.options import limits
@@ -36,23 +36,8 @@ from lipcheck.report.columns import ROW
 from lipcheck.report.gate import FailAboveBound, judge
 
 HERE = Path(__file__).resolve()
+ERFC = f"{HERE.with_name('test_cli_bound.py')}:make_erfc"  # a linear layer, then erfc, which has no rule
 quick = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-
-
-class Erfc(nn.Module):
-    """A linear layer then erfc, an operation without a Lipschitz rule (its constant is 2 / sqrt(pi))."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.linear = nn.Linear(6, 6)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return torch.special.erfc(self.linear(x))
-
-
-def make_erfc() -> nn.Module:
-    torch.manual_seed(0)
-    return Erfc()
 
 
 # ---------------------------------------------------------------- data files: declared sizes, odd tensors
@@ -250,11 +235,13 @@ def test_assume_for_an_operation_with_a_rule_is_refused(tmp_path: Path) -> None:
 
 
 def test_a_bound_below_a_measured_sigma_fails_every_gate(tmp_path: Path) -> None:
+    from test_cli_bound import make_erfc
+
     weights = tmp_path / "erfc.safetensors"
     save_file(make_erfc().state_dict(), weights)
-    np.save(tmp_path / "x.npy", mlp_inputs(4))
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).standard_normal((4, 4)).astype(np.float32))
     out = tmp_path / "r.json"
-    args = (weights, "--arch", f"{HERE}:make_erfc", "--data", tmp_path / "x.npy", "--bound", "-o", out)
+    args = (weights, "--arch", ERFC, "--data", tmp_path / "x.npy", "--bound", "-o", out)
     result = run("audit", *args, "--assume", "aten.special_erfc.default=1e-9", "--fail-above-bound", "1")
     assert result.exit_code == 1, result.stderr
     report = json.loads(out.read_text())
@@ -515,7 +502,8 @@ def test_a_model_that_draws_random_numbers_is_seeded_per_call_and_reported(tmp_p
     assert any("draws random numbers" in note for note in reports[0]["notes"])
     model, x = Noisy(), torch.from_numpy(mlp_inputs(2))
     state = torch.get_rng_state()
-    lipcheck.audit(model, x, device="cpu")
+    with pytest.warns(LipcheckWarning, match="draws random numbers in its forward"):
+        lipcheck.audit(model, x, device="cpu")
     assert torch.equal(torch.get_rng_state(), state)  # the caller's generator is as it was
 
 
@@ -548,3 +536,39 @@ def test_arg_on_a_torchscript_model_is_exit_2_like_other_formats(tmp_path: Path)
     np.save(tmp_path / "x.npy", mlp_inputs(6))
     result = run("audit", model, "--data", tmp_path / "x.npy", "--arg", "x=1")
     assert_one_line_error(result, "--arg x=1", "forward(input)")
+
+
+def test_packed_sub_byte_floats_in_pt_data_and_weights_are_exit_2(tmp_path: Path) -> None:
+    packed = torch.zeros(8, 6, dtype=torch.uint8).view(torch.float4_e2m1fn_x2)
+    torch.save(packed, tmp_path / "f4.pt")
+    with pytest.raises(InputError, match="f4.pt.*float4_e2m1fn_x2"):
+        open_dataset(tmp_path / "f4.pt")
+    weights = {**MLP().state_dict(), "first.weight": packed}
+    torch.save(weights, tmp_path / "w.pt")
+    with pytest.raises(InputError, match="'first.weight' holds float4_e2m1fn_x2 values"):
+        load_model(tmp_path / "w.pt", arch=f"{ARCH}:make_mlp")
+
+
+@quick
+@given(tail=st.binary(max_size=300))
+def test_any_bytes_after_a_journal_header_open_or_are_refused(tmp_path: Path, tail: bytes) -> None:
+    """Garbage after the header is a torn write (cut, its batches done again) or a refused record."""
+    folder = Path(tempfile.mkdtemp(dir=tmp_path))
+    Journal.open(folder, IDENTITY, 0).close()
+    with (folder / journal_name(0)).open("ab") as stream:
+        stream.write(MAGIC + tail if tail[:1] == b"\x00" else tail)
+    try:
+        journal = Journal.open(folder, IDENTITY, 0)
+    except InputError as error:
+        assert "record 0" in str(error)
+        return
+    journal.close()
+
+
+def test_a_worker_timeout_past_a_week_is_exit_2(tmp_path: Path) -> None:
+    model = tmp_path / "mlp.safetensors"
+    save_file(MLP().state_dict(), model)
+    args = ("audit", model, "--arch", f"{ARCH}:make_mlp", "--random", "6", "--num-samples", "2")
+    for timeout in ("1e300", "inf"):
+        result = run(*args, "--worker-timeout", timeout)
+        assert_one_line_error(result, "--worker-timeout", "MAX_WORKER_TIMEOUT")

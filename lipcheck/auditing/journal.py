@@ -17,6 +17,8 @@ refused with an InputError that names each difference: its rows are not this aud
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import struct
@@ -72,10 +74,10 @@ class Journal:
         first = os.pread(descriptor, min(size, 1 << 20), 0).split(b"\n", 1)[0]
         if size == 0 or len(first) == size:  # new, or killed before its header was whole
             os.ftruncate(descriptor, 0)
-            os.pwrite(descriptor, header, 0)
-            os.fsync(descriptor)
+            journal = cls(path, descriptor, {})
+            journal._write(0, header)
             _sync_folder(folder)
-            return cls(path, descriptor, {})
+            return journal
         try:
             done = _records(descriptor, len(first) + 1, size, _Layout.of(path, identity, rank))
         except InputError:
@@ -93,9 +95,26 @@ class Journal:
         payload = np.ascontiguousarray(table, dtype=ROW).tobytes()
         record = MAGIC + _HEAD.pack(batch, len(table), zlib.crc32(payload)) + payload
         offset = os.lseek(self._descriptor, 0, os.SEEK_END)
-        os.write(self._descriptor, record)
-        os.fsync(self._descriptor)
+        self._write(offset, record)
         self.done[batch] = (offset + len(MAGIC) + _HEAD.size, len(table))
+
+    def _write(self, offset: int, data: bytes) -> None:
+        """Write `data` at `offset` (the end), whole, and fsync it. A failed write (a full disk, a quota,
+        an I/O error) is cut off again and is an InputError naming --resume and the file: the journal
+        keeps the batches before it, and the same command continues once there is room."""
+        try:
+            written = os.pwrite(self._descriptor, data, offset)
+            if written != len(data):
+                raise OSError(errno.ENOSPC, f"wrote {written} of {len(data)} bytes")
+            os.fsync(self._descriptor)
+        except OSError as error:
+            with contextlib.suppress(OSError):  # else the short record is cut off when read back
+                os.ftruncate(self._descriptor, offset)
+            raise InputError(
+                f"--resume '{self.path.parent}': the journal '{self.path}' cannot be written "
+                f"({error.strerror or error}): free some space (or choose another folder) and run the same "
+                "command again to continue"
+            ) from error
 
     def close(self) -> None:
         os.close(self._descriptor)

@@ -203,6 +203,7 @@ def run_audit(
             journal.close()
     seconds = time.perf_counter() - begin
     ran = replace(environment(device), world_size=world.size, fitted_batch_size=fitted)
+    warned = _zero_jacobian_notes(rows) + tuple(note for note in [randomness.note()] if note)
     report = Report(
         model=model_section(model),
         data=described or data_section(data),
@@ -219,10 +220,10 @@ def run_audit(
         summary=summarise(rows, settings.reduction),
         lipcheck_version=__version__,
         bound=bound,
-        notes=_zero_jacobian_notes(rows) + tuple(note for note in [randomness.note()] if note),
+        notes=(*model.notes, *warned),  # the loading's (an ONNX conversion), then the run's
         directions=kept.result() if kept is not None else None,
     )
-    for note in report.notes:
+    for note in warned:
         warnings.warn(note, LipcheckWarning, stacklevel=2)
     return replace(report, gate=judge(rules, report))
 

@@ -16,6 +16,7 @@ data unless it is asked for before the samples were read.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import math
 import mmap
@@ -153,10 +154,22 @@ def _check_numeric(dtype: Any, where: str) -> None:
     kind = np.dtype(dtype).kind if not isinstance(dtype, torch.dtype) else None
     if isinstance(dtype, torch.dtype):
         ok = dtype.is_floating_point or not (dtype.is_complex or dtype == torch.bool)
+        ok = ok and converts_to_float(dtype)
     else:
         ok = kind in "fiu"
     if not ok:
         raise InputError(f"{where} holds {dtype} values, expected real numbers (float or integer)")
+
+
+@functools.cache
+def converts_to_float(dtype: torch.dtype) -> bool:
+    """Whether torch converts values of `dtype` to float32: not the packed sub-byte floats
+    (float4_e2m1fn_x2) or the raw bits dtypes, which a file can hold but nothing can compute with."""
+    try:
+        torch.zeros(16, dtype=torch.uint8).view(dtype).to(torch.float32)  # 16 bytes: any itemsize
+    except (RuntimeError, TypeError, NotImplementedError):
+        return False
+    return True
 
 
 def _check_dense(tensor: Tensor, where: str) -> None:

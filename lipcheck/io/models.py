@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from lipcheck.errors import AuditFailedError, InputError, describe, first_line
+from lipcheck.io.datasets import converts_to_float
 from lipcheck.io.file_formats import ZIP_MAGIC, is_safetensors, is_torch_save, read_head, zip_members
 from lipcheck.io.onnx import is_onnx, load_onnx
 
@@ -390,15 +391,17 @@ def _check_weights(weights: Mapping[str, torch.Tensor], path: Path) -> None:
         found = None
         if tensor.is_complex():
             found = f"complex values ({str(tensor.dtype).removeprefix('torch.')})"
+        elif not converts_to_float(tensor.dtype):
+            found = f"{str(tensor.dtype).removeprefix('torch.')} values (torch cannot convert them to float)"
         elif tensor.device.type != "cpu":
             found = f"no values (a tensor on the {tensor.device.type} device)"
         elif tensor.is_quantized:
             found = "quantized values"
         if found is not None:
             raise InputError(
-                f"weights in '{path}': tensor {key!r} holds {found}, which lipcheck cannot audit as real "
-                "weights: save the model's real-valued weights (a complex layer as its real and imaginary "
-                "parts, a quantized one dequantized)"
+                f"weights in '{path}': tensor {key!r} holds {found}, and lipcheck audits real-valued "
+                "weights only: save them as float (a complex layer as its real and imaginary parts, a "
+                "quantized one dequantized)"
             )
 
 

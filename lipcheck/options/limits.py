@@ -36,6 +36,10 @@ MAX_WORKERS = 256
 # (--max-iter): each is at least one model call per batch.
 MAX_STEPS = 1_000_000
 
+# The longest --worker-timeout, in seconds (a week): a rank waits that long for the others at most, and
+# torch's process group takes it as a timedelta, which has no infinity.
+MAX_WORKER_TIMEOUT = 7 * 24 * 3600
+
 # The docs page that lists these limits, named in every refusal.
 LIMITS_PAGE = "docs/limits.md"
 
@@ -87,6 +91,15 @@ def check_workers(workers: int) -> None:
 def check_steps(steps: int, flag: str) -> None:
     """InputError naming `flag` (--max-iter, --search-steps) past MAX_STEPS."""
     check_at_most(steps, MAX_STEPS, "MAX_STEPS", f"{flag} {steps} asks for {steps:,} steps")
+
+
+def check_worker_timeout(seconds: float) -> None:
+    """InputError naming --worker-timeout past MAX_WORKER_TIMEOUT (or not a number)."""
+    if not seconds <= MAX_WORKER_TIMEOUT:
+        raise InputError(
+            f"--worker-timeout {seconds:g} is more than lipcheck's limit MAX_WORKER_TIMEOUT = "
+            f"{MAX_WORKER_TIMEOUT:,} seconds (a week; see {LIMITS_PAGE}): give a smaller value"
+        )
 
 
 def check_read_bytes(size: int, budget: int, what: str, fix: str) -> None:
