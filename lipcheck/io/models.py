@@ -10,6 +10,8 @@ never executes code from the file unless the user asked for it by name with `tru
 - ``safetensors``: weights only, the module comes from an architecture factory (``--arch``),
 - ``state-dict``: a ``torch.save``'d dict of tensors, loaded with ``weights_only=True``, plus ``--arch``,
 - ``pickle``: a whole pickled module, loaded only with ``trust_pickle=True``.
+
+With no file, ``--arch`` alone audits the module its factory returns (``factory``, `load_factory`).
 """
 
 from __future__ import annotations
@@ -54,8 +56,9 @@ class LoadedModel:
         module: the callable, in eval mode where the format allows it (an exported program's module
             keeps the mode it was exported in).
         path: the model file as the user gave it.
-        format: one of `FORMATS`' names.
-        sha256: hex digest of the model file's bytes.
+        format: one of `FORMATS`' names, "factory" (an --arch factory alone) or "module" (in memory).
+        sha256: hex digest of the model file's bytes; without a file, of the module's parameters and
+            buffers (names and bytes).
         size_bytes: size of the model file.
         parameters: number of scalar parameters.
         trusted: whether loading executed code from the file (only a pickle with trust_pickle=True).
@@ -388,6 +391,21 @@ def wrap_model(model: Callable[..., Any]) -> LoadedModel:
     An nn.Module is put in eval mode (in place); its sha256 covers the names and bytes of its
     parameters and buffers, so two reports of the same weights carry the same hash.
     """
+    name = getattr(model, "__name__", type(model).__name__)
+    return LoadedModel(
+        module=model,
+        path=f"<{name}>",
+        format="module",
+        sha256=_weights_sha256(model),
+        size_bytes=0,
+        parameters=_count_parameters(model),
+        trusted=False,
+    )
+
+
+def _weights_sha256(model: Any) -> str:
+    """The sha256 of an in-memory model's state: the names and bytes of its parameters and buffers
+    (of nothing for a plain callable). Puts an nn.Module in eval mode first (in place)."""
     digest = hashlib.sha256()
     if isinstance(model, nn.Module):
         with contextlib.suppress(NotImplementedError):  # an exported program's module refuses eval()
@@ -395,15 +413,29 @@ def wrap_model(model: Callable[..., Any]) -> LoadedModel:
         for name, tensor in model.state_dict().items():
             digest.update(name.encode())
             digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    name = getattr(model, "__name__", type(model).__name__)
+    return digest.hexdigest()
+
+
+def load_factory(arch: str, arch_kwargs: Mapping[str, Any] | None = None) -> LoadedModel:
+    """The module an architecture factory returns, as it returns it (its own weights: random, or
+    read by the factory from wherever it reads them), in eval mode.
+
+    Running the factory is running code the user chose, as with --arch beside a weights file. With no
+    file, the report records the factory and its arguments, and as `sha256` the hash of the module's
+    parameters and buffers (`format` "factory"), so two audits of the same weights carry the same hash.
+    """
+    kwargs = dict(arch_kwargs or {})
+    module = load_arch(arch, kwargs)
     return LoadedModel(
-        module=model,
-        path=f"<{name}>",
-        format="module",
-        sha256=digest.hexdigest(),
+        module=module,
+        path=arch,
+        format="factory",
+        sha256=_weights_sha256(module),
         size_bytes=0,
-        parameters=_count_parameters(model),
+        parameters=_count_parameters(module),
         trusted=False,
+        arch=arch,
+        arch_kwargs=kwargs,
     )
 
 
@@ -413,18 +445,28 @@ def _count_parameters(module: Any) -> int:
 
 
 def load_model(
-    path: str | Path,
+    path: str | Path | None,
     *,
     arch: str | None = None,
     arch_kwargs: Mapping[str, Any] | None = None,
     trust_pickle: bool = False,
 ) -> LoadedModel:
-    """Load the model at `path` (format detected from its content) and put it in eval mode.
+    """Load the model at `path` (format detected from its content) and put it in eval mode; with no
+    `path`, the module the factory `arch` returns (`load_factory`).
 
     Raises InputError naming the file or the flag to fix: missing or unreadable file, unknown or
     corrupt format, a pickle that needs code without `trust_pickle`, weights without `arch`, or
     weights that do not fit the architecture.
     """
+    if path is None:
+        if arch is None:
+            raise InputError(
+                "no model given: give a model file, or --arch package.module:factory (or "
+                "path/to/file.py:factory) to audit the module that factory returns"
+            )
+        if trust_pickle:
+            raise InputError("--trust-pickle goes with a pickled model file: drop it with --arch alone")
+        return load_factory(arch, arch_kwargs)
     file = Path(path)
     if not file.exists():
         raise InputError(f"model file '{file}' does not exist: check the path")
