@@ -9,15 +9,11 @@ import pytest
 from cli_fixtures import make_report
 
 from lipcheck.options.choices import format_for
-from lipcheck.present.render import (
-    REPORT,
-    github_annotations,
-    mermaid_histogram,
-    render_junit,
-    render_markdown,
-    sigma_histogram,
-    text_histogram,
-)
+from lipcheck.present.ci import github_annotations, render_junit
+from lipcheck.present.facts import sigma_histogram
+from lipcheck.present.markdown import mermaid_histogram, render_markdown
+from lipcheck.present.render import REPORT
+from lipcheck.present.tables import text_histogram
 from lipcheck.report import Report, RuleVerdict
 from lipcheck.report.gate import FailAbove, FailAboveSample, judge
 

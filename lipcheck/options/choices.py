@@ -1,9 +1,9 @@
 """Every list of choices lipcheck offers, each defined once as a str Enum.
 
 The command line's option types are these enums, `Settings.validate` checks against them, and the
-tables that act on a choice (the renderers per format in render.py, the reductions in report.py) are
-keyed by them, so adding a choice is one entry here and one in its table. Torch-free: `lipcheck
---help`, `gate` and `compare` import this module and must start fast.
+tables that act on a choice (the renderers per format in present/render.py, the reductions in
+report/summary.py) are keyed by them, so adding a choice is one entry here and one in its table.
+Torch-free: `lipcheck --help`, `gate` and `compare` import this module and must start fast.
 """
 
 from __future__ import annotations

@@ -16,23 +16,23 @@ import numpy as np
 
 from lipcheck.present import charts
 from lipcheck.present.charts import Mark
-from lipcheck.present.render import (
+from lipcheck.present.facts import (
     TERM_COLUMNS,
     WORST,
-    _assumptions,
-    _bound_method,
-    _bound_operator,
-    _change_rows,
-    _comparison_lines,
-    _data_line,
-    _model_line,
-    _number,
-    _operator_note,
-    _search_note,
-    _shape,
-    _sigma_heading,
-    _summary_rows,
+    assumptions_text,
+    bound_method,
+    bound_operator,
+    change_rows,
+    comparison_lines,
+    data_line,
+    model_line,
+    number_text,
+    operator_note,
+    search_note,
+    shape_text,
+    sigma_heading,
     sigma_histogram,
+    summary_rows,
 )
 from lipcheck.report import BoundReport, ModelBoundReport, Report, RuleVerdict, worst_samples
 from lipcheck.report.compare import Comparison, SampleChange
@@ -159,8 +159,8 @@ def _verdict(rules: Sequence[RuleVerdict], none: str) -> str:
     )
     lines = [
         f'<tr><td><code>{_text(r.name)}</code></td><td class="{"passed" if r.passed else "failed"}">'
-        f'{"passed" if r.passed else "FAILED"}</td><td class="number">{_text(_number(r.value))}</td>'
-        f'<td class="number">{_text(_number(r.threshold))}</td><td>{_text(r.message)}</td></tr>'
+        f'{"passed" if r.passed else "FAILED"}</td><td class="number">{_text(number_text(r.value))}</td>'
+        f'<td class="number">{_text(number_text(r.threshold))}</td><td>{_text(r.message)}</td></tr>'
         for r in rules
     ]
     heads = '<th scope="col">rule</th><th scope="col">verdict</th><th scope="col" class="number">value</th>'
@@ -193,15 +193,15 @@ def _marks(report: Report) -> list[Mark]:
 def _header(report: Report) -> list[tuple[str, str]]:
     model, data, settings, environment = report.model, report.data, report.settings, report.environment
     rows = [
-        ("model", _model_line(model)),
+        ("model", model_line(model)),
         ("model sha256", model.sha256),
-        ("data", _data_line(data, with_digest=False)),
+        ("data", data_line(data, with_digest=False)),
         ("data sha256", data.sha256 or "-"),
         (
             "settings",
-            f"{_operator_note(settings)}{settings.method}, tol {settings.tol:g}, max-iter "
+            f"{operator_note(settings)}{settings.method}, tol {settings.tol:g}, max-iter "
             f"{settings.max_iter}, {settings.dtype}, batch {settings.batch_size}, seed {settings.seed}, "
-            f"reduction {settings.reduction}, confidence {settings.confidence:g}{_search_note(report)}",
+            f"reduction {settings.reduction}, confidence {settings.confidence:g}{search_note(report)}",
         ),
         (
             "versions",
@@ -225,7 +225,7 @@ def _histogram_section(report: Report) -> str:
     rows = [(f"{edges[k]:.6g}", f"{edges[k + 1]:.6g}", str(int(counts[k]))) for k in range(len(counts))]
     table = _table(("sigma from", "to", "samples"), rows, (True, True, True))
     marks_table = (
-        _table(("mark", "sigma"), [(m.label, _number(m.value)) for m in marks], (False, True))
+        _table(("mark", "sigma"), [(m.label, number_text(m.value)) for m in marks], (False, True))
         if marks
         else ""
     )
@@ -255,7 +255,8 @@ def _sorted_section(report: Report) -> str:
     svg = charts.sorted_sigmas(ranks, sigma, upper, _marks(report), description)
     listed = np.unique(np.linspace(0, count - 1, min(count, SORTED_ROWS)).round().astype(int))
     rows = [
-        (str(p + 1), str(ordered[p].index), _number(ordered[p].sigma), _number(ordered[p].sigma_upper))
+        (str(p + 1), str(ordered[p].index), number_text(ordered[p].sigma),
+         number_text(ordered[p].sigma_upper))
         for p in listed
     ]
     note = (
@@ -289,12 +290,12 @@ def _bracket_section(report: Report) -> str:
     )
     svg = charts.bracket(found, certified, threshold, description)
     rows = [
-        ("largest sigma found (lower bound)", _number(found)),
-        ("certified upper bound", _number(certified)),
+        ("largest sigma found (lower bound)", number_text(found)),
+        ("certified upper bound", number_text(certified)),
         ("ratio", ratio),
     ]
     if threshold is not None:
-        rows.append(("--fail-above-bound", _number(threshold)))
+        rows.append(("--fail-above-bound", number_text(threshold)))
     return _section(
         "bracket",
         "Bracket [largest found, certified bound]",
@@ -321,7 +322,7 @@ def _layers_section(layers: Sequence[tuple[str, str, float, str]], assumed: str)
         f"{largest[0]} ({largest[1]}) at {largest[2]:.4g}"
     )
     svg = charts.layer_factors([layers[k][0] for k in drawn], [layers[k][2] for k in drawn], description)
-    table = _table(("layer", "kind", "bound", "method"), [(n, k, _number(b), m) for n, k, b, m in layers],
+    table = _table(("layer", "kind", "bound", "method"), [(n, k, number_text(b), m) for n, k, b, m in layers],
                    (False, False, True, False))  # fmt: skip
     note = f"<p>Assumed with --assume (not verified): {_text(assumed)}.</p>\n" if assumed else ""
     return _section(
@@ -343,15 +344,15 @@ def _terms_section(bound: BoundReport | None) -> str:
     kept = (
         "the bound"
         if total <= bound.upper_bound * (1 + 1e-9)
-        else f"{_number(total)}, above the product's {_number(bound.upper_bound)}, which is the bound"
+        else f"{number_text(total)}, above the product's {number_text(bound.upper_bound)}, which is the bound"
     )
     text = (
         f"<p>The loop transformation sums these {len(bound.terms)} terms, one per source of deviation, "
         f"each the norm of the merged linear block from it to the output times what reaches it: they "
         f"add up to {_text(kept)}. The largest, {_text(largest.name)} ({_text(largest.kind)}), adds "
-        f"{_text(_number(largest.contribution))}.</p>\n"
+        f"{_text(number_text(largest.contribution))}.</p>\n"
     )
-    rows = [(t.name, t.kind, _number(t.norm), _number(t.contribution), t.method) for t in bound.terms]
+    rows = [(t.name, t.kind, number_text(t.norm), number_text(t.contribution), t.method) for t in bound.terms]
     table = _table(TERM_COLUMNS, rows, (False, False, True, True, False))
     return _section("terms", "Terms of the loop transformation", text, table)
 
@@ -361,7 +362,7 @@ def _worst_section(report: Report) -> str:
     searched = report.settings.search_steps is not None
     heads = [
         "sample",
-        _sigma_heading(report.settings),
+        sigma_heading(report.settings),
         f"sigma_upper ({report.settings.confidence:g})",
         "iterations",
         "converged",
@@ -370,10 +371,10 @@ def _worst_section(report: Report) -> str:
     heads += ["search sigma", "distance"] if searched else []
     rows = []
     for row in shown:
-        cells = [str(row.index), _number(row.sigma), _number(row.sigma_upper), str(row.iterations),
-                 "yes" if row.converged else "no", _number(row.residual, 3)]  # fmt: skip
+        cells = [str(row.index), number_text(row.sigma), number_text(row.sigma_upper), str(row.iterations),
+                 "yes" if row.converged else "no", number_text(row.residual, 3)]  # fmt: skip
         if searched:
-            cells += [_number(row.search_sigma), _number(row.search_distance)]
+            cells += [number_text(row.search_sigma), number_text(row.search_distance)]
         rows.append(cells)
     numeric = [True, True, True, True, False, True] + ([True, True] if searched else [])
     table = _table(heads, rows, numeric, caption=f"Worst {len(shown)} of {report.summary.count} samples")
@@ -398,8 +399,8 @@ def _pictures_section(report: Report) -> str:
     )
     svg = charts.thumbnails(list(directions.inputs), list(directions.vectors[:count]), titles, description)
     rows = [
-        (str(directions.indices[k]), _number(float(directions.sigma[k])),
-         _number(float(directions.residual[k]), 3), f"{float(np.abs(directions.vectors[k]).max()):.4g}")
+        (str(directions.indices[k]), number_text(float(directions.sigma[k])),
+         number_text(float(directions.residual[k]), 3), f"{float(np.abs(directions.vectors[k]).max()):.4g}")
         for k in range(count)
     ]  # fmt: skip
     table = _table(("sample", "sigma", "residual", "largest |direction| entry"), rows, (True,) * 4)
@@ -413,7 +414,7 @@ def _pictures_section(report: Report) -> str:
 
 def render_html(report: Report) -> str:
     """The audit report as one self-contained HTML page."""
-    summary = _section("summary", "Summary", _pairs(_summary_rows(report)))
+    summary = _section("summary", "Summary", _pairs(summary_rows(report)))
     notes = "".join(f'<p class="note">{_text(note)}</p>\n' for note in report.notes)
     bound = report.bound
     layers = (
@@ -468,7 +469,7 @@ def _listed(comparison: Comparison) -> list[SampleChange]:
 
 def render_comparison_html(comparison: Comparison) -> str:
     """A comparison of two reports as one self-contained HTML page."""
-    figures, movers = _change_rows(comparison)
+    figures, movers = change_rows(comparison)
     parts = [_verdict(comparison.gate.rules, "Give --max-increase PCT to gate.")]
     if comparison.samples:
         base = np.array([s.base for s in comparison.samples], dtype=np.float64)
@@ -481,7 +482,8 @@ def render_comparison_html(comparison: Comparison) -> str:
         )
         svg = charts.scatter(base, new, percent, description)
         rows = [
-            (str(s.index), _number(s.base), _number(s.new), f"{s.change:+.6g}") for s in _listed(comparison)
+            (str(s.index), number_text(s.base), number_text(s.new), f"{s.change:+.6g}")
+            for s in _listed(comparison)
         ]
         which = (
             "" if len(rows) == len(base) else f": the {len(rows)} largest changes either way of {len(base)}"
@@ -516,7 +518,7 @@ def render_comparison_html(comparison: Comparison) -> str:
     return _page(
         f"lipcheck compare: {comparison.new}",
         "lipcheck compare",
-        _comparison_lines(comparison),
+        comparison_lines(comparison),
         parts,
         __version__,
     )
@@ -530,9 +532,9 @@ def render_bound_html(report: ModelBoundReport) -> str:
     """The report of `lipcheck bound` as one self-contained HTML page."""
     bound, environment, timing = report.bound, report.environment, report.timing
     header = [
-        ("model", _model_line(report.model)),
+        ("model", model_line(report.model)),
         ("model sha256", report.model.sha256),
-        ("input shape", f"{_shape(bound.input_shape)} (one sample, without the batch)"),
+        ("input shape", f"{shape_text(bound.input_shape)} (one sample, without the batch)"),
         (
             "versions",
             f"lipcheck {report.lipcheck_version}, torch {environment.torch}, Python {environment.python}",
@@ -540,22 +542,22 @@ def render_bound_html(report: ModelBoundReport) -> str:
         ("started", report.timing.started),
     ]
     if bound.operator != "model":
-        header.insert(3, ("operator", _bound_operator(bound)))
+        header.insert(3, ("operator", bound_operator(bound)))
     if bound.assumptions:
-        header.append(("assumed", f"{_assumptions(report)} (supplied with --assume, not verified)"))
+        header.append(("assumed", f"{assumptions_text(report)} (supplied with --assume, not verified)"))
     total = _section(
         "bound",
         "Certified upper bound",
         _pairs(
             [
-                ("upper bound (certified)", _number(bound.upper_bound)),
-                ("method", _bound_method(bound)),
+                ("upper bound (certified)", number_text(bound.upper_bound)),
+                ("method", bound_method(bound)),
                 ("time", f"{timing.bound_seconds:.3g} s bound, {timing.load_seconds:.3g} s loading"),
             ]
         ),
     )
     layers = _layers_section(
-        [(x.name, x.kind, x.bound, x.method) for x in bound.layers], _assumptions(report)
+        [(x.name, x.kind, x.bound, x.method) for x in bound.layers], assumptions_text(report)
     )
     return _page(
         f"lipcheck bound: {report.model.path}",

@@ -20,7 +20,7 @@ from typing import IO, Any, overload
 
 import numpy as np
 
-from lipcheck.report import SampleResult
+from lipcheck.report.samples import SampleResult
 
 ROW = np.dtype(
     [

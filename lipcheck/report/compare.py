@@ -15,8 +15,10 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from lipcheck.errors import InputError, LipcheckWarning
-from lipcheck.report import SCHEMA_VERSION, DataSection, Gate, Report, Settings
+from lipcheck.report.audit_report import Report
 from lipcheck.report.gate import Rule, judge, percent_change
+from lipcheck.report.records import SCHEMA_VERSION
+from lipcheck.report.sections import DataSection, Gate, Settings
 
 # The settings that change the figures, and the flag that sets each.
 COMPARED_SETTINGS: dict[str, str] = {

@@ -14,7 +14,10 @@ from pathlib import Path
 from typing import Protocol
 
 from lipcheck.errors import InputError
-from lipcheck.report import Gate, Report, RuleVerdict, largest_sigma, read_report
+from lipcheck.report.audit_report import Report
+from lipcheck.report.read import read_report
+from lipcheck.report.samples import largest_sigma
+from lipcheck.report.sections import Gate, RuleVerdict
 
 LISTED = 10  # failing sample indices named in a message; the verdict's `failing_samples` has them all
 
