@@ -63,7 +63,13 @@ class InconsistentDerivativesError(AuditFailedError):
     is defined from such products; `suggestion` names a product that agrees with finite differences."""
 
     def __init__(
-        self, gap: float, tolerance: float, sample: int, dtype: str, product: str, suggestion: str | None = None
+        self,
+        gap: float,
+        tolerance: float,
+        sample: int,
+        dtype: str,
+        product: str,
+        suggestion: str | None = None,
     ) -> None:
         self.gap, self.tolerance, self.sample = gap, tolerance, sample
         self.dtype, self.product, self.suggestion = dtype, product, suggestion

@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -36,7 +37,8 @@ from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
 from lipcheck.engine.operator import JacobianOperator, operator_output
-from lipcheck.errors import AuditFailedError, InconsistentDerivativesError
+from lipcheck.engine.result import SpectralNormResult
+from lipcheck.errors import AuditFailedError, InconsistentDerivativesError, LipcheckError, describe
 from lipcheck.options.choices import Operator, Product
 
 # How far apart (relative) <J u, w> and <u, J^T w> may be, in units of sqrt(eps) of the dtype: rounding
@@ -220,6 +222,7 @@ _MISSING_DERIVATIVE = (
     "not been implemented yet",
     "once_differentiable",
     "does not support it",
+    "must implement the jvp",
 )
 
 
@@ -345,3 +348,74 @@ def agreeing_product(
     except (InconsistentDerivativesError, AuditFailedError, RuntimeError, NotImplementedError):
         return None
     return other if gap <= finite_difference_tolerance(x.dtype) else None
+
+
+# ----------------------------------------------------------------------------------------------------
+# Choosing the product
+
+
+Solver = Callable[[JacobianOperator, AdjointTest], SpectralNormResult]
+
+
+def measure_with_product(
+    f: Callable[..., Any],
+    x: Tensor,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any] | None,
+    *,
+    operator: Operator | str,
+    product: Product | str,
+    seed: int,
+    solver: Solver,
+) -> SpectralNormResult:
+    """`solver`'s result on the operator of f at x, by the requested `product`, with the product used,
+    the decompositions and the adjoint gaps filled in.
+
+    `auto` tries double backward, then forward mode when torch refuses a derivative double backward
+    needs or when double backward fails the adjoint test (each try is one more call of f). A failure
+    of every product tried is raised: InconsistentDerivativesError when a product ran and failed the
+    adjoint test (naming the other product when, for a product asked by name, that one agrees with
+    finite differences), else AuditFailedError naming what torch refused.
+    """
+    requested = Product(product)
+    tries = (Product.double_backward, Product.forward) if requested is Product.auto else (requested,)
+    failures: list[BaseException] = []
+    for candidate in tries:
+        try:
+            jacobian, decompositions = build_operator(
+                f, x, args, kwargs, operator=operator, product=candidate
+            )
+            test = AdjointTest(jacobian, candidate, seed)
+            result = solver(jacobian, test)
+        except InconsistentDerivativesError as error:
+            failures.append(error)
+            continue
+        except (RuntimeError, NotImplementedError, LipcheckError) as error:
+            if not missing_derivative(error):
+                raise
+            failures.append(error)
+            continue
+        return replace(
+            result,
+            product=candidate.value,
+            decompositions=decompositions,
+            adjoint_gap=test.gaps,
+            model_calls_per_product=1 if candidate is Product.forward else 0,
+        )
+    inconsistent = [error for error in failures if isinstance(error, InconsistentDerivativesError)]
+    if inconsistent:
+        refused = inconsistent[-1]
+        if requested is not Product.auto:
+            other = agreeing_product(f, x, args, kwargs, operator=operator, failed=requested, seed=seed)
+            if other is not None:
+                raise refused.with_suggestion(other.value) from refused
+        raise refused
+    said = "; ".join(
+        f"{name}: {describe(error)}"
+        for name, error in zip([candidate.value for candidate in tries], failures, strict=True)
+    )
+    raise AuditFailedError(
+        f"torch has no derivative for an operation of the model that the Jacobian products need ({said}): "
+        "give the model's custom autograd Functions a backward that is differentiable or a jvp, or "
+        "replace the operation by a differentiable one"
+    ) from failures[-1]
