@@ -100,6 +100,11 @@ class Settings:
             )
         if radius is not None and steps is None:
             raise InputError("--search-radius needs --search-steps N, the number of ascent steps")
+        if steps is not None and self.product == Product.forward.value:
+            raise InputError(
+                "--search-steps needs the gradient of sigma, which the forward-mode product does not give: "
+                "use --product auto or double-backward with a worst-case search"
+            )
         if steps is not None and steps < 0:
             raise InputError(f"--search-steps must be at least 0, got {steps}")
         if radius is not None and not (radius >= 0 and math.isfinite(radius)):
