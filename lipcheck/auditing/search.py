@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -48,8 +48,9 @@ from lipcheck.engine import (
     differentiable_sigma,
     solve,
 )
+from lipcheck.engine.products import build_operator
 from lipcheck.errors import InputError
-from lipcheck.options.choices import Method, Operator
+from lipcheck.options.choices import Method, Operator, Product
 
 __all__ = ["SearchResult", "worst_case_search"]
 
@@ -129,8 +130,12 @@ def worst_case_search(
     searching = steps > 0 and radius > 0
 
     def evaluate(z: Tensor, check: bool) -> tuple[SpectralNormResult, Tensor]:
-        jacobian = JacobianOperator.from_function(f, z, args, kwargs, operator=operator)
+        # Double backward (with the decompositions): the ascent needs the gradient of sigma.
+        jacobian, decompositions = build_operator(
+            f, z, args, kwargs, operator=operator, product=Product.double_backward
+        )
         result = solve(jacobian, krylov_dim=krylov_dim, check_coupling=check, **settings)
+        result = replace(result, decompositions=decompositions)
         gradient = _sigma_gradient(jacobian, result.vector) if searching else torch.zeros_like(z)
         return result, gradient
 

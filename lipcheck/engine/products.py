@@ -252,12 +252,17 @@ def _shared_random(shape: torch.Size, seed: int, like: Tensor) -> Tensor:
     return (r / r.norm()).to(dtype=like.dtype, device=like.device).expand(shape[0], n).reshape(shape)
 
 
+def _rows(a: Tensor) -> Tensor:
+    """(B, ...) as (B, n) in float64; a scalar output per sample (B,) is (B, 1)."""
+    return a.reshape(a.shape[0], -1).double()
+
+
 def _dot(a: Tensor, b: Tensor) -> Tensor:
-    return (a.flatten(1).double() * b.flatten(1).double()).sum(1)
+    return (_rows(a) * _rows(b)).sum(1)
 
 
 def _norm(a: Tensor) -> Tensor:
-    return torch.linalg.vector_norm(a.flatten(1).double(), dim=1)
+    return torch.linalg.vector_norm(_rows(a), dim=1)
 
 
 def _relative(left: Tensor, right: Tensor, scale: Tensor) -> Tensor:
@@ -294,7 +299,7 @@ class AdjointTest:
             r = _shared_random(operator.output_shape, self.seed + 1, ju)
             self.gaps = adjoint_gaps(u, ju, gram_u, r, operator.vjp(r)).cpu()
             self._check(self.gaps, operator.x.dtype)
-        return gram_u.flatten(1).detach()
+        return gram_u.reshape(gram_u.shape[0], -1).detach()
 
     def _check(self, gaps: Tensor, dtype: torch.dtype) -> None:
         tolerance = adjoint_tolerance(dtype)
