@@ -24,8 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
+from lipcheck.auditing.loop import run_audit
 from lipcheck.auditing.request import DataSource, ModelSource
-from lipcheck.auditing.run import load_source, open_source, run_audit
+from lipcheck.auditing.run import load_source, open_source
 from lipcheck.present.render import COMPARISON, REPORT
 from lipcheck.report import (
     DataSection,

@@ -15,6 +15,7 @@ from lipcheck.errors import (
     ModelOutputError,
     UnsupportedOperationError,
 )
+from lipcheck.options.version import __version__
 
 if TYPE_CHECKING:
     from lipcheck.auditing.request import AuditRequest, DataSource, ModelSource
@@ -24,8 +25,6 @@ if TYPE_CHECKING:
     from lipcheck.engine import JacobianOperator, SpectralNormResult, spectral_norm
     from lipcheck.engine.regularisers import FNEJacobianSpectralNorm, JacobianSpectralNorm
     from lipcheck.report import Report, Settings
-
-__version__ = "0.1.0"
 
 # Exports that need torch, imported on first use: `lipcheck gate` and `lipcheck compare` read saved
 # reports and start in a fraction of a second without it.

@@ -10,7 +10,8 @@ import pytest
 import torch
 from cli_fixtures import ARCH, MLP, MemoryBoundMLP, run, saved_mlp
 
-from lipcheck.auditing.run import audit_rows, run_audit
+from lipcheck.auditing.batches import audit_rows
+from lipcheck.auditing.loop import run_audit
 from lipcheck.errors import LipcheckWarning
 from lipcheck.io.datasets import random_dataset
 from lipcheck.io.models import LoadedModel

@@ -9,7 +9,9 @@ never executes code from the file unless the user asked for it by name with `tru
 - ``torchscript``: an archive made by ``torch.jit.save``,
 - ``safetensors``: weights only, the module comes from an architecture factory (``--arch``),
 - ``state-dict``: a ``torch.save``'d dict of tensors, loaded with ``weights_only=True``, plus ``--arch``,
-- ``pickle``: a whole pickled module, loaded only with ``trust_pickle=True``.
+- ``pickle``: a whole pickled module, loaded only with ``trust_pickle=True``,
+- ``onnx``: an ONNX file, converted to a torch module with onnx2torch (`lipcheck.io.onnx`, the extra
+  ``lipcheck[onnx]``).
 
 With no file, ``--arch`` alone audits the module its factory returns (``factory``, `load_factory`).
 """
@@ -34,6 +36,7 @@ from torch import nn
 
 from lipcheck.errors import AuditFailedError, InputError, describe, first_line
 from lipcheck.io.file_formats import ZIP_MAGIC, is_safetensors, is_torch_save, read_head, zip_members
+from lipcheck.io.onnx import is_onnx, load_onnx
 
 _STATE_DICT_KEYS = ("state_dict", "model_state_dict")
 _FIX_FORMAT = "save it with torch.export.save (recommended), torch.jit.save or safetensors"
@@ -64,7 +67,9 @@ class LoadedModel:
         trusted: whether loading executed code from the file (only a pickle with trust_pickle=True).
         arch: the architecture factory (``file.py:factory``) for weight-only formats, else None.
         arch_kwargs: the keyword arguments given to the factory.
-        input_spec: the inputs the file records (torch.export), else empty.
+        input_spec: the inputs the file records (torch.export, ONNX), else empty.
+        notes: what a reader of the figures must know about the loading (an ONNX opset brought down).
+        graph: what the file says of its graph, for `inspect` (ONNX: outputs, opset, operators).
     """
 
     module: Callable[..., Any]
@@ -77,6 +82,8 @@ class LoadedModel:
     arch: str | None = None
     arch_kwargs: Mapping[str, Any] = field(default_factory=dict)
     input_spec: tuple[InputSpec, ...] = ()
+    notes: tuple[str, ...] = ()
+    graph: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -84,6 +91,8 @@ class _Loaded:
     module: Any
     trusted: bool = False
     input_spec: tuple[InputSpec, ...] = ()
+    notes: tuple[str, ...] = ()
+    graph: Mapping[str, Any] = field(default_factory=dict)
 
 
 def _is_export(path: Path, head: bytes) -> bool:
@@ -149,6 +158,25 @@ def _derived_range(expr: Any, ranges: Mapping[Any, Any]) -> Any:
         return None
 
 
+def _load_onnx(path: Path) -> _Loaded:
+    converted = load_onnx(path)
+    return _Loaded(
+        converted.module,
+        input_spec=tuple(InputSpec(*value) for value in converted.inputs),
+        notes=converted.notes,
+        graph={
+            "outputs": [
+                {"name": name, "shape": list(shape), "dtype": dtype}
+                for name, shape, dtype in converted.outputs
+            ],
+            "opset": converted.opset,
+            "converted_opset": converted.converted_opset,
+            "operators": converted.operators,
+            "producer": converted.producer,
+        },
+    )
+
+
 def _load_torchscript(path: Path) -> _Loaded:
     return _Loaded(torch.jit.load(str(path), map_location="cpu"))
 
@@ -204,6 +232,7 @@ FORMATS: tuple[ModelFormat, ...] = (
     ModelFormat("torch.export", _is_export, lambda path, trust: _load_export(path)),
     ModelFormat("torchscript", _is_torchscript, lambda path, trust: _load_torchscript(path)),
     ModelFormat("safetensors", is_safetensors, lambda path, trust: _load_safetensors(path)),
+    ModelFormat("onnx", is_onnx, lambda path, trust: _load_onnx(path)),
     ModelFormat("pickle", is_torch_save, _load_pickle),
 )
 
@@ -222,7 +251,7 @@ def detect_format(path: Path) -> ModelFormat:
         )
     raise InputError(
         f"model file '{path}' is not a format lipcheck reads (torch.export .pt2, TorchScript, "
-        f"safetensors, torch.save): {_FIX_FORMAT}"
+        f"safetensors, torch.save, ONNX): {_FIX_FORMAT}"
     )
 
 
@@ -527,4 +556,6 @@ def load_model(
         arch=arch,
         arch_kwargs=arch_kwargs if arch is not None else {},
         input_spec=loaded.input_spec,
+        notes=loaded.notes,
+        graph=loaded.graph,
     )

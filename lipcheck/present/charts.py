@@ -314,3 +314,34 @@ def is_image(shape: Sequence[int]) -> bool:
     return (len(shape) == 2 and min(shape) >= 2) or (
         len(shape) == 3 and shape[0] in (1, 3) and min(shape[1:]) >= 2
     )
+
+
+@_styled
+def trend(
+    steps: np.ndarray,
+    lines: Sequence[tuple[str, np.ndarray]],
+    bound: np.ndarray | None,
+    worst: int,
+    description: str,
+) -> str:
+    """Figures of sigma (each of `lines`, (S,)) against the training `steps` (S,), the certified `bound`
+    (S,) where present (NaN where a checkpoint has none), and the `worst` checkpoint's position ringed."""
+    figure = _figure(7.5, 3.4)
+    axes = figure.add_subplot()
+    styles = ((VERMILLION, "-", "o"), (ORANGE, "--", "s"), (BLUE, "-.", "^"), (GREEN, ":", "v"))
+    marker = len(steps) <= 60
+    for (label, values), (colour, dashes, symbol) in zip(lines, styles, strict=False):
+        axes.plot(steps, values, color=colour, linestyle=dashes, marker=symbol if marker else None,
+                  markersize=3.5, linewidth=1.4, label=label)  # fmt: skip
+    if bound is not None and np.isfinite(bound).any():
+        axes.plot(
+            steps, bound, color=BLACK, linestyle=(0, (5, 1, 1, 1)), linewidth=1.2, label="certified bound"
+        )
+    top = lines[0][1]
+    axes.plot([steps[worst]], [top[worst]], linestyle="none", marker="o", markersize=12,
+              markerfacecolor="none", markeredgecolor=PURPLE, markeredgewidth=2.0,
+              label=f"worst: step {int(steps[worst])}")  # fmt: skip
+    axes.set_xlabel("step")
+    axes.set_ylabel("sigma")
+    axes.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+    return _svg(figure, description)

@@ -513,7 +513,7 @@ def render_comparison_html(comparison: Comparison) -> str:
     parts.append(
         _section("movers", f"Samples that rose most ({len(movers)} of {comparison.rose})", movers_table)
     )
-    from lipcheck import __version__
+    from lipcheck.options.version import __version__
 
     return _page(
         f"lipcheck compare: {comparison.new}",

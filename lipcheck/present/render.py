@@ -23,6 +23,8 @@ from lipcheck.present import html as html_page
 from lipcheck.present.ci import github_annotations, junit_xml, render_junit
 from lipcheck.present.inspection import render_model_json, render_model_text
 from lipcheck.present.markdown import render_bound_markdown, render_comparison_markdown, render_markdown
+from lipcheck.present.series import render_series_markdown, render_series_table
+from lipcheck.present.series_html import render_series_html
 from lipcheck.present.tables import (
     plain_text,
     render_bound_table,
@@ -32,11 +34,13 @@ from lipcheck.present.tables import (
 )
 from lipcheck.report import ModelBoundReport, Report
 from lipcheck.report.compare import Comparison
+from lipcheck.report.series import SeriesReport
 
 __all__ = [
     "BOUND_REPORT",
     "COMPARISON",
     "REPORT",
+    "SERIES",
     "Renderers",
     "github_annotations",
     "render_model_json",
@@ -110,4 +114,15 @@ COMPARISON = Renderers[Comparison](
         Format.html: html_page.render_comparison_html,
     },
     render_comparison_table,
+)
+SERIES = Renderers[SeriesReport](
+    "a series report",
+    {
+        Format.table: lambda series: plain_text(lambda console: render_series_table(series, console), 120),
+        Format.json: SeriesReport.to_json,
+        Format.markdown: render_series_markdown,
+        Format.html: render_series_html,
+    },
+    render_series_table,
+    " (JUnit holds one report's rules): write .json, .md, .html or .txt",
 )

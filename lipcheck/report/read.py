@@ -44,7 +44,7 @@ def read_report(path: str | Path, what: str = "report") -> Report:
     if depth > MAX_NESTING:
         raise InputError(f"{where} nests {depth} levels deep, more than a report's {MAX_NESTING}: {fix}")
     try:
-        data = json.loads(text, parse_constant=_refuse_constant)
+        data = json.loads(text, parse_constant=refuse_constant)
     except (UnicodeDecodeError, ValueError) as error:
         if isinstance(error, json.JSONDecodeError):
             detail = f"{error.msg} at line {error.lineno}"
@@ -71,7 +71,7 @@ def read_report(path: str | Path, what: str = "report") -> Report:
     return report
 
 
-def _refuse_constant(name: str) -> Any:
+def refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
@@ -119,15 +119,15 @@ def _close(stored: Any, computed: Any) -> bool:
 
 def report_schema() -> dict[str, Any]:
     """The JSON Schema that every report validates against."""
-    return _shipped_schema("report.schema.json")
+    return shipped_schema("report.schema.json")
 
 
 def bound_schema() -> dict[str, Any]:
     """The JSON Schema of the report of `lipcheck bound` (`ModelBoundReport.to_json`)."""
-    return _shipped_schema("bound.schema.json")
+    return shipped_schema("bound.schema.json")
 
 
-def _shipped_schema(name: str) -> dict[str, Any]:
+def shipped_schema(name: str) -> dict[str, Any]:
     """A JSON Schema shipped with the package, in `lipcheck/report/schemas/`."""
     text = resources.files("lipcheck.report").joinpath(f"schemas/{name}").read_text(encoding="utf-8")
     return json.loads(text)

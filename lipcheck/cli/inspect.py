@@ -1,0 +1,47 @@
+"""`lipcheck inspect`: load a model and say what was loaded, without auditing it."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lipcheck.cli.options import ArchKwargsOption, DebugOption, parse_json_object
+
+EPILOG = """\
+**Examples**
+
+```
+lipcheck inspect model.pt2
+lipcheck inspect weights.safetensors --arch nets.py:make_denoiser --json | jq .parameters
+```
+"""
+
+
+def inspect(
+    model: Annotated[Path, typer.Argument(help="Model file, as for `lipcheck audit`.", show_default=False)],
+    arch: Annotated[
+        str | None,
+        typer.Option(
+            "--arch", help="Architecture factory for weight-only files (runs that code).", show_default=False
+        ),
+    ] = None,
+    arch_kwargs: ArchKwargsOption = None,
+    trust_pickle: Annotated[
+        bool,
+        typer.Option("--trust-pickle", help="Load a whole pickled module (EXECUTES CODE from the file)."),
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object instead of text.")] = False,
+    debug: DebugOption = False,
+) -> None:
+    """Load MODEL and print what was loaded (format, sha256, size, parameters, input spec); no audit."""
+    from lipcheck.auditing.run import model_section
+    from lipcheck.io.models import load_model
+    from lipcheck.present.render import render_model_json, render_model_text
+
+    kwargs = parse_json_object(arch_kwargs, "--arch-kwargs")
+    loaded = load_model(model, arch=arch, arch_kwargs=kwargs, trust_pickle=trust_pickle)
+    section = model_section(loaded)
+    sys.stdout.write(render_model_json(section) if as_json else render_model_text(section))
