@@ -78,8 +78,9 @@ class InconsistentDerivativesError(AuditFailedError):
             f"audit it with --product {suggestion} (product='{suggestion}'), whose products pass this test "
             "and agree with finite differences"
             if suggestion is not None
-            else "no product of lipcheck agrees with finite differences here: check the backward (and jvp) "
-            "of the model's custom autograd Functions, and report a wrong derivative of a torch operation"
+            else "no other product of lipcheck passes this test and agrees with finite differences here: "
+            "check the backward (and jvp) of the model's custom autograd Functions, and report a wrong "
+            "derivative of a torch operation"
         )
         super().__init__(
             f"the model's forward-mode and reverse-mode derivatives disagree: J u (by {how}) and J^T w "

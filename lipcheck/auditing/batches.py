@@ -369,7 +369,7 @@ def _measure(
 ) -> tuple[SpectralNormResult, SearchResult | None]:
     """The engine's result at the samples x (B, ...), and the worst-case search's when one is asked."""
     if settings.search_steps is None:
-        return spectral_norm(call, x, **_engine_options(settings)), None
+        return spectral_norm(call, x, product=settings.product, **_engine_options(settings)), None
     radius = float(settings.search_radius or 0.0)
     found = worst_case_search(
         call, x, radius=radius, steps=settings.search_steps, **_engine_options(settings)

@@ -9,7 +9,9 @@ not depend on which batch it was in, so a shard or a resumed rest gives the rows
 `audit_rows` is the same loop over an index range, with a sink for `SampleResult`s. `run_audit` wraps
 the loop with provenance, summary and gate into a `Report`.
 
-The model is called exactly once per batch (the engine's single evaluation); this module only wraps
+The model is called once per batch (the engine's single evaluation; once more per product with the
+forward-mode product, which `--product auto` chooses at the first batch only where double backward
+cannot differentiate the model); this module only wraps
 that call to pass `--arg` keyword arguments, to pick `--output-key`, and to turn the model's failures
 into messages that name the samples and the shapes involved.
 """
@@ -37,6 +39,7 @@ from lipcheck.auditing.batches import (
     resolve_device,
     torch_dtype,
 )
+from lipcheck.auditing.derivatives import DerivativesRecord
 from lipcheck.auditing.distributed import World
 from lipcheck.auditing.journal import Journal
 from lipcheck.auditing.provenance import audit_identity, data_section, environment, model_section
@@ -71,9 +74,11 @@ def audit_columns(
     journal: Journal | None = None,
     progress: Progress | None = None,
     directions: DirectionSink | None = None,
+    derivatives: DerivativesRecord | None = None,
 ) -> tuple[SampleColumns, int | None]:
     """Every sample's row, as compact columns, and the batch size that fit when a batch ran out of
-    memory (None when all fit).
+    memory (None when all fit). `derivatives` records each batch's product and adjoint test (those of
+    every rank, in a sharded audit), and pins the product the first batch chose for the rest.
 
     Batch k is samples [k B, (k+1) B) of the batch size B. With a `world` of several ranks, this rank
     audits batches rank, rank + size, ... and the rows of all ranks are gathered (see
@@ -86,6 +91,13 @@ def audit_columns(
     batches = -(-count // size)
     fitting = Fitting(size)
     store = ColumnStore()
+    record = derivatives if derivatives is not None else DerivativesRecord()
+
+    def sink(indices: Sequence[int], result: SpectralNormResult, x: Tensor) -> None:
+        record.add(indices, result, x)
+        if directions is not None:
+            directions(indices, result, x)
+
     for round_ in range(-(-batches // world.size)):
         k = round_ * world.size + world.rank
         done, failure = 0, None
@@ -95,7 +107,7 @@ def audit_columns(
                 if journal is not None and k in journal.done:
                     table = journal.read(k)
                 else:
-                    table = audit_batch(model, data, settings, batch, fitting, directions)
+                    table = audit_batch(model, data, record.pinned(settings), batch, fitting, sink)
                     if journal is not None:
                         journal.append(k, table)
                 store.append(table)
@@ -115,11 +127,12 @@ def audit_columns(
     columns = store.finish()
     if not world.sharded:
         return columns, fitted
-    shards = distributed.all_gather(world, (columns.table(), fitted), "gathering the rows")
-    table = np.concatenate([shard for shard, _ in shards])
+    shards = distributed.all_gather(world, (columns.table(), fitted, record), "gathering the rows")
+    record.merge([shard_record for _, _, shard_record in shards])
+    table = np.concatenate([shard for shard, _, _ in shards])
     merged = ColumnStore()
     merged.append(table[np.argsort(table["index"], kind="stable")])  # in index order
-    sizes = [size for _, size in shards if size is not None]
+    sizes = [size for _, size, _ in shards if size is not None]
     return merged.finish(), min(sizes) if sizes else None
 
 
@@ -185,9 +198,10 @@ def run_audit(
     begin = time.perf_counter()
     try:
         kept = None if directions == 0 and pictures == 0 else _LargestSigma(directions, pictures)
+        derivatives = DerivativesRecord()
         rows, fitted = audit_columns(
             model, data, settings, world=world, journal=journal, progress=progress,
-            directions=kept.add if kept is not None else None,
+            directions=kept.add if kept is not None else None, derivatives=derivatives,
         )  # fmt: skip
         if kept is not None and world.sharded:
             kept = _LargestSigma.merged(distributed.all_gather(world, kept, "gathering the directions"))
@@ -214,6 +228,7 @@ def run_audit(
         bound=bound,
         notes=_zero_jacobian_notes(rows),
         directions=kept.result() if kept is not None else None,
+        derivatives=derivatives.section(settings),
     )
     for note in report.notes:
         warnings.warn(note, LipcheckWarning, stacklevel=2)

@@ -33,6 +33,7 @@ from lipcheck.cli.audit_options import (
     NumSamplesOption,
     OperatorOption,
     OutputKeyOption,
+    ProductOption,
     RandomOption,
     ReductionOption,
     ResumeOption,
@@ -79,6 +80,7 @@ from lipcheck.options.choices import (
     Format,
     Method,
     Operator,
+    Product,
     Reduction,
     format_for,
 )
@@ -97,6 +99,8 @@ lipcheck audit model.pt2 --data inputs.npy
 lipcheck audit model.pt2 --data inputs.npz --data-key images --limit 1000 --format json | jq .summary
 lipcheck audit weights.safetensors --arch nets.py:make_denoiser --arch-kwargs '{"channels": 4}' --data x.pt
 lipcheck audit model.pt2 --random 3x32x32 --num-samples 256 --seed 1 --dtype float64
+lipcheck audit --arch timm:create_model --arch-kwargs '{"model_name": "mobilenetv3_small_100"}' --data x.npy
+lipcheck audit model.pt2 --data x.npy --product forward     # J u by forward-mode AD
 lipcheck audit model.pt2 --data inputs.npy --search-steps 10 --search-radius 0.5 --bound
 lipcheck audit denoiser.pt2 --data images.npy --operator fne --fail-above 1 --bound
 lipcheck audit model.pt2 --data images/ --fail-above 2.5 --output report.json
@@ -109,14 +113,14 @@ torchrun --standalone --nproc-per-node 8 -m lipcheck audit model.pt2 --data big.
 ```
 
 Exit codes: 0 done (gate passed), 1 gate failed (a rule failed), 2 bad input or usage,
-3 the audit failed (NaN output, no sample converged, one sample out of memory, a rank failed or
-died), 130 interrupted, 70 internal error. A batch out of memory is split in halves; every rank of a
-sharded audit exits with the same code.
+3 the audit failed (NaN output, derivatives that fail the adjoint test, no sample converged, one
+sample out of memory, a rank failed or died), 130 interrupted, 70 internal error. A batch out of
+memory is split in halves; every rank of a sharded audit exits with the same code.
 """
 
 
 def audit(
-    model: ModelArgument,
+    model: ModelArgument = None,
     data: DataOption = None,
     random: RandomOption = None,
     num_samples: NumSamplesOption = None,
@@ -129,6 +133,7 @@ def audit(
     model_arg: ModelArgOption = None,
     output_key: OutputKeyOption = None,
     operator: OperatorOption = Operator.model,
+    product: ProductOption = Product.auto,
     method: MethodOption = Method.lanczos,
     tol: TolOption = 1e-4,
     confidence: ConfidenceOption = 0.99,
@@ -275,6 +280,7 @@ def _audit_request(flags: dict[str, Any]) -> AuditRequest:
     random = flags["random"]
     settings = Settings(
         operator=flags["operator"].value,
+        product=flags["product"].value,
         method=flags["method"].value,
         tol=flags["tol"],
         confidence=flags["confidence"],

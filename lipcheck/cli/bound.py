@@ -81,11 +81,12 @@ BoundOutputOption = Annotated[
     ),
 ]
 BoundModelArgument = Annotated[
-    Path,
+    Path | None,
     typer.Argument(
-        metavar="MODEL",
+        metavar="[MODEL]",
         help="Model file, as for `lipcheck audit`: .pt2 (torch.export), .safetensors or a state dict "
-        "with --arch, or a pickled module with --trust-pickle. TorchScript cannot be bounded.",
+        "with --arch, or a pickled module with --trust-pickle; without it, --arch alone gives the module "
+        "its factory returns. TorchScript cannot be bounded.",
         show_default=False,
     ),
 ]
@@ -111,7 +112,7 @@ BoundFormatOption = Annotated[
 
 
 def bound(
-    model: BoundModelArgument,
+    model: BoundModelArgument = None,
     input_shape: InputShapeOption = None,
     arch: ArchOption = None,
     arch_kwargs: ArchKwargsOption = None,
@@ -149,7 +150,7 @@ def bound(
 class _BoundRequest:
     """What `lipcheck bound` was asked for, parsed and validated before anything is loaded."""
 
-    model: Path
+    model: Path | None
     arch: str | None
     arch_kwargs: dict[str, Any]
     trust_pickle: bool
