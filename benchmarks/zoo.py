@@ -26,9 +26,10 @@ from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import derivative_zoo  # noqa: E402
+from zoo import ZOO  # noqa: E402
 
 import lipcheck  # noqa: E402
-from lipcheck.errors import LipcheckError, describe, first_line  # noqa: E402
+from lipcheck.errors import InconsistentDerivativesError, LipcheckError, describe, first_line  # noqa: E402
 
 # Small members of the families issue 25 tried (fourteen image families), at num_classes=10.
 TIMM_FAMILIES = (
@@ -49,6 +50,10 @@ TIMM_FAMILIES = (
 )
 
 
+# The architectures of tests/zoo.py (at 3x32x32 or 1x32x32) measured beside timm's.
+LOCAL_FAMILIES = ("resnet18", "mobilenet", "vit", "mixer", "unet")
+
+
 def dense_sigma(model: nn.Module, sample: Tensor) -> float:
     """||J(sample)||_2 from the dense Jacobian, in float64 (reverse mode, one output row at a time)."""
     jacobian = torch.autograd.functional.jacobian(lambda z: model(z.unsqueeze(0)).squeeze(0), sample)
@@ -61,13 +66,18 @@ def measure(name: str, build: Callable[[], nn.Module], shape: tuple[int, ...], s
     x = torch.rand(samples, *shape, generator=generator)
     try:
         model = build().eval()
-        begin = time.perf_counter()
-        report = lipcheck.audit(model, x, dtype="float32", batch_size=samples, tol=1e-4)
-        seconds = (time.perf_counter() - begin) / samples
         precise = lipcheck.audit(model.double(), x[:1].double(), dtype="float64", tol=1e-10, max_iter=300)
         exact = dense_sigma(model, x[0].double())
+        begin = time.perf_counter()  # after a first audit, so that start-up costs are not counted
+        report = lipcheck.audit(model.float(), x, dtype="float32", batch_size=samples, tol=1e-4)
+        seconds = (time.perf_counter() - begin) / samples
+        chosen = report.derivatives.product if report.derivatives is not None else None
+        forward = _forward_seconds(model, x) if chosen != "forward" else seconds
+    except InconsistentDerivativesError as error:
+        how = "forward mode" if error.product == "forward" else "double backward"
+        return f"| {name} | refused: J u by {how} and J^T w not adjoint (gap {error.gap:.2g}) | | | | |"
     except LipcheckError as error:
-        return f"| {name} | refused: {first_line(error)[:140]} | | | |"
+        return f"| {name} | refused: {first_line(error)[:140]} | | | | |"
     derivatives = report.derivatives
     assert derivatives is not None
     product = derivatives.product
@@ -76,7 +86,18 @@ def measure(name: str, build: Callable[[], nn.Module], shape: tuple[int, ...], s
     iterations = sum(row.iterations for row in report.samples) / len(report.samples)
     per_sample = 2 * iterations + 1 / samples
     error = abs(precise.samples[0].sigma - exact) / exact if exact > 0 else float("nan")
-    return f"| {name} | {product} | {per_sample:.0f} | {seconds:.2f} | {error:.1e} |"
+    forced = "refused" if forward is None else f"{forward:.3f}"
+    return f"| {name} | {product} | {per_sample:.1f} | {seconds:.3f} | {forced} | {error:.1e} |"
+
+
+def _forward_seconds(model: nn.Module, x: Tensor) -> float | None:
+    """Seconds per sample of the same audit with --product forward (None when refused)."""
+    begin = time.perf_counter()
+    try:
+        lipcheck.audit(model, x, dtype="float32", batch_size=len(x), tol=1e-4, product="forward")
+    except LipcheckError:
+        return None
+    return (time.perf_counter() - begin) / len(x)
 
 
 def timm_entries(names: tuple[str, ...], size: int) -> dict[str, Callable[[], nn.Module]]:
@@ -110,17 +131,17 @@ def main() -> None:
     torch.set_num_threads(arguments.threads)
     print(f"torch {torch.__version__}, {arguments.threads} threads, {arguments.samples} samples per audit\n")
     header = (
-        "| model | product | products per sample | seconds per sample | error vs dense |\n"
-        "|---|---|---|---|---|"
+        "| model | product | products per sample | seconds per sample | seconds per sample, forward mode "
+        "| error vs dense |\n|---|---|---|---|---|---|"
     )
-    local = {
-        name: (lambda name=name: getattr(derivative_zoo, name)()) for name in derivative_zoo.INPUT_SHAPES
+    local: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
+        f"tests/zoo.py {name}": (ZOO[name].build, ZOO[name].input_shape) for name in LOCAL_FAMILIES
     }
+    for name, shape in derivative_zoo.INPUT_SHAPES.items():
+        local[f"tests/derivative_zoo.py {name}"] = (getattr(derivative_zoo, name), shape)
     print(header)
-    for name, build in local.items():
-        print(
-            measure(f"tests {name}", build, derivative_zoo.INPUT_SHAPES[name], arguments.samples), flush=True
-        )
+    for name, (build, shape) in local.items():
+        print(measure(name, build, shape, arguments.samples), flush=True)
     families = timm_entries(tuple(arguments.families.split(",")), arguments.size)
     if families:
         print("\n" + header)

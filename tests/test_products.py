@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 import torch
 from cli_fixtures import assert_one_line_error, read_json, run
+from conftest import exact_sigma
 from torch import Tensor
+from zoo import ZOO as ZOO_MODELS
 
 import lipcheck
 from lipcheck.engine import spectral_norm
@@ -54,6 +56,16 @@ def test_auto_finds_a_product_that_measures_the_dense_norm(
     assert result.decompositions == decomposed
     np.testing.assert_allclose(result.sigma.numpy(), dense_sigma(model, x), rtol=1e-4)
     assert float(result.adjoint_gap.max()) <= adjoint_tolerance(torch.float64)
+
+
+def test_attention_inside_torch_transformer_layers_is_reached() -> None:
+    """nn.TransformerEncoderLayer calls SDPA from inside nn.MultiheadAttention, out of a function mode's
+    sight: the math backend is chosen for the whole evaluation."""
+    model = ZOO_MODELS["vit"].build().double()
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    result = spectral_norm(model, x, tol=1e-9, max_iter=100)
+    assert (result.product, result.decompositions) == ("double-backward", ("scaled_dot_product_attention",))
+    np.testing.assert_allclose(result.sigma.numpy(), exact_sigma(model, x).detach().numpy(), rtol=1e-4)
 
 
 @pytest.mark.parametrize("name", ["mobilenet_style", "vit_style"])
@@ -180,3 +192,35 @@ def test_the_shell_takes_the_product_by_name(tmp_path: Path) -> None:
     assert run(*base, "--product", "forward", "--output", tmp_path / "r.json").exit_code == 0
     assert read_json(tmp_path / "r.json")["settings"]["product"] == "forward"
     assert_one_line_error(run(*base, "--product", "sideways"), "--product", code=2)
+
+
+def test_inspect_and_bound_take_a_factory_alone() -> None:
+    arch = f"{ZOO.parent / 'cli_fixtures.py'}:make_mlp"
+    shown = json.loads(run("inspect", "--arch", arch, "--json").stdout)
+    assert (shown["format"], shown["arch"], shown["size_bytes"]) == ("factory", arch, 0)
+    result = run("bound", "--arch", arch, "--input-shape", "6", "--format", "json")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    bound = json.loads(result.stdout)
+    assert bound["model"]["format"] == "factory"
+    assert bound["upper_bound"] > 0
+
+
+def test_the_same_factory_gives_the_same_hash_and_no_model_is_an_input_error() -> None:
+    arch = f"{ZOO}:vit_style"
+    first, second = (json.loads(run("inspect", "--arch", arch, "--json").stdout) for _ in range(2))
+    assert first["sha256"] == second["sha256"]
+    other = json.loads(run("inspect", "--arch", f"{ZOO}:mobilenet_style", "--json").stdout)
+    assert other["sha256"] != first["sha256"]
+    assert_one_line_error(run("inspect"), "no model given", "--arch")
+
+
+def test_python_audits_a_factory_alone() -> None:
+    x = inputs("mobilenet_style", count=2)
+    report = lipcheck.audit(
+        None, x, arch=f"{ZOO}:mobilenet_style", arch_kwargs={"double": True}, dtype="float64"
+    )
+    assert report.model.format == "factory"
+    assert report.model.arch_kwargs == {"double": True}
+    np.testing.assert_allclose(
+        [row.sigma for row in report.samples], dense_sigma(zoo.mobilenet_style(double=True), x), rtol=1e-4
+    )

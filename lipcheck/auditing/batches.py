@@ -35,14 +35,12 @@ from lipcheck.report import (
     SampleResult,
     Settings,
 )
-from lipcheck.report.columns import ROW, table_to_rows
+from lipcheck.report.columns import PRODUCT_CODES, ROW, decomposition_bits, table_to_rows
 
 RowSink = Callable[[Sequence[SampleResult]], None]
 Progress = Callable[[int], None]
 # A batch's data indices, the engine's result at its samples, and the samples x (B, ...).
 DirectionSink = Callable[[Sequence[int], SpectralNormResult, Tensor], None]
-
-
 
 
 # Where a traceback's frames are not the model's code: torch's and lipcheck's own modules.
@@ -306,6 +304,9 @@ def _measure_rows(
     else:
         table["search_sigma"] = found.sigma.double().cpu().numpy()
         table["search_distance"] = found.distance.double().cpu().numpy()
+    table["adjoint_gap"] = np.nan if result.adjoint_gap is None else result.adjoint_gap.double().cpu().numpy()
+    table["product"] = PRODUCT_CODES.index(result.product)
+    table["decompositions"] = decomposition_bits(result.decompositions)
     return table
 
 

@@ -39,17 +39,18 @@ from lipcheck.auditing.batches import (
     resolve_device,
     torch_dtype,
 )
-from lipcheck.auditing.derivatives import DerivativesRecord
 from lipcheck.auditing.distributed import World
 from lipcheck.auditing.journal import Journal
 from lipcheck.auditing.provenance import audit_identity, data_section, environment, model_section
 from lipcheck.engine import SpectralNormResult
+from lipcheck.engine.products import adjoint_tolerance
 from lipcheck.errors import (
     LipcheckError,
     LipcheckWarning,
 )
 from lipcheck.io.datasets import Dataset
 from lipcheck.io.models import LoadedModel
+from lipcheck.options.choices import Product
 from lipcheck.options.version import __version__
 from lipcheck.report import (
     BoundReport,
@@ -61,7 +62,7 @@ from lipcheck.report import (
     largest_sigma,
     summarise,
 )
-from lipcheck.report.columns import ColumnStore, SampleColumns
+from lipcheck.report.columns import PRODUCT_CODES, ColumnStore, SampleColumns, derivatives_of
 from lipcheck.report.gate import Rule, judge
 
 
@@ -74,11 +75,10 @@ def audit_columns(
     journal: Journal | None = None,
     progress: Progress | None = None,
     directions: DirectionSink | None = None,
-    derivatives: DerivativesRecord | None = None,
 ) -> tuple[SampleColumns, int | None]:
     """Every sample's row, as compact columns, and the batch size that fit when a batch ran out of
-    memory (None when all fit). `derivatives` records each batch's product and adjoint test (those of
-    every rank, in a sharded audit), and pins the product the first batch chose for the rest.
+    memory (None when all fit). With `--product auto`, the product of this rank's first batch (audited
+    or read back) is used by name for the rest.
 
     Batch k is samples [k B, (k+1) B) of the batch size B. With a `world` of several ranks, this rank
     audits batches rank, rank + size, ... and the rows of all ranks are gathered (see
@@ -91,13 +91,7 @@ def audit_columns(
     batches = -(-count // size)
     fitting = Fitting(size)
     store = ColumnStore()
-    record = derivatives if derivatives is not None else DerivativesRecord()
-
-    def sink(indices: Sequence[int], result: SpectralNormResult, x: Tensor) -> None:
-        record.add(indices, result, x)
-        if directions is not None:
-            directions(indices, result, x)
-
+    pinned = settings
     for round_ in range(-(-batches // world.size)):
         k = round_ * world.size + world.rank
         done, failure = 0, None
@@ -107,10 +101,11 @@ def audit_columns(
                 if journal is not None and k in journal.done:
                     table = journal.read(k)
                 else:
-                    table = audit_batch(model, data, record.pinned(settings), batch, fitting, sink)
+                    table = audit_batch(model, data, pinned, batch, fitting, directions)
                     if journal is not None:
                         journal.append(k, table)
                 store.append(table)
+                pinned = _pin_product(pinned, table)
                 done = len(batch)
             except LipcheckError as error:
                 if not world.sharded:
@@ -127,13 +122,19 @@ def audit_columns(
     columns = store.finish()
     if not world.sharded:
         return columns, fitted
-    shards = distributed.all_gather(world, (columns.table(), fitted, record), "gathering the rows")
-    record.merge([shard_record for _, _, shard_record in shards])
-    table = np.concatenate([shard for shard, _, _ in shards])
+    shards = distributed.all_gather(world, (columns.table(), fitted), "gathering the rows")
+    table = np.concatenate([shard for shard, _ in shards])
     merged = ColumnStore()
     merged.append(table[np.argsort(table["index"], kind="stable")])  # in index order
-    sizes = [size for _, size, _ in shards if size is not None]
+    sizes = [size for _, size in shards if size is not None]
     return merged.finish(), min(sizes) if sizes else None
+
+
+def _pin_product(settings: Settings, table: np.ndarray) -> Settings:
+    """The settings of the next batches: `auto` replaced by the product the rows of `table` used."""
+    if settings.product != Product.auto.value or not len(table) or table["product"][0] >= len(PRODUCT_CODES):
+        return settings
+    return replace(settings, product=PRODUCT_CODES[int(table["product"][0])])
 
 
 def _open_journal(folder: Path, identity: dict[str, Any], world: World) -> Journal:
@@ -198,10 +199,9 @@ def run_audit(
     begin = time.perf_counter()
     try:
         kept = None if directions == 0 and pictures == 0 else _LargestSigma(directions, pictures)
-        derivatives = DerivativesRecord()
         rows, fitted = audit_columns(
             model, data, settings, world=world, journal=journal, progress=progress,
-            directions=kept.add if kept is not None else None, derivatives=derivatives,
+            directions=kept.add if kept is not None else None,
         )  # fmt: skip
         if kept is not None and world.sharded:
             kept = _LargestSigma.merged(distributed.all_gather(world, kept, "gathering the directions"))
@@ -228,7 +228,7 @@ def run_audit(
         bound=bound,
         notes=_zero_jacobian_notes(rows),
         directions=kept.result() if kept is not None else None,
-        derivatives=derivatives.section(settings),
+        derivatives=derivatives_of(rows, settings.batch_size, adjoint_tolerance(torch_dtype(settings.dtype))),
     )
     for note in report.notes:
         warnings.warn(note, LipcheckWarning, stacklevel=2)

@@ -46,8 +46,8 @@ class ModelSource:
             return
         if self.model is None:
             raise InputError(
-                "no model given: give a model file, or --arch package.module:factory to audit the module "
-                "that factory returns"
+                "no model given: give a model file (MODEL), or --arch package.module:factory to audit the "
+                "module that factory returns"
             )
         if not self.is_path and not callable(self.model):
             raise InputError(

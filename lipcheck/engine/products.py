@@ -81,8 +81,11 @@ _ELEMENTWISE: dict[Callable[..., Any], tuple[str, Callable[[Tensor], Tensor]]] =
     **{target: ("hardsigmoid", _hardsigmoid) for target in _elementwise_targets("hardsigmoid")},
     **{target: ("hardswish", _hardswish) for target in _elementwise_targets("hardswish")},
 }
+# Attention that reaches `scaled_dot_product_attention`: called directly, or through
+# nn.MultiheadAttention (whose inner calls a function mode does not see, being inside a call it handled).
 _ATTENTION: set[Callable[..., Any]] = {
     functional.scaled_dot_product_attention,
+    functional.multi_head_attention_forward,
     *(
         getattr(torch.ops.aten.scaled_dot_product_attention, overload)
         for overload in torch.ops.aten.scaled_dot_product_attention.overloads()
@@ -112,21 +115,23 @@ class _Decompositions(TorchFunctionMode):
                 name, decomposed = elementwise
                 self.used.add(name)
                 return decomposed(x)  # in-place variants return a new tensor: callers use the result
-        if func in _ATTENTION:
-            from torch.nn.attention import SDPBackend, sdpa_kernel
-
+        if func in _ATTENTION:  # runs under the math backend that `differentiable_decompositions` chose
             self.used.add("scaled_dot_product_attention")
-            with sdpa_kernel([SDPBackend.MATH]):
-                return func(*args, **kwargs)
         return func(*args, **kwargs)
 
 
 @contextmanager
 def differentiable_decompositions() -> Iterator[set[str]]:
     """Within this context, operations without a double backward or forward-mode AD are evaluated by
-    differentiable decompositions; yields the set that collects the names of those evaluated so."""
+    differentiable decompositions; yields the set that collects the names of those evaluated so.
+
+    Attention runs under the math backend wherever it is called: the backend is chosen for the whole
+    context (a function mode does not see the calls inside a function it handled, such as the
+    attention inside nn.MultiheadAttention's), and the mode records the calls it sees."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
     mode = _Decompositions()
-    with mode:
+    with sdpa_kernel([SDPBackend.MATH]), mode:
         yield mode.used
 
 

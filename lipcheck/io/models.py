@@ -490,7 +490,7 @@ def load_model(
     if path is None:
         if arch is None:
             raise InputError(
-                "no model given: give a model file, or --arch package.module:factory (or "
+                "no model given: give a model file (MODEL), or --arch package.module:factory (or "
                 "path/to/file.py:factory) to audit the module that factory returns"
             )
         if trust_pickle:
