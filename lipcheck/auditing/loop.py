@@ -228,7 +228,9 @@ def run_audit(
         bound=bound,
         notes=_zero_jacobian_notes(rows),
         directions=kept.result() if kept is not None else None,
-        derivatives=derivatives_of(rows, settings.batch_size, adjoint_tolerance(torch_dtype(settings.dtype))),
+        derivatives=derivatives_of(
+            rows, settings.batch_size, adjoint_tolerance(torch_dtype(settings.dtype), device)
+        ),
     )
     for note in report.notes:
         warnings.warn(note, LipcheckWarning, stacklevel=2)

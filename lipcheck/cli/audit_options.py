@@ -17,7 +17,7 @@ from lipcheck.options.choices import Device, Dtype, Method, Operator, Product, R
 ModelArgument = Annotated[
     Path | None,
     typer.Argument(
-        metavar="[MODEL]",
+        metavar="MODEL",
         help="Model file: .pt2 (torch.export), TorchScript, .safetensors or a state dict with --arch, "
         "or a pickled module with --trust-pickle. Detected from the file's content. Without it, --arch "
         "alone gives the module its factory returns.",

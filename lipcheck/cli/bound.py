@@ -83,7 +83,7 @@ BoundOutputOption = Annotated[
 BoundModelArgument = Annotated[
     Path | None,
     typer.Argument(
-        metavar="[MODEL]",
+        metavar="MODEL",
         help="Model file, as for `lipcheck audit`: .pt2 (torch.export), .safetensors or a state dict "
         "with --arch, or a pickled module with --trust-pickle; without it, --arch alone gives the module "
         "its factory returns. TorchScript cannot be bounded.",

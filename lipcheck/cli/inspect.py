@@ -25,7 +25,7 @@ def inspect(
     model: Annotated[
         Path | None,
         typer.Argument(
-            metavar="[MODEL]",
+            metavar="MODEL",
             help="Model file, as for `lipcheck audit`; without it, --arch alone.",
             show_default=False,
         ),

@@ -134,8 +134,9 @@ class Derivatives:
             hardswish, scaled_dot_product_attention under its math backend).
         model_calls_per_product: 0 for double-backward, 1 for forward.
         adjoint_tolerance: the largest relative gap a batch may show in the audit's dtype.
-        adjoint: per batch audited in this run, the test's outcome (every batch of a report passed:
-            a failing one stops the audit); batches read back from a --resume journal are not listed.
+        adjoint: per batch (indices [k B, (k+1) B) of the batch size B), the test's outcome: every
+            batch of a report passed it (a failing one stops the audit). Kept in each row, so a
+            resumed or sharded audit lists the same batches as an uninterrupted one.
     """
 
     product: str
