@@ -36,6 +36,12 @@ from lipcheck.report import (
 from lipcheck.report.gate import FailAbove, judge
 
 ARCH = Path(__file__).resolve()
+
+# Limits of a test that waits on another process. On a busy two-core machine, starting Python and torch
+# alone can take a minute, so they are generous: they only bound a hang, and a test waits on a readiness
+# signal (a file the model writes, a line it prints), never on the clock.
+STARTUP_SECONDS = 600  # until a started process signals that it is ready
+EXIT_SECONDS = 300  # until a process that was told to end (or just runs its course) has ended
 IN_FEATURES = 6
 
 

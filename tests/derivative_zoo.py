@@ -12,6 +12,8 @@ test (tests/test_products.py), importable as `--arch tests/derivative_zoo.py:fac
 - `wrong_backward`: a once_differentiable backward off by a factor with a correct jvp: forward mode and
   reverse mode disagree.
 - `stochastic_forward_only`: `forward_only` with dropout left on: forward mode must refuse it.
+- `noisy_forward_only`: `forward_only` with noise drawn in every call (in eval mode too): an audit,
+  which seeds every call and sees the draw, refuses forward mode for it.
 
 Each factory seeds its weights, returns the module in eval mode (except where the point is training
 mode), and takes `double=True` for float64.
@@ -172,6 +174,21 @@ def stochastic_forward_only(double: bool = False) -> nn.Module:
     return _ready(_Custom(_OnceDifferentiableSine, 1.0, dropout=0.5), double, 6).train()
 
 
+class _Noisy(nn.Module):
+    """`forward_only` with noise drawn from torch's global generator in every call, in any mode."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = _Custom(_OnceDifferentiableSine, 1.0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.inner(x + 0.01 * torch.randn_like(x))
+
+
+def noisy_forward_only(double: bool = False) -> nn.Module:
+    return _ready(_Noisy(), double, 7)
+
+
 # The input shape of one sample for each factory.
 INPUT_SHAPES: dict[str, tuple[int, ...]] = {
     "mobilenet_style": (3, 6, 6),
@@ -180,4 +197,5 @@ INPUT_SHAPES: dict[str, tuple[int, ...]] = {
     "wrong_transpose": (6,),
     "wrong_backward": (6,),
     "stochastic_forward_only": (6,),
+    "noisy_forward_only": (6,),
 }

@@ -21,6 +21,9 @@ import numpy as np
 import pytest
 from cli_fixtures import run
 from PIL import Image
+from test_series import PEAK, write_training_run
+
+from lipcheck.report.series import read_series
 
 CHROMIUM = Path(os.environ.get("LIPCHECK_CHROMIUM", "/usr/bin/chromium"))
 REQUIRED = os.environ.get("LIPCHECK_REQUIRE_BROWSER") == "1"
@@ -65,6 +68,14 @@ def pages(tmp_path_factory: pytest.TempPathFactory, small_pages: dict[str, Path]
                 "--fail-above", 2, "-o", written[name], "-q",
             )  # fmt: skip
             assert result.exit_code == 0, result.stderr
+        os.chdir(write_training_run(folder / "run"))  # the recipe's command line: a run of 20 checkpoints
+        written["series-trend"] = folder / "series.html"
+        result = run(
+            "audit", *sorted(Path("ckpt").glob("*.pt")), "--arch", "nets.py:make", "--data", "x.npy",
+            "--bound", "-o", folder / "series.json", "-o", written["series-trend"], "-q",
+        )  # fmt: skip
+        assert result.exit_code == 0, result.stderr
+        assert read_series(folder / "series.json").worst == PEAK  # the JSON validates
     finally:
         os.chdir(here)
     return written
@@ -76,6 +87,7 @@ CHARTS = {
     "small-audit": ("histogram", "sorted", "bracket", "layers", "pictures"),
     "small-compare": ("scatter",),
     "small-bound": ("layers",),
+    "series-trend": ("trend",),
 }
 
 
@@ -114,7 +126,11 @@ def test_a_page_renders_offline_with_every_chart_drawn(
     screenshot = page.screenshot(full_page=True)
     assert drawn_fraction(screenshot) > 0.02
     kept = os.environ.get("LIPCHECK_SCREENSHOTS")
-    if kept and name.startswith("sample-"):
+    if name == "series-trend":  # the worst checkpoint's row stands out
+        worst = page.locator(f"#checkpoints tbody tr:nth-child({PEAK + 1})")
+        assert worst.evaluate("row => getComputedStyle(row).fontWeight") == "600"
+        assert f"epoch_{PEAK * 5}.pt" in worst.inner_text()
+    if kept and (name.startswith("sample-") or name == "series-trend"):
         Path(kept).mkdir(parents=True, exist_ok=True)
         picture = Image.open(io.BytesIO(screenshot)).convert("RGB").quantize(64)  # a tenth of the bytes
         picture.save(Path(kept, f"{name}.png"), optimize=True)

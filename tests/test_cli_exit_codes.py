@@ -1,5 +1,6 @@
 """Every exit code of `lipcheck` (cli.ExitStatus), driven through the command line: 0 passed, 1 gate
-failed, 2 usage or input error, 3 the audit failed, 70 an internal error, 130 interrupted."""
+failed, 2 usage or input error, 3 the audit failed, 70 an internal error, 130 interrupted (141, a
+broken pipe, in test_streams.py)."""
 
 from __future__ import annotations
 
@@ -18,8 +19,10 @@ import pytest
 import torch
 from cli_fixtures import (
     ARCH,
+    EXIT_SECONDS,
     IN_FEATURES,
     MLP,
+    STARTUP_SECONDS,
     assert_one_line_error,
     exported_mlp,
     mlp_inputs,
@@ -57,6 +60,7 @@ def test_the_codes_are_the_documented_ones() -> None:
         "AUDIT_FAILED": 3,
         "INTERNAL_ERROR": 70,
         "INTERRUPTED": 130,
+        "BROKEN_PIPE": 141,
     }
 
 
@@ -110,7 +114,7 @@ def test_an_internal_error_shows_the_traceback_and_asks_for_a_report(
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a child process is POSIX")
 def test_ctrl_c_exits_130(weights: dict[str, Path], tmp_path: Path) -> None:
-    started = tmp_path / "started"
+    started = tmp_path / "started"  # the readiness signal: the model writes it at its first call
     command = audit(weights, "make_slow", "--arch-kwargs", json.dumps({"started": str(started)}))
     process = subprocess.Popen(
         [sys.executable, "-m", "lipcheck", *command],
@@ -119,12 +123,17 @@ def test_ctrl_c_exits_130(weights: dict[str, Path], tmp_path: Path) -> None:
         text=True,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
     )
-    deadline = time.monotonic() + 60
-    while not started.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert started.exists(), process.communicate(timeout=10)
-    process.send_signal(signal.SIGINT)
-    stdout, stderr = process.communicate(timeout=30)
+    try:
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while not started.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert started.exists(), "the model was never called"
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=EXIT_SECONDS)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
     assert process.returncode == ExitStatus.INTERRUPTED, stderr
     assert stderr.strip().splitlines()[-1] == "lipcheck: interrupted" and stdout == ""
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_fixtures import ARCH, mlp_inputs, read_json, run, saved_mlp
+from cli_fixtures import ARCH, EXIT_SECONDS, STARTUP_SECONDS, mlp_inputs, read_json, run, saved_mlp
 
 from lipcheck.cli import ExitStatus
 
@@ -69,7 +69,7 @@ def start_ranks(args: list[str], world: int = 2) -> list[subprocess.Popen[str]]:
     return ranks
 
 
-def finish(ranks: list[subprocess.Popen[str]], timeout: float = 120) -> list[tuple[int, str, str]]:
+def finish(ranks: list[subprocess.Popen[str]], timeout: float = EXIT_SECONDS) -> list[tuple[int, str, str]]:
     return [(rank.wait(timeout), *rank.communicate()) for rank in ranks]
 
 
@@ -107,7 +107,7 @@ def test_torchrun_and_workers_give_the_rows_of_one_process(
                    "-m", "lipcheck", *args]  # fmt: skip
     else:
         command = [sys.executable, "-m", "lipcheck", *args, "--workers", "2"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=180)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=EXIT_SECONDS)
     assert done.returncode == 0, done.stderr
     assert_same_samples(read_json(out), single)
     if launcher == "--workers":
@@ -126,7 +126,7 @@ def test_a_model_error_on_one_rank_fails_every_rank_naming_the_rank_and_the_batc
     assert "samples 12-15" in said[0] and "ValueError: an input above 100" in said[0]
 
 
-def wait_for(path: Path, seconds: float = 60) -> None:
+def wait_for(path: Path, seconds: float = STARTUP_SECONDS) -> None:
     deadline = time.monotonic() + seconds
     while not path.exists():
         assert time.monotonic() < deadline, f"{path} did not appear"
@@ -138,8 +138,8 @@ def test_a_killed_rank_fails_the_others_within_the_timeout(files: dict[str, Path
     ranks = start_ranks(audit_args(files, "make_paced", "--arch-kwargs", paced, "--worker-timeout", "30"))
     wait_for(tmp_path / "pid-1")
     os.kill(int((tmp_path / "pid-1").read_text()), signal.SIGKILL)
-    code, _, said = finish(ranks[:1], timeout=90)[0]
-    ranks[1].wait(10)
+    code, _, said = finish(ranks[:1])[0]
+    ranks[1].wait(EXIT_SECONDS)
     assert code == ExitStatus.AUDIT_FAILED, said
     assert "rank 0 of 2 lost the other ranks while auditing batches" in said
 
@@ -154,11 +154,11 @@ def test_a_rank_that_hangs_fails_the_others_after_the_worker_timeout(
     os.kill(hung, signal.SIGSTOP)  # alive, holding its connections, answering nothing
     try:
         begin = time.monotonic()
-        code, _, said = finish(ranks[:1], timeout=60)[0]
+        code, _, said = finish(ranks[:1])[0]
         waited = time.monotonic() - begin
     finally:
         os.kill(hung, signal.SIGKILL)
-        ranks[1].wait(10)
+        ranks[1].wait(EXIT_SECONDS)
     assert code == ExitStatus.AUDIT_FAILED, said
     assert "rank 0 of 2 lost the other ranks" in said and "--worker-timeout 3 s" in said
     assert 2 <= waited < 30  # it waited for the timeout (its clock may start a batch before the stop), once
@@ -171,7 +171,7 @@ def test_workers_say_which_rank_was_killed(files: dict[str, Path], tmp_path: Pat
                                 stderr=subprocess.PIPE, text=True)  # fmt: skip
     wait_for(tmp_path / "pid-1")
     os.kill(int((tmp_path / "pid-1").read_text()), signal.SIGKILL)
-    code = launcher.wait(90)
+    code = launcher.wait(EXIT_SECONDS)
     said = launcher.communicate()[1]
     assert code == ExitStatus.AUDIT_FAILED, said
     assert "worker rank 1 of 2 was killed by SIGKILL" in said and "batches 1, 3, 5" in said

@@ -14,7 +14,16 @@ from typing import Any
 
 import numpy as np
 import pytest
-from cli_fixtures import ARCH, assert_one_line_error, mlp_inputs, read_json, run, saved_mlp
+from cli_fixtures import (
+    ARCH,
+    EXIT_SECONDS,
+    STARTUP_SECONDS,
+    assert_one_line_error,
+    mlp_inputs,
+    read_json,
+    run,
+    saved_mlp,
+)
 
 from lipcheck.auditing.journal import MAGIC, Journal, journal_name
 from lipcheck.errors import InputError
@@ -59,13 +68,13 @@ def test_an_audit_killed_at_random_points_and_resumed_gives_the_uninterrupted_re
     held = [0]
     for _ in range(3):  # killed at a random point after it made progress, three times
         process = subprocess.Popen([sys.executable, "-m", "lipcheck", *args], stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + STARTUP_SECONDS
         while records(journal / journal_name(0)) <= held[-1] and process.poll() is None:
             assert time.monotonic() < deadline
             time.sleep(0.01)
         time.sleep(chance.uniform(0.0, 0.2))
         process.send_signal(signal.SIGKILL)
-        assert process.wait(30) == -signal.SIGKILL
+        assert process.wait(EXIT_SECONDS) == -signal.SIGKILL
         held.append(records(journal / journal_name(0)))
     assert held == sorted(held) and held[-1] < SAMPLES // BATCH, held  # it went on, and was cut short
     assert not out.exists()
@@ -124,17 +133,18 @@ def test_a_journal_of_another_audit_is_refused_naming_what_differs(
 
 
 def test_a_journal_of_another_world_size_is_refused(tmp_path: Path) -> None:
-    identity = {"model_sha256": "a" * 64, "settings": {"batch_size": 2}, "world_size": 1}
+    identity = {"model_sha256": "a" * 64, "settings": {"batch_size": 2}, "world_size": 1, "data_count": 7}
     Journal.open(tmp_path, identity, 0).close()
     with pytest.raises(InputError, match="world size 1 vs 2"):
         Journal.open(tmp_path, {**identity, "world_size": 2}, 1)
     journal = Journal.open(tmp_path, identity, 0)
-    rows = np.zeros(3, dtype=ROW)
-    rows["index"] = [4, 5, 6]
+    rows = np.zeros(2, dtype=ROW)
+    rows["index"] = [4, 5]
+    rows["iterations"] = 1
     journal.append(2, rows)
     journal.close()
     again = Journal.open(tmp_path, identity, 0)
-    assert list(again.done) == [2] and again.read(2)["index"].tolist() == [4, 5, 6]
+    assert list(again.done) == [2] and again.read(2)["index"].tolist() == [4, 5]
     again.close()
 
 
@@ -149,3 +159,41 @@ def test_lipcheck_audit_resumes_from_python(tmp_path: Path) -> None:
     assert records(tmp_path / "j" / journal_name(0)) == 3
     again = lipcheck.audit(MLP(), x, batch_size=4, device="cpu", resume=tmp_path / "j")
     assert list(again.samples) == list(first.samples) and again.summary == first.summary
+
+
+def test_a_full_disk_stops_the_audit_with_exit_2_and_the_journal_continues_later(
+    files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import os
+
+    journal, out = tmp_path / "journal", tmp_path / "r.json"
+    args = audit_args(files, "make_mlp", {}, "--resume", str(journal), "-o", str(out))
+    real = os.pwrite
+    writes: list[int] = []
+
+    def fills_up(descriptor: int, data: bytes, offset: int) -> int:
+        writes.append(len(data))
+        if len(writes) == 4:  # the header, two batches, then the disk is full in the middle of the third
+            real(descriptor, data[: len(data) // 2], offset)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(descriptor, data, offset)
+
+    monkeypatch.setattr("lipcheck.auditing.journal.os.pwrite", fills_up)
+    result = run(*args)
+    said = ("--resume", journal_name(0), "No space left on device", "run the same command")
+    assert_one_line_error(result, *said)
+    assert not out.exists() and records(journal / journal_name(0)) == 2  # the half record was cut off
+    monkeypatch.setattr("lipcheck.auditing.journal.os.pwrite", real)
+    assert run(*args).exit_code == 0
+    uninterrupted = tmp_path / "u.json"
+    assert run(*audit_args(files, "make_mlp", {}, "-o", str(uninterrupted))).exit_code == 0
+    assert without_timing(read_json(out)) == without_timing(read_json(uninterrupted))
+
+
+def test_the_journal_refuses_a_short_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    journal = Journal.open(tmp_path, {"audit": 1}, 0)
+    monkeypatch.setattr("lipcheck.auditing.journal.os.pwrite", lambda fd, data, offset: len(data) - 1)
+    with pytest.raises(InputError, match="cannot be written"):
+        journal.append(0, np.zeros(2, dtype=ROW))
+    journal.close()

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_fixtures import assert_one_line_error, run
 from torch import nn
 
 import lipcheck
@@ -118,6 +119,11 @@ def test_the_file_is_sniffed_by_content_and_inspect_shows_its_graph(tmp_path: Pa
     assert loaded.graph["outputs"] == [{"name": "y", "shape": ["batch", 5], "dtype": "float32"}]
     assert loaded.graph["operators"] == len(__import__("onnx").load(str(path)).graph.node)
     assert loaded.graph["opset"] >= 9
+    shown = run("inspect", path)
+    assert shown.exit_code == 0, shown.stderr
+    assert "outputs:      y (batch, 5) float32" in shown.stdout
+    assert f"operators:    {loaded.graph['operators']}" in shown.stdout
+    assert "opset:" in shown.stdout and "format:       onnx" in shown.stdout
 
 
 def test_a_newer_opset_is_brought_down_exactly_and_the_report_says_so(tmp_path: Path) -> None:
@@ -163,6 +169,9 @@ def test_an_unconvertible_or_gradient_free_operator_is_refused_by_name(
     path = _graph_with(onnx, op, tmp_path)
     with pytest.raises(InputError, match=f"'{op}' \\(node 'my_{op.lower()}'\\).*{says}"):
         load_model(path)
+    assert_one_line_error(
+        run("audit", path, "--random", "4", "--num-samples", "2"), f"'{op}'", f"my_{op.lower()}"
+    )
 
 
 def test_a_disagreement_with_onnxruntime_is_refused(tmp_path: Path) -> None:

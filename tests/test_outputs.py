@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_fixtures import assert_one_line_error, exported_mlp, make_report, run
+from cli_fixtures import EXIT_SECONDS, assert_one_line_error, exported_mlp, make_report, run
 
 from lipcheck.io.outputs import prepare_outputs, remove_stale_temporaries, write_atomic
 
@@ -143,8 +143,8 @@ def test_a_symlink_writes_its_target_and_stays_a_link(mlp: dict[str, Path], tmp_
 
 def _lipcheck(*args: Any, **kwargs: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "lipcheck", *map(str, args)], capture_output=True, text=True, timeout=120,
-        **kwargs,
+        [sys.executable, "-m", "lipcheck", *map(str, args)], capture_output=True, text=True,
+        timeout=EXIT_SECONDS, **kwargs,
     )  # fmt: skip
 
 
@@ -158,7 +158,7 @@ def test_dev_fd_and_dev_stdout_are_streamed_into(mlp: dict[str, Path], tmp_path:
         )  # fmt: skip
         os.close(write_end)
         written = pipe.read()
-        assert process.wait(120) == 0
+        assert process.wait(EXIT_SECONDS) == 0
     assert json.loads(written)["gate"]["passed"] is True
 
     # Streamed, so a file that stdout appends to keeps what it held (a rename would replace it).
@@ -167,7 +167,7 @@ def test_dev_fd_and_dev_stdout_are_streamed_into(mlp: dict[str, Path], tmp_path:
     with log.open("a") as stdout:
         completed = subprocess.run(
             [sys.executable, "-m", "lipcheck", "gate", str(mlp["report"]), "--fail-above", "5", "-o",
-             "/dev/stdout", "-q"], stdout=stdout, timeout=120,
+             "/dev/stdout", "-q"], stdout=stdout, timeout=EXIT_SECONDS,
         )  # fmt: skip
     assert completed.returncode == 0
     earlier, report = log.read_text().split("\n", 1)
@@ -263,7 +263,7 @@ def test_sigterm_during_a_write_removes_the_temporary_file(tmp_path: Path, signu
     assert process.stdout is not None and process.stdout.readline() == "writing\n"
     assert len(list(tmp_path.iterdir())) == 2  # the temporary file exists now
     process.send_signal(signum)
-    assert process.wait(30) == -signum  # still ended by the signal, as the shell expects
+    assert process.wait(EXIT_SECONDS) == -signum  # still ended by the signal, as the shell expects
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"] and target.read_text() == "old"
 
 

@@ -224,3 +224,9 @@ def test_python_audits_a_factory_alone() -> None:
     np.testing.assert_allclose(
         [row.sigma for row in report.samples], dense_sigma(zoo.mobilenet_style(double=True), x), rtol=1e-4
     )
+
+
+def test_an_audit_refuses_forward_mode_for_a_model_that_draws_random_numbers() -> None:
+    model, x = zoo.noisy_forward_only(double=True), inputs("noisy_forward_only")
+    with pytest.raises(AuditFailedError, match="draws random numbers in its forward"):
+        lipcheck.audit(model, x, dtype="float64")

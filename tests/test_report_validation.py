@@ -40,7 +40,7 @@ def _searched_and_bounded() -> dict[str, Any]:
         4.0, (LayerBound("0", "linear", "linear", 4.0, "exact SVD"),), {"aten.erf": 1.2}, (4,)
     )
     report = replace(
-        make_report([1.0]), samples=rows, summary=summarise(rows, "max"),
+        make_report([1.0, 2.0]), samples=rows, summary=summarise(rows, "max"),
         settings=Settings(search_steps=5, search_radius=0.5), bound=bound,
     )  # fmt: skip
     return json.loads(report.to_json())

@@ -8,11 +8,14 @@ checkpoint's max sigma is checked against dense Jacobians in float64.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from cli_fixtures import assert_one_line_error, run
 
 from lipcheck.auditing.request import AuditRequest, DataSource, ModelSource
 from lipcheck.auditing.series import SeriesRequest, order_checkpoints, read_models_list, run_series
@@ -39,19 +42,25 @@ def _scale(step: int) -> float:
     return 1.06**step if step <= PEAK else 1.06**PEAK * 0.97 ** (step - PEAK)
 
 
-@pytest.fixture(scope="module")
-def run_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("run")
+def write_training_run(folder: Path) -> Path:
+    """folder/nets.py (the factory `make`), folder/ckpt/epoch_0.pt ... epoch_95.pt (20 state dicts whose
+    weights grow until step 13, then shrink) and folder/x.npy (9 samples of 6)."""
+    folder.mkdir(parents=True, exist_ok=True)
     (folder / "nets.py").write_text(NETS)
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(6, 12), torch.nn.Tanh(), torch.nn.Linear(12, 3))
     base = {name: tensor.clone() for name, tensor in model.state_dict().items()}
-    (folder / "ckpt").mkdir()
+    (folder / "ckpt").mkdir(exist_ok=True)
     for step in range(STEPS):
         weights = {name: tensor * _scale(step) ** 0.5 for name, tensor in base.items()}
         torch.save(weights, folder / "ckpt" / f"epoch_{step * 5}.pt")  # epoch_5 sorts before epoch_10
     np.save(folder / "x.npy", np.random.default_rng(0).standard_normal((9, 6)))
     return folder
+
+
+@pytest.fixture(scope="module")
+def run_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_training_run(tmp_path_factory.mktemp("run"))
 
 
 def _checkpoints(folder: Path) -> tuple[Path, ...]:
@@ -173,3 +182,100 @@ def test_an_edited_series_report_is_refused(run_folder: Path, tmp_path: Path) ->
     edited.write_text(json.dumps(data))
     with pytest.raises(InputError, match="not a valid lipcheck series report"):
         read_series(edited)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The command line: lipcheck audit ckpt/*.pt --arch nets.py:make --data x.npy -o series.json ...
+
+
+def _cli_series(run_folder: Path, *extra: object) -> object:
+    return run(
+        "audit", *_checkpoints(run_folder), "--arch", f"{run_folder / 'nets.py'}:make",
+        "--data", run_folder / "x.npy", "--dtype", "float64", *extra,
+    )  # fmt: skip
+
+
+def test_the_command_line_writes_the_series_and_one_report_per_checkpoint(
+    run_folder: Path, tmp_path: Path
+) -> None:
+    result = _cli_series(run_folder, "-o", tmp_path / "series.json", "-o", tmp_path / "series.md")
+    assert result.exit_code == 0, result.stderr
+    series = read_series(tmp_path / "series.json")
+    assert series.worst == PEAK and len(series.checkpoints) == STEPS
+    reports = sorted((tmp_path / "series-checkpoints").glob("*.json"))
+    assert len(reports) == STEPS and all(read_report(path) for path in reports)
+    markdown = (tmp_path / "series.md").read_text()
+    assert sum(line.startswith("| ") and "epoch_" in line for line in markdown.splitlines()) == STEPS
+
+
+@pytest.mark.parametrize(
+    ("flags", "code"),
+    [
+        (("--max-increase-over-best", 1), 1),
+        (("--max-increase-over-best", 90), 0),
+        (("--fail-above", 0.01), 1),
+    ],
+)
+def test_the_command_line_gate_exits_by_the_series_verdict(
+    run_folder: Path, tmp_path: Path, flags: tuple[object, ...], code: int
+) -> None:
+    result = _cli_series(run_folder, *flags, "-o", tmp_path / "series.json")
+    assert result.exit_code == code, result.stderr
+    assert read_series(tmp_path / "series.json").gate.passed is (code == 0)
+
+
+def test_the_command_line_resumes_per_checkpoint_and_reads_a_list(run_folder: Path, tmp_path: Path) -> None:
+    listed = run_folder / "run.txt"
+    listed.write_text("".join(f"ckpt/{path.name}\n" for path in _checkpoints(run_folder)))
+    flags = ("--models-from", listed, "--step-regex", r"epoch_(\d+)", "--resume", tmp_path / "kept")
+    common = (
+        "--arch",
+        f"{run_folder / 'nets.py'}:make",
+        "--data",
+        run_folder / "x.npy",
+        "--dtype",
+        "float64",
+    )
+    first = run("audit", *flags, *common, "-o", tmp_path / "first.json")
+    assert first.exit_code == 0, first.stderr
+    written = {path: path.stat().st_mtime_ns for path in (tmp_path / "kept").glob("*.json")}
+    assert len(written) == STEPS
+    again = run("audit", *flags, *common, "-o", tmp_path / "again.json")
+    assert again.exit_code == 0, again.stderr
+    assert {path: path.stat().st_mtime_ns for path in written} == written  # none audited again
+    assert read_series(tmp_path / "again.json") == read_series(tmp_path / "first.json")
+    assert [c.step for c in read_series(tmp_path / "again.json").checkpoints] == [s * 5 for s in range(STEPS)]
+
+
+def test_series_flags_need_a_series(run_folder: Path) -> None:
+    one = _checkpoints(run_folder)[0]
+    result = run("audit", one, "--arch", f"{run_folder / 'nets.py'}:make", "--data", run_folder / "x.npy",
+                 "--max-increase-over-best", 5)  # fmt: skip
+    assert_one_line_error(result, "--max-increase-over-best is for a series")
+    assert_one_line_error(_cli_series(run_folder, "-o", run_folder / "x.npy"), "--output", "x.npy")
+
+
+def test_workers_split_each_checkpoint_and_resume_keeps_their_reports(
+    run_folder: Path, tmp_path: Path
+) -> None:
+    """--workers 2: each checkpoint's batches over two ranks, the figures of one process; rerun with
+    --resume, no checkpoint is audited again (their reports keep their bytes)."""
+    checkpoints = [str(path) for path in _checkpoints(run_folder)[:3]]
+    common = ["--arch", f"{run_folder / 'nets.py'}:make", "--data", str(run_folder / "x.npy"),
+              "--dtype", "float64", "--batch-size", "4", "--resume", str(tmp_path / "kept")]  # fmt: skip
+    single = run("audit", *checkpoints, *common[:-2], "-o", tmp_path / "single.json")
+    assert single.exit_code == 0, single.stderr
+    for name in ("first", "again"):
+        command = [sys.executable, "-m", "lipcheck", "audit", *checkpoints, *common, "--workers", "2",
+                   "-o", str(tmp_path / f"{name}.json")]  # fmt: skip
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        if name == "first":
+            kept = {path: path.read_bytes() for path in (tmp_path / "kept").glob("*.json")}
+    assert {path: path.read_bytes() for path in kept} == kept and len(kept) == 3
+    ranked, alone = read_series(tmp_path / "again.json"), read_series(tmp_path / "single.json")
+    for figure in ("max", "median", "min"):
+        assert [getattr(c.summary, figure) for c in ranked.checkpoints] == pytest.approx(
+            [getattr(c.summary, figure) for c in alone.checkpoints], rel=1e-9
+        )
+    assert all(read_report(path).environment.world_size == 2 for path in kept)

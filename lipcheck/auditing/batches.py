@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import ctypes
 import gc
-import inspect
-import json
 import sys
 import traceback
 import warnings
@@ -18,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lipcheck.auditing.randomness import RandomnessWatch
 from lipcheck.auditing.search import SearchResult, worst_case_search
 from lipcheck.engine import SpectralNormResult, spectral_norm
 from lipcheck.errors import (
@@ -29,8 +28,8 @@ from lipcheck.errors import (
     describe,
 )
 from lipcheck.io.datasets import Dataset
-from lipcheck.io.models import LoadedModel
-from lipcheck.options.choices import Device, Dtype
+from lipcheck.io.models import LoadedModel, check_model_args
+from lipcheck.options.choices import Device, Dtype, Product
 from lipcheck.report import (
     SampleResult,
     Settings,
@@ -127,26 +126,6 @@ def _where_raised(error: BaseException) -> str:
     return f"{own[-1].filename}:{own[-1].lineno}" if own else ""
 
 
-def _check_model_args(module: Any, kwargs: Mapping[str, Any]) -> None:
-    """InputError naming --arg when the keywords cannot be passed to the module's forward with one
-    input (an unknown name, or the name of the input itself)."""
-    if not kwargs:
-        return
-    forward = getattr(module, "forward", module)
-    try:
-        signature = inspect.signature(forward)
-    except (TypeError, ValueError):  # a builtin or a compiled module: the call itself will tell
-        return
-    try:
-        signature.bind(None, **kwargs)
-    except TypeError as error:
-        given = " ".join(f"--arg {k}={json.dumps(v)}" for k, v in kwargs.items())
-        raise InputError(
-            f"{given} does not fit the model's forward{signature} ({error}): pass only its keyword "
-            "parameters other than the input"
-        ) from None
-
-
 def audit_rows(
     model: LoadedModel,
     data: Dataset,
@@ -187,18 +166,22 @@ def audit_batch(
     batch: range,
     fitting: Fitting | None = None,
     directions: DirectionSink | None = None,
+    randomness: RandomnessWatch | None = None,
 ) -> np.ndarray:
     """The rows (a `columns.ROW` table) of the samples `batch` of `data`, measured as one batch.
 
     A batch that runs out of memory is split in halves, down to one sample, and the audit goes on at
     the size that fit (`fitting`, said once as a LipcheckWarning); a single sample that does not fit
-    fails the audit. Errors as `audit_rows`.
+    fails the audit. Every call of the model runs under generators seeded from the settings' seed,
+    through `randomness`, which remembers whether the model drew random numbers. Errors as `audit_rows`.
     """
     fitting = fitting or Fitting(settings.batch_size)
+    randomness = randomness or RandomnessWatch(settings.seed)
     x = data.read(batch.start, batch.stop, torch_dtype(settings.dtype))
     parts = [batch[start : start + fitting.size] for start in range(0, len(batch), fitting.size)]
     tables = [
-        _fitted(model, data.name, settings, part, x, batch.start, fitting, directions) for part in parts
+        _fitted(model, data.name, settings, part, x, batch.start, fitting, directions, randomness)
+        for part in parts
     ]
     return tables[0] if len(tables) == 1 else np.concatenate(tables)
 
@@ -211,14 +194,14 @@ def _fitted(
     x: Tensor,
     first: int,
     fitting: Fitting,
-    directions: DirectionSink | None = None,
+    directions: DirectionSink | None,
+    randomness: RandomnessWatch,
 ) -> np.ndarray:
     """The rows of the samples `part` (in the batch `x`, whose first sample is `first`), split in
     halves while they run out of memory."""
     try:
-        return _measure_rows(
-            model, name, settings, part, x[part.start - first : part.stop - first], directions
-        )
+        inputs = x[part.start - first : part.stop - first]
+        return _measure_rows(model, name, settings, part, inputs, directions, randomness)
     except _OutOfMemory as error:
         if len(part) == 1:
             raise AuditFailedError(
@@ -243,7 +226,7 @@ def _fitted(
     tables, done = [], 0
     while done < len(part):  # in pieces of the size that fits, which may shrink on the way
         piece = part[done : done + fitting.size]
-        tables.append(_fitted(model, name, settings, piece, x, first, fitting, directions))
+        tables.append(_fitted(model, name, settings, piece, x, first, fitting, directions, randomness))
         done += len(piece)
     return np.concatenate(tables)
 
@@ -270,14 +253,15 @@ def _measure_rows(
     settings: Settings,
     part: range,
     x: Tensor,
-    directions: DirectionSink | None = None,
+    directions: DirectionSink | None,
+    randomness: RandomnessWatch,
 ) -> np.ndarray:
     """The rows of the samples `part` (x: their inputs), measured in one call of the engine; the
     engine's result goes to `directions` too, when given."""
     device = resolve_device(settings.device)
     where = f"model '{model.path}' on {name} samples {part.start}-{part.stop - 1}"
     try:
-        call = _guarded_call(model, settings, tuple(x.shape), part.start)
+        call = _guarded_call(model, settings, tuple(x.shape), part.start, randomness)
         result, found = _measure(call, x.to(device), settings)
     except _OutOfMemory as error:
         raise _OutOfMemory(where, error.said) from error.__cause__
@@ -287,6 +271,8 @@ def _measure_rows(
         if _out_of_memory(error):
             raise _OutOfMemory(where, describe(error)) from error
         raise AuditFailedError(f"{where}: the Jacobian products failed ({describe(error)})") from error
+    if result.product == Product.forward.value and randomness.drew:
+        raise _stochastic_forward(where, randomness.drew)
     if directions is not None:
         directions(list(part), result, x)
     table = np.empty(len(part), dtype=ROW)
@@ -310,20 +296,31 @@ def _measure_rows(
     return table
 
 
+def _stochastic_forward(where: str, drew: set[str]) -> AuditFailedError:
+    """The refusal of the forward-mode product for a model that draws random numbers."""
+    return AuditFailedError(
+        f"{where}: the model draws random numbers in its forward ({', '.join(sorted(drew))}), and the "
+        "forward-mode product, which calls it again for every product, is not used on such a model: put "
+        "the model in eval mode (dropout) or remove the randomness, or use --product double-backward "
+        "(one call per batch) where torch can differentiate the model that way"
+    )
+
+
 def _guarded_call(
-    model: LoadedModel, settings: Settings, shape: tuple[int, ...], first: int
+    model: LoadedModel, settings: Settings, shape: tuple[int, ...], first: int, randomness: RandomnessWatch
 ) -> Callable[[Tensor], Any]:
     """The model's call on one batch (of `shape`, starting at sample `first`) as the engine makes it:
-    with the `--arg` keywords, the `--output-key` output, and the model's failures as lipcheck errors
-    that say what happened (a rejected input, out of memory, a bug of the model, NaN output)."""
+    with the `--arg` keywords, the `--output-key` output, under generators seeded by `randomness`, and
+    the model's failures as lipcheck errors that say what happened (a rejected input, out of memory, a
+    bug of the model, NaN output)."""
     module, kwargs = model.module, dict(settings.model_kwargs)
-    _check_model_args(module, kwargs)
+    check_model_args(module, kwargs)
     if model.input_spec and not _fits(shape, model.input_spec[0].shape):
         raise InputError(f"the input of shape {shape} does not fit the model{_expected_shape(model)}")
 
     def call(inputs: Tensor) -> Any:
         try:
-            output = module(inputs, **kwargs)
+            output = randomness.call(module, inputs, **kwargs)
         except LipcheckError:
             raise
         except (Exception, SystemExit) as error:  # model code cannot end the process

@@ -29,6 +29,7 @@ import torch.distributed as dist
 
 from lipcheck.errors import AuditFailedError, InputError, LipcheckError, describe
 from lipcheck.options.choices import WORKER_TIMEOUT_SECONDS
+from lipcheck.options.limits import check_workers
 
 
 @dataclass(frozen=True)
@@ -165,11 +166,13 @@ def launch_workers(workers: int, argv: Sequence[str]) -> int:
     torch.distributed.run (torchrun --standalone), and return the exit status they agreed on.
 
     A rank killed by a signal (not the SIGTERM the launcher sends the others then) fails the audit
-    (AuditFailedError naming the rank and the batches it audits).
+    (AuditFailedError naming the rank and the batches it audits). More than MAX_WORKERS is an
+    InputError (`lipcheck.options.limits`).
     """
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
+    check_workers(workers)  # before a process starts: each one holds a model and its batches
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # one thread a rank, and torchrun says nothing of it
     # The ranks say what failed; the launcher's own log of a rank's exit status would say it again.
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)

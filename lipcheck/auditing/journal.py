@@ -6,6 +6,10 @@ per finished batch: b"LJB1", the batch number, the row count and the CRC-32 of t
 int64, int64, uint32), then the rows as `columns.ROW`. Each record is written with one write and
 fsync'd before the next batch starts. Opening a journal reads its records back and cuts off a last one
 that is short or fails its CRC (a kill during the write): that batch is done again, never counted twice.
+A whole record is then checked like any rows read back (`lipcheck.report.rows`): a record of a batch
+this rank does not audit, a second record of one batch, or rows that are not exactly its batch's
+samples with figures an audit writes (a finite sigma >= 0, ...) is refused with an InputError naming
+the file and the record, even when its CRC is valid: a CRC tells a torn write, not a forged one.
 
 A journal whose identity differs from this audit's (another model, data, settings, world size) is
 refused with an InputError that names each difference: its rows are not this audit's.
@@ -13,6 +17,8 @@ refused with an InputError that names each difference: its rows are not this aud
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import struct
@@ -24,6 +30,7 @@ import numpy as np
 
 from lipcheck.errors import InputError
 from lipcheck.report.columns import ROW
+from lipcheck.report.rows import check_rows
 
 MAGIC = b"LJB1"
 _HEAD = struct.Struct("<qqI")  # batch number, rows, CRC-32 of the rows
@@ -67,11 +74,15 @@ class Journal:
         first = os.pread(descriptor, min(size, 1 << 20), 0).split(b"\n", 1)[0]
         if size == 0 or len(first) == size:  # new, or killed before its header was whole
             os.ftruncate(descriptor, 0)
-            os.pwrite(descriptor, header, 0)
-            os.fsync(descriptor)
+            journal = cls(path, descriptor, {})
+            journal._write(0, header)
             _sync_folder(folder)
-            return cls(path, descriptor, {})
-        done = _records(descriptor, len(first) + 1, size)
+            return journal
+        try:
+            done = _records(descriptor, len(first) + 1, size, _Layout.of(path, identity, rank))
+        except InputError:
+            os.close(descriptor)
+            raise
         return cls(path, descriptor, done)
 
     def read(self, batch: int) -> np.ndarray:
@@ -84,16 +95,65 @@ class Journal:
         payload = np.ascontiguousarray(table, dtype=ROW).tobytes()
         record = MAGIC + _HEAD.pack(batch, len(table), zlib.crc32(payload)) + payload
         offset = os.lseek(self._descriptor, 0, os.SEEK_END)
-        os.write(self._descriptor, record)
-        os.fsync(self._descriptor)
+        self._write(offset, record)
         self.done[batch] = (offset + len(MAGIC) + _HEAD.size, len(table))
+
+    def _write(self, offset: int, data: bytes) -> None:
+        """Write `data` at `offset` (the end), whole, and fsync it. A failed write (a full disk, a quota,
+        an I/O error) is cut off again and is an InputError naming --resume and the file: the journal
+        keeps the batches before it, and the same command continues once there is room."""
+        try:
+            written = os.pwrite(self._descriptor, data, offset)
+            if written != len(data):
+                raise OSError(errno.ENOSPC, f"wrote {written} of {len(data)} bytes")
+            os.fsync(self._descriptor)
+        except OSError as error:
+            with contextlib.suppress(OSError):  # else the short record is cut off when read back
+                os.ftruncate(self._descriptor, offset)
+            raise InputError(
+                f"--resume '{self.path.parent}': the journal '{self.path}' cannot be written "
+                f"({error.strerror or error}): free some space (or choose another folder) and run the same "
+                "command again to continue"
+            ) from error
 
     def close(self) -> None:
         os.close(self._descriptor)
 
 
-def _records(descriptor: int, start: int, size: int) -> dict[int, tuple[int, int]]:
-    """The whole records from `start` on; the file is cut after the last whole one."""
+class _Layout:
+    """Which batches a rank's journal may hold, and which samples each is: from the audit's identity."""
+
+    def __init__(self, path: Path, count: int, batch_size: int, world_size: int, rank: int) -> None:
+        self.path, self.count, self.batch_size = path, count, batch_size
+        self.world_size, self.rank = world_size, rank
+
+    @classmethod
+    def of(cls, path: Path, identity: dict[str, Any], rank: int) -> _Layout:
+        settings = identity.get("settings") or {}
+        return cls(
+            path, int(identity["data_count"]), int(settings["batch_size"]), int(identity["world_size"]), rank
+        )
+
+    def check(self, record: int, batch: int, table: np.ndarray, seen: dict[int, Any]) -> None:
+        """InputError naming the journal and its record `record` (0-based) unless `table` is batch
+        `batch`'s rows, once, of a batch this rank audits."""
+        where = f"journal '{self.path}' record {record} (batch {batch})"
+        batches = -(-self.count // self.batch_size)
+        fix = f"it was edited or damaged; remove '{self.path}' to audit its batches again"
+        if not 0 <= batch < batches or batch % self.world_size != self.rank:
+            raise InputError(
+                f"{where} is of no batch that rank {self.rank} of {self.world_size} audits ({batches} "
+                f"batches of {self.batch_size}): {fix}"
+            )
+        if batch in seen:
+            raise InputError(f"{where} repeats batch {batch}, which an earlier record holds: {fix}")
+        samples = range(batch * self.batch_size, min((batch + 1) * self.batch_size, self.count))
+        check_rows(table, where, count=self.count, expected=samples)
+
+
+def _records(descriptor: int, start: int, size: int, layout: _Layout) -> dict[int, tuple[int, int]]:
+    """The whole records from `start` on, each checked by `layout`; the file is cut after the last
+    whole one (a torn write is done again)."""
     done: dict[int, tuple[int, int]] = {}
     offset = start
     head = len(MAGIC) + _HEAD.size
@@ -105,8 +165,10 @@ def _records(descriptor: int, start: int, size: int) -> dict[int, tuple[int, int
         length = rows * ROW.itemsize
         if rows < 0 or offset + head + length > size:
             break
-        if zlib.crc32(os.pread(descriptor, length, offset + head)) != crc:
+        payload = os.pread(descriptor, length, offset + head)
+        if zlib.crc32(payload) != crc:
             break
+        layout.check(len(done), batch, np.frombuffer(payload, dtype=ROW), done)
         done[batch] = (offset + head, rows)
         offset += head + length
     if offset < size:

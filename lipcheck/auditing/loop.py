@@ -42,6 +42,7 @@ from lipcheck.auditing.batches import (
 from lipcheck.auditing.distributed import World
 from lipcheck.auditing.journal import Journal
 from lipcheck.auditing.provenance import audit_identity, data_section, environment, model_section
+from lipcheck.auditing.randomness import RandomnessWatch
 from lipcheck.engine import SpectralNormResult
 from lipcheck.engine.products import adjoint_tolerance
 from lipcheck.errors import (
@@ -75,6 +76,7 @@ def audit_columns(
     journal: Journal | None = None,
     progress: Progress | None = None,
     directions: DirectionSink | None = None,
+    randomness: RandomnessWatch | None = None,
 ) -> tuple[SampleColumns, int | None]:
     """Every sample's row, as compact columns, and the batch size that fit when a batch ran out of
     memory (None when all fit). With `--product auto`, the product of this rank's first batch (audited
@@ -84,12 +86,14 @@ def audit_columns(
     audits batches rank, rank + size, ... and the rows of all ranks are gathered (see
     `lipcheck.auditing.distributed`); `progress` counts the samples of all ranks. With a `journal`, batches it
     holds are read back instead of audited, and each batch audited is added to it. The engine's
-    results of the batches audited go to `directions`, when given.
+    results of the batches audited go to `directions`, when given; the model's calls go through
+    `randomness` (seeded generators, and whether the model drew from them).
     """
     world = world or World()
     size, count = settings.batch_size, len(data)
     batches = -(-count // size)
     fitting = Fitting(size)
+    randomness = randomness or RandomnessWatch(settings.seed)
     store = ColumnStore()
     pinned = settings
     for round_ in range(-(-batches // world.size)):
@@ -101,7 +105,7 @@ def audit_columns(
                 if journal is not None and k in journal.done:
                     table = journal.read(k)
                 else:
-                    table = audit_batch(model, data, pinned, batch, fitting, directions)
+                    table = audit_batch(model, data, pinned, batch, fitting, directions, randomness)
                     if journal is not None:
                         journal.append(k, table)
                 store.append(table)
@@ -199,10 +203,13 @@ def run_audit(
     begin = time.perf_counter()
     try:
         kept = None if directions == 0 and pictures == 0 else _LargestSigma(directions, pictures)
+        randomness = RandomnessWatch(settings.seed)
         rows, fitted = audit_columns(
             model, data, settings, world=world, journal=journal, progress=progress,
-            directions=kept.add if kept is not None else None,
+            directions=kept.add if kept is not None else None, randomness=randomness,
         )  # fmt: skip
+        if world.sharded:  # a rank that drew random numbers says so in the one report
+            randomness.drew.update(*distributed.all_gather(world, randomness.drew, "gathering the notes"))
         if kept is not None and world.sharded:
             kept = _LargestSigma.merged(distributed.all_gather(world, kept, "gathering the directions"))
     finally:
@@ -210,6 +217,7 @@ def run_audit(
             journal.close()
     seconds = time.perf_counter() - begin
     ran = replace(environment(device), world_size=world.size, fitted_batch_size=fitted)
+    warned = _zero_jacobian_notes(rows) + tuple(note for note in [randomness.note()] if note)
     report = Report(
         model=model_section(model),
         data=described or data_section(data),
@@ -226,13 +234,13 @@ def run_audit(
         summary=summarise(rows, settings.reduction),
         lipcheck_version=__version__,
         bound=bound,
-        notes=_zero_jacobian_notes(rows),
+        notes=(*model.notes, *warned),  # the loading's (an ONNX conversion), then the run's
         directions=kept.result() if kept is not None else None,
         derivatives=derivatives_of(
             rows, settings.batch_size, adjoint_tolerance(torch_dtype(settings.dtype), device)
         ),
     )
-    for note in report.notes:
+    for note in warned:
         warnings.warn(note, LipcheckWarning, stacklevel=2)
     return replace(report, gate=judge(rules, report))
 

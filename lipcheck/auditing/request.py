@@ -16,6 +16,7 @@ from typing import Any
 from lipcheck.errors import InputError
 from lipcheck.io.file_formats import MAX_READ_BYTES
 from lipcheck.options.choices import WORKER_TIMEOUT_SECONDS, BoundMethod, Format
+from lipcheck.options.limits import check_worker_timeout
 from lipcheck.report import Settings
 from lipcheck.report.gate import RuleOptions
 
@@ -134,6 +135,7 @@ class AuditRequest:
             )
         if not self.worker_timeout > 0:
             raise InputError(f"--worker-timeout must be a number of seconds > 0, got {self.worker_timeout:g}")
+        check_worker_timeout(self.worker_timeout)
         if self.resume is not None and Path(self.resume).is_file():
             raise InputError(
                 f"--resume '{self.resume}' is a file: give a folder for the audit's journal (it is created)"

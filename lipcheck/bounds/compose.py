@@ -14,6 +14,7 @@ from torch import nn
 from lipcheck.bounds.graph import GraphBound, export_program, functional
 from lipcheck.bounds.loop_transformation import loop_transformation_bound
 from lipcheck.errors import InputError
+from lipcheck.options.limits import check_sample_shape
 from lipcheck.report import BoundReport
 
 
@@ -32,7 +33,8 @@ def upper_bound(
         input_shape: the shape of one input without the batch dimension, e.g. (3, 224, 224).
         assume: operation name (as named by `UnsupportedOperationError`, e.g. "aten.erf.default" or
             "aten.erf") -> a Lipschitz constant of that operation, jointly in all its tensor inputs,
-            that the user takes responsibility for. It replaces lipcheck's rule where there is one.
+            that the user takes responsibility for. Only an operation without a rule can be assumed: an
+            assumption that names one with a rule is an InputError.
         method: "liplt" (default), the loop-transformation composition (`loop_transformation.py`), never
             above "product", the product of the factors along every path; the report keeps both totals.
 
@@ -88,6 +90,7 @@ def _check_shape(input_shape: int | Sequence[int]) -> tuple[int, ...]:
             f"input shape {input_shape!r} is not a non-empty sequence of positive integers "
             "(the shape of one input, without the batch dimension, e.g. (3, 32, 32))"
         )
+    check_sample_shape(dims, "the input shape")
     return dims
 
 

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.fx import Node
 
 from lipcheck.bounds.norms import with_margin
-from lipcheck.errors import AuditFailedError, UnsupportedOperationError, first_line
+from lipcheck.errors import AuditFailedError, InputError, UnsupportedOperationError, first_line
 from lipcheck.report import LayerBound
 
 
@@ -164,27 +164,44 @@ class GraphBound:
             self.constants[node] = self._evaluate(node)
             return
         site = Site(self, node)
-        assumed = self.assumptions.get(name, self.assumptions.get(packet or name))
-        if assumed is not None:
-            key = name if name in self.assumptions else str(packet)
-            self.used_assumptions[key] = assumed
-            self.assumed_nodes[node] = assumed
-            joint = math.hypot(*(finite_bound(self, item) for item in inputs))
-            site.record("assumed", assumed, f"assumed by the user ({key})")
-            self.bounds[node] = self._checked(node, like_value(node, assumed * joint))
-            return
         rule = RULES.get(node.target) or RULES.get(getattr(node.target, "overloadpacket", None))
-        if rule is None:
+        assumed = self.assumptions.get(name, self.assumptions.get(packet or name))
+        key = name if name in self.assumptions else str(packet)
+        if assumed is None and rule is None:
             raise UnsupportedOperationError(
                 f"cannot bound operation {name!r} (node {node.name!r}{where(node)}): lipcheck has no "
                 f"Lipschitz rule for it; if you know a Lipschitz constant L for it, pass --assume {name}=L "
                 f"(from Python: assume={{{name!r}: L}}) and take responsibility for it"
             )
-        try:
-            bound = rule(site)
-        except ArithmeticError as error:  # float arithmetic of a rule: a fact about this node, not a bug
-            raise self._overflow(node, f"{type(error).__name__}: {first_line(error)}") from error
-        self.bounds[node] = self._checked(node, bound)
+        if rule is not None:
+            try:
+                bound = rule(site)
+            except ArithmeticError as error:  # float arithmetic of a rule: a fact about this node, not a bug
+                raise self._overflow(node, f"{type(error).__name__}: {first_line(error)}") from error
+            except UnsupportedOperationError:
+                if assumed is None:  # the rule refuses this node (attention, a division by 0) ...
+                    raise  # ... where an assumption may stand in
+            else:
+                if assumed is not None:
+                    raise self._assumed_over_rule(node, key, assumed)
+                self.bounds[node] = self._checked(node, bound)
+                return
+        assert assumed is not None  # no rule, or one that refused: the assumption stands in
+        self.used_assumptions[key] = assumed
+        self.assumed_nodes[node] = assumed
+        joint = math.hypot(*(finite_bound(self, item) for item in inputs))
+        site.record("assumed", assumed, f"assumed by the user ({key})")
+        self.bounds[node] = self._checked(node, like_value(node, assumed * joint))
+
+    def _assumed_over_rule(self, node: Node, key: str, assumed: float) -> InputError:
+        """The refusal of an assumption (`key`: its name in `assume`) for an operation that lipcheck's rule
+        bounds: an assumption only stands in where there is no rule (or the rule refuses the node), never
+        replaces one, which could certify a bound below the truth."""
+        return InputError(
+            f"--assume {key}={assumed:g} names an operation that lipcheck bounds with its own rule (node "
+            f"{node.name!r}{where(node)}): an assumption only stands in for an operation without a rule, "
+            "never replaces one, which could certify a bound below the truth; drop it"
+        )
 
     def _checked(self, node: Node, bound: Any) -> Any:
         """The bound of a node, refused when finite inputs composed to an infinite (overflowed) bound."""

@@ -46,6 +46,15 @@ from lipcheck.cli.audit_options import (
     WorkersOption,
     WorkerTimeoutOption,
 )
+from lipcheck.cli.audit_series import (
+    MaxIncreaseOverBestOption,
+    ModelsFromOption,
+    ReportsDirOption,
+    StepRegexOption,
+    model_paths,
+    run_series_command,
+    series_request,
+)
 from lipcheck.cli.options import (
     AllowMismatchOption,
     ArchKwargsOption,
@@ -70,6 +79,7 @@ from lipcheck.cli.options import (
 from lipcheck.cli.output import choose_format, say_gate, write_and_judge, write_report
 from lipcheck.cli.progress import progress_bar
 from lipcheck.cli.status import ExitStatus, invocation
+from lipcheck.cli.streams import model_prints_to_stderr, say
 from lipcheck.errors import AuditFailedError, InputError, LipcheckError
 from lipcheck.io.file_formats import MAX_READ_BYTES
 from lipcheck.options.choices import (
@@ -87,6 +97,7 @@ from lipcheck.options.choices import (
 
 if TYPE_CHECKING:
     from lipcheck.auditing.request import AuditRequest
+    from lipcheck.auditing.series import SeriesRequest
     from lipcheck.io.outputs import Destination
     from lipcheck.report import Report
 
@@ -109,6 +120,10 @@ lipcheck audit model.pt2 --data x.npy --save-directions worst.safetensors --top 
 lipcheck audit model.pt2 --data x.npy --baseline release.json --max-increase 5 --require-converged \\
     -o report.json -o junit.xml -o summary.md
 lipcheck audit model.pt2 --data big.npy --workers 4 --resume audit-journal/ -o report.json
+lipcheck audit model.onnx --data x.npy   # needs pip install "lipcheck[onnx]"
+lipcheck audit ckpt/*.pt --arch nets.py:make --data x.npy -o series.json -o series.html
+lipcheck audit --models-from run.txt --arch nets.py:make --data x.npy --step-regex 'epoch_(\\d+)' \\
+    --max-increase-over-best 10 --resume series-reports/ -o series.md
 torchrun --standalone --nproc-per-node 8 -m lipcheck audit model.pt2 --data big.npy -o report.json
 ```
 
@@ -121,6 +136,10 @@ memory is split in halves; every rank of a sharded audit exits with the same cod
 
 def audit(
     model: ModelArgument = None,
+    models_from: ModelsFromOption = None,
+    step_regex: StepRegexOption = None,
+    max_increase_over_best: MaxIncreaseOverBestOption = None,
+    reports_dir: ReportsDirOption = None,
     data: DataOption = None,
     random: RandomOption = None,
     num_samples: NumSamplesOption = None,
@@ -170,9 +189,42 @@ def audit(
 
     Prints the worst samples and a summary (table), or the full report (json, markdown, junit, html).
     The gate flags (--fail-above, --fail-above-sample, --require-converged, --baseline with
-    --max-increase) are rules recorded in the report; any failed rule exits 1.
+    --max-increase) are rules recorded in the report; any failed rule exits 1. Several MODELs: a series.
     """
-    request = _audit_request(dict(locals()))
+    request, series = _requests(dict(locals()))
+    if series is not None:
+        return _audit_series(series, request, output_format, quiet, workers)
+    _audit_one(request, output_format, quiet, workers)
+
+
+def _requests(flags: dict[str, Any]) -> tuple[AuditRequest, SeriesRequest | None]:
+    """The audit request of the flags (of the first MODEL), and the series request when several MODELs
+    or --models-from make a series; InputError for a series flag given with one model."""
+    paths: tuple[Path, ...] = ()
+    if not flags["model"] and flags["models_from"] is None and flags["arch"] is not None:
+        request = _audit_request({**flags, "model": None})  # the module the --arch factory returns
+    else:
+        paths = model_paths(flags["model"], flags["models_from"])
+        request = _audit_request({**flags, "model": paths[0]})
+    series_flags = {"--step-regex": flags["step_regex"], "--reports-dir": flags["reports_dir"],
+                    "--max-increase-over-best": flags["max_increase_over_best"]}  # fmt: skip
+    if len(paths) > 1 or flags["models_from"] is not None:
+        over_best, reports = flags["max_increase_over_best"], flags["reports_dir"]
+        return request, series_request(request, paths, flags["step_regex"], over_best, reports)
+    for flag, value in series_flags.items():
+        if value is not None:
+            raise InputError(f"{flag} is for a series: give several checkpoints (MODEL...) or --models-from")
+    return request, None
+
+
+def _audit_series(
+    series: SeriesRequest, request: AuditRequest, fmt: Format | None, quiet: bool, workers: int | None
+) -> None:
+    _launch_workers(workers)
+    run_series_command(series, request.outputs, fmt, quiet)
+
+
+def _audit_one(request: AuditRequest, output_format: Format | None, quiet: bool, workers: int | None) -> None:
     where = _destinations(request, output_format)
     _launch_workers(workers)
     report = _run(request, where, quiet)
@@ -190,9 +242,14 @@ class _Destinations:
 
 
 def _destinations(request: AuditRequest, output_format: Format | None) -> _Destinations:
-    from lipcheck.io.outputs import prepare_outputs
+    from lipcheck.io.outputs import prepare_outputs, refuse_shared_outputs
     from lipcheck.present.render import REPORT
 
+    directions = [request.save_directions] if request.save_directions is not None else []
+    refuse_shared_outputs(
+        [("--output", path) for path in request.outputs]
+        + [("--save-directions", path) for path in directions]
+    )
     outputs = prepare_outputs(request.outputs, request.inputs())
     directions_file = (
         prepare_outputs([request.save_directions], request.inputs(), "--save-directions")
@@ -225,7 +282,7 @@ def _run(request: AuditRequest, where: _Destinations, quiet: bool) -> Report:
     watched = where.fmt == "table" or bool(where.reports)
     show_progress = main_rank and not quiet and sys.stderr.isatty() and watched
     try:
-        with progress_bar(show_progress) as progress:
+        with progress_bar(show_progress) as progress, model_prints_to_stderr():
             return run(request, progress=progress)
     except AuditFailedError as failure:
         if failure.report is not None and main_rank:  # no sample converged: the figures are written
@@ -268,7 +325,7 @@ def _write_directions(report: Report, destination: Destination, top: int | None,
         reason = error.strerror or error
         raise InputError(f"--save-directions '{destination.path}' cannot be written ({reason})") from error
     if not quiet:
-        typer.echo(f"lipcheck: directions written to {destination.path}", err=True)
+        say(f"directions written to {destination.path}")
 
 
 def _audit_request(flags: dict[str, Any]) -> AuditRequest:

@@ -15,12 +15,13 @@ from lipcheck.cli.options import remember_quiet
 from lipcheck.options.choices import Device, Dtype, Method, Operator, Product, Reduction
 
 ModelArgument = Annotated[
-    Path | None,
+    list[Path] | None,
     typer.Argument(
         metavar="MODEL",
-        help="Model file: .pt2 (torch.export), TorchScript, .safetensors or a state dict with --arch, "
-        "or a pickled module with --trust-pickle. Detected from the file's content. Without it, --arch "
-        "alone gives the module its factory returns.",
+        help="Model file: .pt2 (torch.export), TorchScript, ONNX, .safetensors or a state dict with --arch, "
+        "or a pickled module with --trust-pickle. Detected from the file's content. Several (a training "
+        "run's checkpoints, ckpt/*.pt) make a series audit. Without it, --arch alone gives the module its "
+        "factory returns.",
         show_default=False,
     ),
 ]
@@ -63,8 +64,9 @@ MaxReadBytesOption = Annotated[
     typer.Option(
         "--max-read-bytes",
         min=1,
-        help="The largest array read whole into memory, as the file declares it: an .npz member (a .npy "
-        "file is memory-mapped instead). Larger ones, and zip bombs, are refused before reading.",
+        help="The largest array read whole into memory, as the file declares it: an .npz member, a legacy "
+        ".pt file, a .pt tensor whose strides repeat its storage (a .npy file is memory-mapped instead). "
+        "Larger ones, and zip bombs, are refused before reading; the other limits: docs/limits.md.",
         metavar="BYTES",
     ),
 ]

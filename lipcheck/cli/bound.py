@@ -26,6 +26,7 @@ from lipcheck.cli.options import (
     parse_model_args,
 )
 from lipcheck.cli.output import choose_format, write
+from lipcheck.cli.streams import model_prints_to_stderr
 from lipcheck.errors import InputError
 from lipcheck.options.choices import BoundMethod, Format, Operator
 
@@ -192,15 +193,19 @@ def _run(request: _BoundRequest) -> ModelBoundReport:
     from lipcheck.io.models import load_model
 
     begin = time.perf_counter()
-    loaded = load_model(
-        request.model, arch=request.arch, arch_kwargs=request.arch_kwargs, trust_pickle=request.trust_pickle
-    )
-    return run_bound(
-        loaded,
-        request.shape,
-        assume=request.assume,
-        model_kwargs=request.model_kwargs,
-        load_seconds=time.perf_counter() - begin,
-        method=request.method,
-        operator=request.operator,
-    )
+    with model_prints_to_stderr():  # the model's prints, while it loads and is traced
+        loaded = load_model(
+            request.model,
+            arch=request.arch,
+            arch_kwargs=request.arch_kwargs,
+            trust_pickle=request.trust_pickle,
+        )
+        return run_bound(
+            loaded,
+            request.shape,
+            assume=request.assume,
+            model_kwargs=request.model_kwargs,
+            load_seconds=time.perf_counter() - begin,
+            method=request.method,
+            operator=request.operator,
+        )

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from lipcheck.cli.options import ArchKwargsOption, DebugOption, parse_json_object
+from lipcheck.cli.streams import model_prints_to_stderr, require_stdout, write_stdout
 
 EPILOG = """\
 **Examples**
@@ -46,12 +46,16 @@ def inspect(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object instead of text.")] = False,
     debug: DebugOption = False,
 ) -> None:
-    """Load MODEL and print what was loaded (format, sha256, size, parameters, input spec); no audit."""
+    """Load MODEL and print what was loaded (format, sha256, size, parameters, input spec; for ONNX, the
+    outputs, opset, operator count and how it was converted); no audit."""
     from lipcheck.auditing.run import model_section
     from lipcheck.io.models import load_model
     from lipcheck.present.render import render_model_json, render_model_text
 
     kwargs = parse_json_object(arch_kwargs, "--arch-kwargs")
-    loaded = load_model(model, arch=arch, arch_kwargs=kwargs, trust_pickle=trust_pickle)
-    section = model_section(loaded)
-    sys.stdout.write(render_model_json(section) if as_json else render_model_text(section))
+    require_stdout("the model's description")
+    with model_prints_to_stderr():  # an --arch factory's or a pickled module's prints
+        loaded = load_model(model, arch=arch, arch_kwargs=kwargs, trust_pickle=trust_pickle)
+        section = model_section(loaded)
+    graph = {**loaded.graph, "notes": list(loaded.notes)} if loaded.graph else None
+    write_stdout([render_model_json(section, graph) if as_json else render_model_text(section, graph)])

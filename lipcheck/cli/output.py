@@ -12,11 +12,12 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.console import Console
 
 from lipcheck.cli.status import ExitStatus
+from lipcheck.cli.streams import require_stdout, say, stdout_failed, write_stdout
 from lipcheck.errors import InputError, LipcheckError
 from lipcheck.options.choices import Format, format_for
+from lipcheck.present import escape
 
 if TYPE_CHECKING:
     from lipcheck.io.outputs import Destination
@@ -33,6 +34,8 @@ def choose_format(
     if fmt is not None:
         renderers.check(fmt, f"--format {fmt}")
     fmt = fmt or ("table" if not outputs and is_terminal() else "json")
+    if not outputs:
+        require_stdout(renderers.kind)
     for destination in outputs:
         renderers.check(format_for(destination.path, fmt), f"--output '{destination.path}'")
     return fmt
@@ -54,15 +57,20 @@ def write(
             reason = error.strerror or error
             raise InputError(f"--output '{destination.path}' cannot be written ({reason})") from error
         if not quiet:
-            typer.echo(f"lipcheck: report written to {destination.path}", err=True)
+            say(f"report written to {destination.path}")
     if outputs:
         return
     if fmt == "table":
-        renderers.console(value, Console())
+        try:
+            renderers.console(value, escape.console())
+            sys.stdout.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as error:
+            raise stdout_failed(error) from error
         return
     pieces = renderers.render(value, fmt)
-    for piece in [pieces] if isinstance(pieces, str) else pieces:
-        sys.stdout.write(piece)
+    write_stdout([pieces] if isinstance(pieces, str) else pieces)
 
 
 def write_report(report: Report, outputs: Sequence[Destination], fmt: str, quiet: bool) -> None:
@@ -104,12 +112,12 @@ def say_gate(verdicts: Sequence[RuleVerdict], quiet: bool) -> bool:
         for line in github_annotations(failed):
             typer.echo(line, err=True)
     if failed:
-        typer.echo(f"lipcheck: gate failed: {'; '.join(v.message for v in failed)}", err=True)
+        say(f"gate failed: {'; '.join(v.message for v in failed)}")
     elif verdicts and not quiet:
-        typer.echo(f"lipcheck: gate passed: {', '.join(v.name for v in verdicts)}", err=True)
+        say(f"gate passed: {', '.join(v.name for v in verdicts)}")
     return bool(failed)
 
 
 def is_terminal() -> bool:
     """Whether stdout is a terminal: a table for a person, else JSON for a program."""
-    return sys.stdout.isatty()
+    return sys.stdout is not None and sys.stdout.isatty()

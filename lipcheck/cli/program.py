@@ -2,8 +2,9 @@
 
 `LipcheckGroup.main` is the one place where outcomes become exit codes (`ExitStatus`): 0 passed, 1 a
 gate rule failed, 2 a usage or input error (one line on stderr, the traceback with --debug), 3 the
-audit itself failed, 130 interrupted, 70 an internal error (a bug: a one-line request to report it,
-and the traceback). Each command lives in a module of its own and is registered here.
+audit itself failed, 130 interrupted, 141 a broken pipe (nothing said), 70 an internal error (a bug: a
+one-line request to report it, and the traceback). Each command lives in a module of its own and is
+registered here.
 """
 
 from __future__ import annotations
@@ -19,6 +20,14 @@ import typer.core
 
 from lipcheck.cli import audit, bound, compare, gate, inspect
 from lipcheck.cli.status import ExitStatus, invocation
+from lipcheck.cli.streams import (
+    WRITE_FAILURES,
+    end_broken_pipe,
+    is_broken_pipe,
+    prepare_standard_streams,
+    say,
+    stdout_failed,
+)
 from lipcheck.errors import AuditFailedError, LipcheckError, LipcheckWarning, first_line
 from lipcheck.options.version import __version__
 
@@ -28,13 +37,13 @@ _ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "C
 
 
 def _error(message: str) -> None:
-    typer.echo(f"lipcheck: error: {' '.join(message.split())}", err=True)
+    say(f"error: {' '.join(message.split())}")
 
 
 def _exit_status(error: BaseException) -> ExitStatus:
     """The exit status of an exception that ended a command, after saying what happened on stderr."""
     if isinstance(error, (KeyboardInterrupt, typer.Abort)):
-        typer.echo("lipcheck: interrupted", err=True)
+        say("interrupted")
         return ExitStatus.INTERRUPTED
     if isinstance(error, LipcheckError):
         if invocation.debug:
@@ -43,10 +52,9 @@ def _exit_status(error: BaseException) -> ExitStatus:
             _error(str(error))
         return ExitStatus.AUDIT_FAILED if isinstance(error, AuditFailedError) else ExitStatus.USAGE_OR_INPUT
     traceback.print_exception(error, file=sys.stderr)
-    typer.echo(
-        f"lipcheck: internal error, please report it with the traceback above "
-        f"({type(error).__name__}: {first_line(error)})",
-        err=True,
+    say(
+        f"internal error, please report it with the traceback above ({type(error).__name__}: "
+        f"{first_line(error)})"
     )
     return ExitStatus.INTERNAL_ERROR
 
@@ -61,7 +69,7 @@ def _warnings_to_stderr(
     text = " ".join(str(message).split())
     if not issubclass(category, LipcheckWarning):
         text = f"{category.__name__} at {filename}:{lineno}: {text}"
-    typer.echo(f"lipcheck: warning: {text}", err=True)
+    say(f"warning: {text}")
 
 
 class LipcheckGroup(typer.core.TyperGroup):
@@ -74,6 +82,7 @@ class LipcheckGroup(typer.core.TyperGroup):
     def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
         argv = kwargs.get("args", args[0] if args else None)
         invocation.start(list(sys.argv[1:] if argv is None else argv))
+        prepare_standard_streams()
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("always", LipcheckWarning)
@@ -95,6 +104,8 @@ class LipcheckGroup(typer.core.TyperGroup):
         except SystemExit as error:  # lipcheck exits only below: this is model code (torch.export traces it)
             if not standalone_mode:
                 raise
+            if is_broken_pipe(error):  # click's exit for a broken pipe, the cause in its context
+                sys.exit(end_broken_pipe())
             status = _exit_status(
                 AuditFailedError(
                     f"model code raised SystemExit({error.code!r}): it cannot end lipcheck; remove the exit "
@@ -104,6 +115,10 @@ class LipcheckGroup(typer.core.TyperGroup):
         except (Exception, KeyboardInterrupt) as error:
             if not standalone_mode:
                 raise
+            if is_broken_pipe(error):
+                sys.exit(end_broken_pipe())
+            if isinstance(error, OSError) and error.errno in WRITE_FAILURES:  # stdout or stderr is full
+                error = stdout_failed(error)
             status = _exit_status(error)
         if not standalone_mode:
             return result
@@ -121,7 +136,7 @@ class LipcheckGroup(typer.core.TyperGroup):
             return ExitStatus.USAGE_OR_INPUT
         command = context.command_path if context is not None else "lipcheck"
         message = " ".join(error.format_message().replace("Value error, ", "").split())
-        typer.echo(f"lipcheck: error: {message} (see '{command} --help')", err=True)
+        say(f"error: {message} (see '{command} --help')")
         return ExitStatus.USAGE_OR_INPUT
 
 

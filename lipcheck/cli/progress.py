@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -16,6 +15,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.text import Text
+
+from lipcheck.present import escape
 
 
 class _RateColumn(ProgressColumn):
@@ -36,7 +37,7 @@ def progress_bar(enabled: bool) -> Iterator[Callable[[int, int], None] | None]:
         MofNCompleteColumn(),
         _RateColumn(),
         TimeRemainingColumn(),
-        console=Console(stderr=True),
+        console=escape.console(stderr=True),
         transient=True,
     )
     task = bar.add_task("audit", total=None)

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import IntEnum
 
+from lipcheck.cli.streams import BROKEN_PIPE
+
 
 class ExitStatus(IntEnum):
     """Every exit code of lipcheck (README, docs/ci.md)."""
@@ -19,6 +21,7 @@ class ExitStatus(IntEnum):
     AUDIT_FAILED = 3  # the audit failed: NaN output, no convergence, out of memory, model raised or exited
     INTERNAL_ERROR = 70  # a bug in lipcheck (EX_SOFTWARE of sysexits.h): the traceback, please report it
     INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), as shells report it
+    BROKEN_PIPE = BROKEN_PIPE  # 141 (128 + SIGPIPE): the reader of stdout left (`| head`); nothing is said
 
 
 @dataclass

@@ -16,11 +16,12 @@ data unless it is asked for before the samples were read.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import math
 import mmap
-import os
 import pickle
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,9 +42,13 @@ from lipcheck.io.file_formats import (
     read_head,
     zip_names,
 )
-from lipcheck.options.limits import check_seed
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+from lipcheck.io.images import open_image_folder
+from lipcheck.options.limits import (
+    check_read_bytes,
+    check_sample_shape,
+    check_samples,
+    check_seed,
+)
 
 # Reads samples [start, stop) as a numpy array or a tensor of the stored dtype.
 Reader = Callable[[int, int], "np.ndarray | Tensor"]
@@ -149,10 +154,22 @@ def _check_numeric(dtype: Any, where: str) -> None:
     kind = np.dtype(dtype).kind if not isinstance(dtype, torch.dtype) else None
     if isinstance(dtype, torch.dtype):
         ok = dtype.is_floating_point or not (dtype.is_complex or dtype == torch.bool)
+        ok = ok and converts_to_float(dtype)
     else:
         ok = kind in "fiu"
     if not ok:
         raise InputError(f"{where} holds {dtype} values, expected real numbers (float or integer)")
+
+
+@functools.cache
+def converts_to_float(dtype: torch.dtype) -> bool:
+    """Whether torch converts values of `dtype` to float32: not the packed sub-byte floats
+    (float4_e2m1fn_x2) or the raw bits dtypes, which a file can hold but nothing can compute with."""
+    try:
+        torch.zeros(16, dtype=torch.uint8).view(dtype).to(torch.float32)  # 16 bytes: any itemsize
+    except (RuntimeError, TypeError, NotImplementedError):
+        return False
+    return True
 
 
 def _check_dense(tensor: Tensor, where: str) -> None:
@@ -286,10 +303,10 @@ def _open_npz(path: Path, key: str | None, max_read_bytes: int) -> _Array:
 def _open_pt(path: Path, key: str | None, max_read_bytes: int) -> _Array:
     where = f"data file '{path}'"
     try:
-        try:
-            content = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:  # files in torch's legacy format cannot be memory-mapped
-            content = torch.load(str(path), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's own deprecations, met rebuilding a quantized tensor
+            warnings.filterwarnings("ignore", "TypedStorage is deprecated")
+            warnings.filterwarnings("ignore", "torch.quantize_per_tensor")
+            content = _load_pt(path, where, max_read_bytes)
     except pickle.UnpicklingError as error:
         raise InputError(
             f"{where} is a pickle that needs code to load, and data is never loaded with code: save a "
@@ -307,11 +324,60 @@ def _open_pt(path: Path, key: str | None, max_read_bytes: int) -> _Array:
     else:
         raise InputError(f"{where} holds a {type(content).__name__}, expected a tensor or a dict of tensors")
     _check_dense(tensor, where)
+    _check_plain(tensor, where)
     _check_numeric(tensor.dtype, where)
     if tensor.dim() == 0:
         raise InputError(f"{where} holds a scalar tensor, expected samples (N, ...)")
+    _check_stored(tensor, where, max_read_bytes)
     dtype = str(tensor.dtype).removeprefix("torch.")
     return _Array(chosen, keys, tensor.shape[0], tuple(tensor.shape[1:]), dtype, lambda a, b: tensor[a:b])
+
+
+def _load_pt(path: Path, where: str, max_read_bytes: int) -> Any:
+    """The content of a torch.save file, memory-mapped; a legacy one (which cannot be) read whole."""
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # files in torch's legacy format cannot be memory-mapped: read whole
+        check_read_bytes(
+            path.stat().st_size, max_read_bytes, f"{where} (a legacy torch.save file, read whole)",
+            "save it again with torch.save (memory-mapped) or as .npy",
+        )  # fmt: skip
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+
+
+def _check_plain(tensor: Tensor, where: str) -> None:
+    """InputError for a tensor that holds no plain values on the CPU: a quantized one (its integers
+    mean scale * (q - zero point)) or one on the meta device (no values at all) or another device."""
+    if tensor.is_quantized:
+        raise InputError(
+            f"{where} holds a quantized tensor ({str(tensor.dtype).removeprefix('torch.')}), expected plain "
+            "numbers: save tensor.dequantize()"
+        )
+    if tensor.device.type != "cpu":
+        raise InputError(
+            f"{where} holds a tensor on the {tensor.device.type} device, which has no values here: save a "
+            "tensor with its values (on the CPU)"
+        )
+
+
+def _check_stored(tensor: Tensor, where: str, max_read_bytes: int) -> None:
+    """InputError when a tensor's strides make it declare more bytes than its storage holds (an expanded
+    tensor: zeros(1, 1).expand(4, 2**30) is 1.5 KB on disk and 16 GiB when read) and that declared size
+    is over `max_read_bytes`: every byte of it is materialised when its samples are read."""
+    declared = tensor.numel() * tensor.element_size()
+    stored = tensor.untyped_storage().nbytes()
+    if declared > stored:
+        check_read_bytes(
+            declared, max_read_bytes,
+            f"{where} declares a tensor of shape {tuple(tensor.shape)} with strides {tensor.stride()} over "
+            f"{stored:,} stored bytes, so it",
+            "save the tensor itself (tensor.contiguous())",
+        )  # fmt: skip
+
+
+# The safetensors dtypes read as samples (a report names them in lower case). Others (BOOL, the complex
+# C64, the sub-byte F4 and F6_*, whatever a newer file names) are refused when opened, not when read.
+SAFETENSORS_DTYPES = ("F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2", "I64", "I32", "I16", "I8", "U8")
 
 
 def _open_safetensors(path: Path, key: str | None, max_read_bytes: int) -> _Array:
@@ -325,9 +391,14 @@ def _open_safetensors(path: Path, key: str | None, max_read_bytes: int) -> _Arra
     shape = tuple(lazy.get_shape())
     if not shape:
         raise InputError(f"{where} tensor {chosen!r} is a scalar, expected samples (N, ...)")
-    dtype = lazy.get_dtype().lower()
-    if dtype.startswith(("bool", "c")):
-        raise InputError(f"{where} tensor {chosen!r} holds {dtype} values, expected real numbers")
+    dtype = lazy.get_dtype()
+    if dtype not in SAFETENSORS_DTYPES:
+        known = ", ".join(SAFETENSORS_DTYPES)
+        raise InputError(
+            f"{where} tensor {chosen!r} holds {dtype} values, which lipcheck does not read as samples; it "
+            f"reads {known}: save the tensor as float32"
+        )
+    dtype = dtype.lower()
 
     def reader(start: int, stop: int) -> Tensor:
         return lazy[start:stop]
@@ -336,50 +407,9 @@ def _open_safetensors(path: Path, key: str | None, max_read_bytes: int) -> _Arra
 
 
 def _open_images(path: Path, key: str | None, max_read_bytes: int) -> _Array:
-    where = f"image folder '{path}'"
-    _no_key(key, where)
-    named = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    broken = [p for p in named if p.is_symlink() and not p.exists()]
-    if broken:
-        raise InputError(
-            f"{where} has {len(broken)} broken symlink(s) among its images: '{broken[0].name}' points to "
-            f"'{os.readlink(broken[0])}', which does not exist; fix or remove the links"
-        )
-    files = [p for p in named if p.is_file()]
-    if not files:
-        return _Array(None, (), 0, (), "uint8", lambda a, b: np.zeros((0,)))
-    try:
-        from PIL import Image
-    except ImportError:
-        raise InputError(
-            f'{where} needs Pillow to read PNG/JPEG images: pip install "lipcheck[images]"'
-        ) from None
-
-    def decode(file: Path) -> np.ndarray:
-        try:
-            with Image.open(file) as image:
-                image.load()
-                grey = image.mode in ("1", "L", "LA", "I", "I;16", "F")
-                pixels = np.asarray(image.convert("L" if grey else "RGB"), dtype=np.float32) / 255.0
-        except OSError as error:
-            raise InputError(f"image '{file}' cannot be read ({error}): fix or remove it") from error
-        return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
-
-    first = decode(files[0])
-
-    def reader(start: int, stop: int) -> np.ndarray:
-        images = []
-        for file in files[start:stop]:
-            pixels = decode(file)
-            if pixels.shape != first.shape:
-                raise InputError(
-                    f"image '{file}' has shape {pixels.shape} (C, H, W), but '{files[0].name}' has "
-                    f"{first.shape}: resize the images of {where} to one size"
-                )
-            images.append(pixels)
-        return np.stack(images)
-
-    return _Array(None, (), len(files), tuple(first.shape), "uint8", reader)
+    _no_key(key, f"image folder '{path}'")
+    folder = open_image_folder(path)
+    return _Array(None, (), folder.count, folder.sample_shape, folder.dtype, folder.read)
 
 
 @dataclass(frozen=True)
@@ -440,6 +470,8 @@ def open_dataset(
                     "truncated or corrupt, write it again"
                 ) from error
             count = _limited(array, limit, where)
+            check_samples(count, where)
+            check_sample_shape(array.sample_shape, where)
             info = DataInfo(
                 str(path),
                 kind.name,
@@ -470,6 +502,7 @@ def tensor_dataset(x: Tensor | np.ndarray, *, kind: str = "tensor", limit: int |
     dtype = str(tensor.dtype).removeprefix("torch.")
     array = _Array(None, (), tensor.shape[0], tuple(tensor.shape[1:]), dtype, lambda a, b: tensor[a:b])
     count = _limited(array, limit, where)
+    check_sample_shape(array.sample_shape, where)
     info = DataInfo(None, kind, None, (), count, array.total, array.sample_shape, array.dtype)
     return Dataset(info, array.reader)
 
@@ -512,26 +545,18 @@ def parse_shape(text: str, flag: str = "--random") -> tuple[int, ...]:
         shape = ()
     if not shape or any(d < 1 for d in shape):
         raise InputError(f"{flag} {text!r} is not a shape: give sizes without the batch, e.g. 20 or 3x32x32")
+    check_sample_shape(shape, f"{flag} {text}")
     return shape
-
-
-# The most values of one --random sample (2 GiB as float64, before the Jacobian's vectors of that size).
-MAX_RANDOM_VALUES = 2**28
 
 
 def random_dataset(shape: Sequence[int], count: int, *, seed: int = 0) -> Dataset:
     """`count` standard normal samples of `shape`; sample i is drawn from its own stream (seed, i)."""
     if count < 1:
         raise InputError(f"--num-samples must be at least 1, got {count}")
+    check_samples(count, f"--num-samples {count}")
     check_seed(seed)
     sample_shape = tuple(int(d) for d in shape)
-    values = math.prod(sample_shape)
-    if values > MAX_RANDOM_VALUES:
-        shown = "x".join(str(d) for d in sample_shape)
-        raise InputError(
-            f"--random {shown} is {values:,} values per sample, more than the {MAX_RANDOM_VALUES:,} that "
-            "lipcheck generates for one sample: give a smaller shape"
-        )
+    check_sample_shape(sample_shape, "--random")
 
     def reader(start: int, stop: int) -> np.ndarray:
         # numpy's SeedSequence mixes (seed, index) into independent streams.

@@ -11,14 +11,14 @@ import struct
 import zipfile
 from pathlib import Path
 
+from lipcheck.options.limits import MAX_READ_BYTES
+
+__all__ = ["MAX_READ_BYTES"]  # its home is options/limits.py, with the other budgets
+
 HEAD_BYTES = 64
 ZIP_MAGIC = b"PK\x03\x04"
 NPY_MAGIC = b"\x93NUMPY"
 PICKLE_PROTOCOL_MARK = 0x80
-
-# The most bytes of one array read whole into memory (an .npz member, which numpy cannot map), as its
-# file declares them, unless --max-read-bytes says more: 2 GiB.
-MAX_READ_BYTES = 2**31
 
 
 def read_head(path: Path) -> bytes:

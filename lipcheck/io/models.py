@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import importlib
 import importlib.util
+import inspect
 import json
 import pickle
 import re
@@ -35,6 +36,7 @@ import torch
 from torch import nn
 
 from lipcheck.errors import AuditFailedError, InputError, describe, first_line
+from lipcheck.io.datasets import converts_to_float
 from lipcheck.io.file_formats import ZIP_MAGIC, is_safetensors, is_torch_save, read_head, zip_members
 from lipcheck.io.onnx import is_onnx, load_onnx
 
@@ -384,8 +386,31 @@ def _state_dict(content: Any) -> dict[str, torch.Tensor] | None:
     return None
 
 
+def _check_weights(weights: Mapping[str, torch.Tensor], path: Path) -> None:
+    """InputError naming the first tensor of a weights file that holds no real values lipcheck can load:
+    a complex one (copied into a real parameter, it would lose its imaginary part, and every sigma
+    with it), one on the meta device (no values), or a quantized one."""
+    for key, tensor in weights.items():
+        found = None
+        if tensor.is_complex():
+            found = f"complex values ({str(tensor.dtype).removeprefix('torch.')})"
+        elif not converts_to_float(tensor.dtype):
+            found = f"{str(tensor.dtype).removeprefix('torch.')} values (torch cannot convert them to float)"
+        elif tensor.device.type != "cpu":
+            found = f"no values (a tensor on the {tensor.device.type} device)"
+        elif tensor.is_quantized:
+            found = "quantized values"
+        if found is not None:
+            raise InputError(
+                f"weights in '{path}': tensor {key!r} holds {found}, and lipcheck audits real-valued "
+                "weights only: save them as float (a complex layer as its real and imaginary parts, a "
+                "quantized one dequantized)"
+            )
+
+
 def _fill(module: nn.Module, weights: Mapping[str, torch.Tensor], path: Path, arch: str) -> None:
     """Load `weights` into `module` strictly, naming every key that does not fit."""
+    _check_weights(weights, path)
     expected = module.state_dict()
     missing = sorted(set(expected) - set(weights))
     unexpected = sorted(set(weights) - set(expected))
@@ -466,6 +491,46 @@ def load_factory(arch: str, arch_kwargs: Mapping[str, Any] | None = None) -> Loa
         arch=arch,
         arch_kwargs=kwargs,
     )
+
+
+def check_model_args(module: Any, kwargs: Mapping[str, Any]) -> None:
+    """InputError naming --arg when the keywords cannot be passed to the module's forward with one
+    input (an unknown name, or the name of the input itself), for every format alike: a TorchScript
+    method has no Python signature, so its own schema gives one."""
+    if not kwargs:
+        return
+    signature = forward_signature(module)
+    if signature is None:  # a builtin or a compiled callable: the call itself will tell
+        return
+    try:
+        signature.bind(None, **kwargs)
+    except TypeError as error:
+        given = " ".join(f"--arg {k}={json.dumps(v)}" for k, v in kwargs.items())
+        raise InputError(
+            f"{given} does not fit the model's forward{signature} ({error}): pass only its keyword "
+            "parameters other than the input"
+        ) from None
+
+
+def forward_signature(module: Any) -> inspect.Signature | None:
+    """The signature of a module's forward (without self), from Python or from a TorchScript schema."""
+    forward = getattr(module, "forward", module)
+    schema = getattr(forward, "schema", None)
+    if schema is not None:  # a TorchScript method
+        kind = inspect.Parameter
+        parameters = [
+            kind(
+                argument.name,
+                kind.KEYWORD_ONLY if argument.kwarg_only else kind.POSITIONAL_OR_KEYWORD,
+                default=argument.default_value if argument.has_default_value() else kind.empty,
+            )
+            for argument in list(schema.arguments)[1:]  # the first is self
+        ]
+        return inspect.Signature(parameters)
+    try:
+        return inspect.signature(forward)
+    except (TypeError, ValueError):
+        return None
 
 
 def _count_parameters(module: Any) -> int:

@@ -3,8 +3,10 @@
 `prepare_outputs` runs before a command loads anything. It refuses (InputError naming --output) an
 output that is one of the command's inputs (the model, the data, a baseline, a report read by `gate` or
 `compare`, the `--arch` file), compared by resolved path and by (st_dev, st_ino), so a symlink or a
-hard link to an input is caught; and an output that cannot be written (a folder, a missing or read-only
-folder, a read-only file, a closed /dev/fd/N). `write_output` then writes each report:
+hard link to an input is caught; two outputs that are the same file (`refuse_shared_outputs`: one
+would replace the other, e.g. `-o r.json --save-directions r.json`); and an output that cannot be
+written (a folder, a missing or read-only folder, a read-only file, a closed /dev/fd/N).
+`write_output` then writes each report:
 
 - a regular file (or a new one) atomically: a temporary file in the same folder, fsync, then
   `os.replace`, so the file is complete or untouched. A symlink is followed: its target is replaced and
@@ -73,7 +75,23 @@ def prepare_outputs(
                     f"{flag} '{path}' is {what} of this command: writing the report there would destroy "
                     "it; write the report to another file"
                 )
+    refuse_shared_outputs([(flag, path) for path in paths])
     return [_destination(path, flag) for path in paths]
+
+
+def refuse_shared_outputs(outputs: Sequence[tuple[str, Path]]) -> None:
+    """InputError when two of a command's outputs, given as (flag, path), are the same file (by resolved
+    path, or by (st_dev, st_ino) for links to an existing file): the second written would silently
+    replace the first. Special files (a terminal, /dev/null, a pipe) are streamed into, not replaced, so
+    two outputs may share one. Called before any work."""
+    replaced = [(flag, path) for flag, path in outputs if not _is_special(path)]
+    for position, (flag, path) in enumerate(replaced):
+        for other_flag, other in replaced[:position]:
+            if _same_file(path, other):
+                raise InputError(
+                    f"{flag} '{path}' and {other_flag} '{other}' are the same file: one would replace the "
+                    "other; give each output its own file"
+                )
 
 
 def _same_file(first: Path, second: Path) -> bool:
@@ -112,6 +130,17 @@ def _destination(path: Path, flag: str) -> Destination:
     if found is not None and not os.access(target, os.W_OK):
         raise InputError(f"{where} is read-only: make it writable, or write the report to another file")
     return Destination(Path(path), target)
+
+
+def _is_special(path: Path) -> bool:
+    """Whether `path` is streamed into rather than replaced: an open descriptor, or an existing file that
+    is not a regular file (a folder is refused elsewhere)."""
+    if _is_descriptor(path):
+        return True
+    try:
+        return not stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
 
 
 def _is_descriptor(path: Path) -> bool:

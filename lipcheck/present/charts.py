@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from lipcheck.errors import InputError
+from lipcheck.present import escape
 
 EXTRA = 'pip install "lipcheck[html]"'
 
@@ -87,7 +88,7 @@ def _svg(figure: Any, description: str) -> str:
         figure.savefig(buffer, format="svg", metadata={"Date": None})
     text = buffer.getvalue()
     text = text[text.index("<svg") :]
-    label = description.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;")
+    label = escape.html(description)
     return re.sub(r"^<svg ", f'<svg role="img" aria-label="{label}" ', text, count=1)
 
 

@@ -3,11 +3,11 @@ workflow commands."""
 
 from __future__ import annotations
 
-import re
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 
+from lipcheck.present import escape
 from lipcheck.present.facts import audited_operator, number_text
 from lipcheck.report import Report, RuleVerdict
 from lipcheck.report.gate import listed
@@ -20,7 +20,7 @@ def render_junit(report: Report) -> str:
     model, data = report.model, report.data
     operator = audited_operator(report.settings)
     return junit_xml(
-        report.model.path,
+        model.path,
         report.gate.rules,
         seconds=report.timing.total_seconds,
         timestamp=report.timing.started,
@@ -72,45 +72,42 @@ def junit_xml(
     holds a <failure> whose message and text give the measured value and the threshold."""
     failures = sum(1 for v in verdicts if not v.passed)
     counts = {"tests": str(len(verdicts)), "failures": str(failures), "errors": "0"}
+    suite = escape.junit(suite)
     root = ET.Element("testsuites", name="lipcheck", **counts, time=f"{seconds:.3f}")
     node = ET.SubElement(root, "testsuite", name=suite, **counts, skipped="0", time=f"{seconds:.3f}")
     if timestamp:
-        node.set("timestamp", _junit_timestamp(timestamp))
+        node.set("timestamp", escape.junit(_junit_timestamp(timestamp)))
     if properties:
         listing = ET.SubElement(node, "properties")
         for name, value in properties.items():
-            ET.SubElement(listing, "property", name=name, value=value)
+            ET.SubElement(listing, "property", name=escape.junit(name), value=escape.junit(value))
     for verdict in verdicts:
-        case = ET.SubElement(node, "testcase", classname=suite, name=verdict.name, time="0")
+        case = ET.SubElement(node, "testcase", classname=suite, name=escape.junit(verdict.name), time="0")
         if verdict.passed:
-            ET.SubElement(case, "system-out").text = verdict.message
+            ET.SubElement(case, "system-out").text = escape.junit(verdict.message)
             continue
         lines = [f"value: {verdict.value:.6g}", f"threshold: {verdict.threshold:.6g}"]
         if verdict.baseline is not None:
-            lines.append(f"baseline: {verdict.baseline} ({number_text(verdict.baseline_value)})")
+            lines.append(
+                f"baseline: {escape.junit(verdict.baseline)} ({number_text(verdict.baseline_value)})"
+            )
         if verdict.failing_samples:
             failing = verdict.failing_samples
             lines.append(f"failing samples ({len(failing)}): {listed(failing, JUNIT_LISTED)}")
-        failure = ET.SubElement(case, "failure", message=verdict.message, type=verdict.name)
+        failure = ET.SubElement(
+            case, "failure", message=escape.junit(verdict.message), type=escape.junit(verdict.name)
+        )
         failure.text = "\n".join(lines)
     ET.indent(root)
     document = ET.tostring(root, encoding="unicode")
-    return '<?xml version="1.0" encoding="UTF-8"?>\n' + _NOT_XML.sub(_escaped, document) + "\n"
-
-
-# Characters XML 1.0 cannot hold, even escaped: control characters but tab and newlines, surrogates,
-# U+FFFE and U+FFFF. A path or a message may carry them; the document shows them as '\\xNN' escapes.
-_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
-
-
-def _escaped(match: re.Match[str]) -> str:
-    return match.group().encode("unicode_escape").decode("ascii")
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + escape.xml_document(document) + "\n"
 
 
 def github_annotations(verdicts: Sequence[RuleVerdict]) -> list[str]:
     """`::error::` workflow commands for the failed rules, so GitHub Actions marks them on the run."""
     return [
-        f"::error title={_escape(f'lipcheck {v.name}', property=True)}::{_escape(v.message)}"
+        f"::error title={escape.workflow_command(f'lipcheck {v.name}', property=True)}::"
+        f"{escape.workflow_command(v.message)}"
         for v in verdicts
         if not v.passed
     ]

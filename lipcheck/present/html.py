@@ -9,8 +9,7 @@ request but inline data) and runs no script, so it reads the same with JavaScrip
 
 from __future__ import annotations
 
-import html
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -34,140 +33,23 @@ from lipcheck.present.facts import (
     sigma_histogram,
     summary_rows,
 )
-from lipcheck.report import BoundReport, ModelBoundReport, Report, RuleVerdict, worst_samples
+from lipcheck.present.page import (
+    escaped,
+    folded,
+    html_chart,
+    html_page,
+    html_pairs,
+    html_section,
+    html_table,
+    verdict_banner,
+)
+from lipcheck.report import BoundReport, ModelBoundReport, Report, worst_samples
 from lipcheck.report.compare import Comparison, SampleChange
 
 HISTOGRAM_BINS = 30
 PICTURES = 6  # the worst samples drawn beside their directions
 SORTED_ROWS = 50  # rows of the table beneath the sorted sigmas; more samples are listed at even ranks
 SCATTER_ROWS = 100  # rows of the table beneath the scatter; more samples list their largest changes
-
-_STYLE = """
-:root { color-scheme: light; }
-body { font-family: "DejaVu Sans", "Segoe UI", Helvetica, Arial, sans-serif; margin: 0 auto;
-  max-width: 60rem; padding: 1rem 1.5rem 3rem; color: #1a1a1a; background: #ffffff; line-height: 1.4; }
-h1 { font-size: 1.5rem; margin-bottom: 0.5rem; }
-h2 { font-size: 1.15rem; margin-top: 2rem; border-bottom: 1px solid #cccccc; padding-bottom: 0.2rem; }
-table { border-collapse: collapse; margin: 0.5rem 0; font-size: 0.9rem; }
-th, td { padding: 0.2rem 0.6rem; border-bottom: 1px solid #e4e4e4; text-align: left; vertical-align: top; }
-td.number, th.number { text-align: right; font-variant-numeric: tabular-nums; }
-table.provenance th { font-weight: 600; white-space: nowrap; }
-code { font-size: 0.9em; word-break: break-all; }
-.banner { padding: 0.6rem 1rem; border-radius: 4px; margin: 1rem 0; border: 2px solid; }
-.banner p { margin: 0.2rem 0; font-weight: 600; font-size: 1.1rem; }
-.passed { border-color: #009E73; background: #e6f5f0; }
-.failed { border-color: #D55E00; background: #fbece3; }
-.none { border-color: #999999; background: #f4f4f4; }
-td.failed, td.passed { background: none; font-weight: 600; }
-td.failed { color: #a33f00; }
-td.passed { color: #006b4f; }
-figure.chart { margin: 0.5rem 0; }
-figure.chart svg { width: 100%; max-width: 52rem; height: auto; display: block; }
-figure#chart-scatter svg { max-width: 30rem; }
-figcaption { font-size: 0.85rem; color: #444444; margin-top: 0.3rem; }
-details { margin: 0.3rem 0 1rem; }
-summary { cursor: pointer; color: #0057a0; }
-footer { margin-top: 3rem; font-size: 0.8rem; color: #666666; }
-"""
-
-# No request leaves the page: only inline styles and data: images.
-_POLICY = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
-
-
-def _text(value: object) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _page(
-    title: str, heading: str, header: Iterable[tuple[str, str]], body: Iterable[str], version: str
-) -> str:
-    rows = "".join(
-        f'<tr><th scope="row">{_text(name)}</th><td>{_text(value)}</td></tr>\n' for name, value in header
-    )
-    return (
-        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        f'<meta http-equiv="Content-Security-Policy" content="{_POLICY}">\n'
-        f"<title>{_text(title)}</title>\n<style>{_STYLE}</style>\n</head>\n<body>\n"
-        f'<header>\n<h1>{_text(heading)}</h1>\n<table class="provenance">\n{rows}</table>\n</header>\n'
-        f"<main>\n{''.join(body)}</main>\n"
-        f"<footer>Written by lipcheck {_text(version)}. This page is self-contained: it loads nothing "
-        "and runs no script.</footer>\n</body>\n</html>\n"
-    )
-
-
-def _table(
-    heads: Sequence[str], rows: Iterable[Sequence[str]], numeric: Sequence[bool], caption: str = ""
-) -> str:
-    def cell(tag: str, value: str, number: bool, extra: str = "") -> str:
-        kind = ' class="number"' if number else ""
-        return f"<{tag}{kind}{extra}>{_text(value)}</{tag}>"
-
-    head = "".join(
-        cell("th", name, number, ' scope="col"') for name, number in zip(heads, numeric, strict=True)
-    )
-    lines = [
-        "<tr>"
-        + "".join(cell("td", value, number) for value, number in zip(row, numeric, strict=True))
-        + "</tr>"
-        for row in rows
-    ]
-    titled = f"<caption>{_text(caption)}</caption>" if caption else ""
-    return (
-        f"<table>{titled}<thead><tr>{head}</tr></thead><tbody>\n" + "\n".join(lines) + "\n</tbody></table>\n"
-    )
-
-
-def _pairs(rows: Iterable[tuple[str, str]]) -> str:
-    lines = "".join(
-        f'<tr><th scope="row">{_text(n)}</th><td class="number">{_text(v)}</td></tr>\n' for n, v in rows
-    )
-    return f"<table>\n{lines}</table>\n"
-
-
-def _section(identifier: str, title: str, *parts: str) -> str:
-    return f'<section id="{identifier}">\n<h2>{_text(title)}</h2>\n{"".join(parts)}</section>\n'
-
-
-def _chart(identifier: str, svg: str, caption: str) -> str:
-    return (
-        f'<figure class="chart" id="chart-{identifier}">\n{svg}\n'
-        f"<figcaption>{_text(caption)}</figcaption>\n</figure>\n"
-    )
-
-
-def _numbers(table: str, count: int, fold_above: int = 12) -> str:
-    """The table of the numbers behind a chart: shown, or folded in <details> when it is long."""
-    if count <= fold_above:
-        return table
-    return f"<details>\n<summary>The numbers behind the chart ({count} rows)</summary>\n{table}</details>\n"
-
-
-def _verdict(rules: Sequence[RuleVerdict], none: str) -> str:
-    """The gate's verdict as a banner, with a table of every rule."""
-    if not rules:
-        return (
-            '<section id="verdict" class="banner none">\n<p>No gate rule was given.</p>\n'
-            f"<div>{_text(none)}</div>\n</section>\n"
-        )
-    failed = [rule for rule in rules if not rule.passed]
-    state = "failed" if failed else "passed"
-    said = (
-        f"Gate failed: {len(failed)} of {len(rules)} rules"
-        if failed
-        else f"Gate passed: all {len(rules)} rules"
-    )
-    lines = [
-        f'<tr><td><code>{_text(r.name)}</code></td><td class="{"passed" if r.passed else "failed"}">'
-        f'{"passed" if r.passed else "FAILED"}</td><td class="number">{_text(number_text(r.value))}</td>'
-        f'<td class="number">{_text(number_text(r.threshold))}</td><td>{_text(r.message)}</td></tr>'
-        for r in rules
-    ]
-    heads = '<th scope="col">rule</th><th scope="col">verdict</th><th scope="col" class="number">value</th>'
-    heads += '<th scope="col" class="number">threshold</th><th scope="col">details</th>'
-    table = f"<table><thead><tr>{heads}</tr></thead><tbody>\n" + "\n".join(lines) + "\n</tbody></table>\n"
-    return f'<section id="verdict" class="banner {state}">\n<p>{_text(said)}</p>\n{table}</section>\n'
-
 
 # ----------------------------------------------------------------------------------------------------
 # An audit
@@ -223,18 +105,18 @@ def _histogram_section(report: Report) -> str:
     )
     svg = charts.histogram(edges, counts, marks, description)
     rows = [(f"{edges[k]:.6g}", f"{edges[k + 1]:.6g}", str(int(counts[k]))) for k in range(len(counts))]
-    table = _table(("sigma from", "to", "samples"), rows, (True, True, True))
+    table = html_table(("sigma from", "to", "samples"), rows, (True, True, True))
     marks_table = (
-        _table(("mark", "sigma"), [(m.label, number_text(m.value)) for m in marks], (False, True))
+        html_table(("mark", "sigma"), [(m.label, number_text(m.value)) for m in marks], (False, True))
         if marks
         else ""
     )
-    return _section(
+    return html_section(
         "histogram",
         "Distribution of sigma",
-        _chart("histogram", svg, description + "."),
+        html_chart("histogram", svg, description + "."),
         marks_table,
-        _numbers(table, len(rows)),
+        folded(table, len(rows)),
     )
 
 
@@ -264,17 +146,17 @@ def _sorted_section(report: Report) -> str:
         if len(listed) == count
         else f" (every sample would be {count} rows: {len(listed)} evenly spaced ranks)"
     )
-    table = _table(
+    table = html_table(
         ("rank", "sample", "sigma", "sigma_upper"),
         rows,
         (True, True, True, True),
         caption=f"Sorted sigmas{note}",
     )
-    return _section(
+    return html_section(
         "sorted",
         "Sigma per sample, sorted",
-        _chart("sorted", svg, description + "."),
-        _numbers(table, len(rows)),
+        html_chart("sorted", svg, description + "."),
+        folded(table, len(rows)),
     )
 
 
@@ -296,18 +178,18 @@ def _bracket_section(report: Report) -> str:
     ]
     if threshold is not None:
         rows.append(("--fail-above-bound", number_text(threshold)))
-    return _section(
+    return html_section(
         "bracket",
         "Bracket [largest found, certified bound]",
-        _chart("bracket", svg, description + "."),
-        _pairs(rows),
+        html_chart("bracket", svg, description + "."),
+        html_pairs(rows),
     )
 
 
 def _layers_section(layers: Sequence[tuple[str, str, float, str]], assumed: str) -> str:
     """A bar chart of the layer factors (the largest `MAX_LAYERS` of a long model) and all in a table."""
     if not layers:
-        return _section(
+        return html_section(
             "layers", "Layer factors", "<p>The graph has no operation that scales perturbations.</p>\n"
         )
     drawn = list(range(len(layers)))
@@ -322,14 +204,14 @@ def _layers_section(layers: Sequence[tuple[str, str, float, str]], assumed: str)
         f"{largest[0]} ({largest[1]}) at {largest[2]:.4g}"
     )
     svg = charts.layer_factors([layers[k][0] for k in drawn], [layers[k][2] for k in drawn], description)
-    table = _table(("layer", "kind", "bound", "method"), [(n, k, number_text(b), m) for n, k, b, m in layers],
-                   (False, False, True, False))  # fmt: skip
-    note = f"<p>Assumed with --assume (not verified): {_text(assumed)}.</p>\n" if assumed else ""
-    return _section(
+    rows = [(n, k, number_text(b), m) for n, k, b, m in layers]
+    table = html_table(("layer", "kind", "bound", "method"), rows, (False, False, True, False))
+    note = f"<p>Assumed with --assume (not verified): {escaped(assumed)}.</p>\n" if assumed else ""
+    return html_section(
         "layers",
         "Layer factors of the bound",
-        _chart("layers", svg, description + "."),
-        _numbers(table, len(layers)),
+        html_chart("layers", svg, description + "."),
+        folded(table, len(layers)),
         note,
     )
 
@@ -349,12 +231,12 @@ def _terms_section(bound: BoundReport | None) -> str:
     text = (
         f"<p>The loop transformation sums these {len(bound.terms)} terms, one per source of deviation, "
         f"each the norm of the merged linear block from it to the output times what reaches it: they "
-        f"add up to {_text(kept)}. The largest, {_text(largest.name)} ({_text(largest.kind)}), adds "
-        f"{_text(number_text(largest.contribution))}.</p>\n"
+        f"add up to {escaped(kept)}. The largest, {escaped(largest.name)} ({escaped(largest.kind)}), adds "
+        f"{escaped(number_text(largest.contribution))}.</p>\n"
     )
     rows = [(t.name, t.kind, number_text(t.norm), number_text(t.contribution), t.method) for t in bound.terms]
-    table = _table(TERM_COLUMNS, rows, (False, False, True, True, False))
-    return _section("terms", "Terms of the loop transformation", text, table)
+    table = html_table(TERM_COLUMNS, rows, (False, False, True, True, False))
+    return html_section("terms", "Terms of the loop transformation", text, table)
 
 
 def _worst_section(report: Report) -> str:
@@ -377,8 +259,8 @@ def _worst_section(report: Report) -> str:
             cells += [number_text(row.search_sigma), number_text(row.search_distance)]
         rows.append(cells)
     numeric = [True, True, True, True, False, True] + ([True, True] if searched else [])
-    table = _table(heads, rows, numeric, caption=f"Worst {len(shown)} of {report.summary.count} samples")
-    return _section("worst", "Worst samples", table)
+    table = html_table(heads, rows, numeric, caption=f"Worst {len(shown)} of {report.summary.count} samples")
+    return html_section("worst", "Worst samples", table)
 
 
 def _pictures_section(report: Report) -> str:
@@ -403,19 +285,21 @@ def _pictures_section(report: Report) -> str:
          number_text(float(directions.residual[k]), 3), f"{float(np.abs(directions.vectors[k]).max()):.4g}")
         for k in range(count)
     ]  # fmt: skip
-    table = _table(("sample", "sigma", "residual", "largest |direction| entry"), rows, (True,) * 4)
-    return _section(
+    table = html_table(("sample", "sigma", "residual", "largest |direction| entry"), rows, (True,) * 4)
+    return html_section(
         "pictures",
         "Worst inputs and their most amplified directions",
-        _chart("pictures", svg, description + ". A perturbation along the direction is amplified by sigma."),
+        html_chart(
+            "pictures", svg, description + ". A perturbation along the direction is amplified by sigma."
+        ),
         table,
     )
 
 
 def render_html(report: Report) -> str:
     """The audit report as one self-contained HTML page."""
-    summary = _section("summary", "Summary", _pairs(summary_rows(report)))
-    notes = "".join(f'<p class="note">{_text(note)}</p>\n' for note in report.notes)
+    summary = html_section("summary", "Summary", html_pairs(summary_rows(report)))
+    notes = "".join(f'<p class="note">{escaped(note)}</p>\n' for note in report.notes)
     bound = report.bound
     layers = (
         _layers_section([(x.name, x.kind, x.bound, x.method) for x in bound.layers],
@@ -423,7 +307,7 @@ def render_html(report: Report) -> str:
         if bound is not None else ""
     )  # fmt: skip
     body = [
-        _verdict(
+        verdict_banner(
             report.gate.rules,
             "Give --fail-above, --fail-above-sample, --require-converged or a --baseline to gate.",
         ),
@@ -437,7 +321,7 @@ def render_html(report: Report) -> str:
         _worst_section(report),
         _pictures_section(report),
     ]
-    return _page(
+    return html_page(
         f"lipcheck audit: {report.model.path}",
         "lipcheck audit",
         _header(report),
@@ -470,7 +354,7 @@ def _listed(comparison: Comparison) -> list[SampleChange]:
 def render_comparison_html(comparison: Comparison) -> str:
     """A comparison of two reports as one self-contained HTML page."""
     figures, movers = change_rows(comparison)
-    parts = [_verdict(comparison.gate.rules, "Give --max-increase PCT to gate.")]
+    parts = [verdict_banner(comparison.gate.rules, "Give --max-increase PCT to gate.")]
     if comparison.samples:
         base = np.array([s.base for s in comparison.samples], dtype=np.float64)
         new = np.array([s.new for s in comparison.samples], dtype=np.float64)
@@ -488,34 +372,34 @@ def render_comparison_html(comparison: Comparison) -> str:
         which = (
             "" if len(rows) == len(base) else f": the {len(rows)} largest changes either way of {len(base)}"
         )
-        table = _table(
+        table = html_table(
             ("sample", "base", "new", "change"), rows, (True,) * 4, caption=f"Matched samples{which}"
         )
         parts.append(
-            _section(
+            html_section(
                 "scatter",
                 "New against base sigma",
-                _chart("scatter", svg, description + "."),
-                _numbers(table, len(rows)),
+                html_chart("scatter", svg, description + "."),
+                folded(table, len(rows)),
             )
         )
     parts.append(
-        _section(
+        html_section(
             "figures",
             "Summary figures",
-            _table(("figure", "base", "new", "change", "change %"), figures, (False,) + (True,) * 4),
+            html_table(("figure", "base", "new", "change", "change %"), figures, (False,) + (True,) * 4),
         )
     )
     movers_table = (
-        _table(("sample", "base", "new", "change", "change %"), movers, (True,) * 5)
+        html_table(("sample", "base", "new", "change", "change %"), movers, (True,) * 5)
         if movers else "<p>No sample rose.</p>\n"
     )  # fmt: skip
     parts.append(
-        _section("movers", f"Samples that rose most ({len(movers)} of {comparison.rose})", movers_table)
+        html_section("movers", f"Samples that rose most ({len(movers)} of {comparison.rose})", movers_table)
     )
     from lipcheck.options.version import __version__
 
-    return _page(
+    return html_page(
         f"lipcheck compare: {comparison.new}",
         "lipcheck compare",
         comparison_lines(comparison),
@@ -545,10 +429,10 @@ def render_bound_html(report: ModelBoundReport) -> str:
         header.insert(3, ("operator", bound_operator(bound)))
     if bound.assumptions:
         header.append(("assumed", f"{assumptions_text(report)} (supplied with --assume, not verified)"))
-    total = _section(
+    total = html_section(
         "bound",
         "Certified upper bound",
-        _pairs(
+        html_pairs(
             [
                 ("upper bound (certified)", number_text(bound.upper_bound)),
                 ("method", bound_method(bound)),
@@ -559,7 +443,7 @@ def render_bound_html(report: ModelBoundReport) -> str:
     layers = _layers_section(
         [(x.name, x.kind, x.bound, x.method) for x in bound.layers], assumptions_text(report)
     )
-    return _page(
+    return html_page(
         f"lipcheck bound: {report.model.path}",
         "lipcheck bound",
         header,

@@ -6,6 +6,7 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from lipcheck.present import escape
 from lipcheck.report import ModelSection
 
 
@@ -16,6 +17,8 @@ def _input_spec(specs: Sequence[Mapping[str, Any]]) -> str:
 # How a field of `ModelSection` reads, where `str` would not do.
 _INSPECTED: dict[str, Callable[[Any], str]] = {
     "input_spec": _input_spec,
+    "outputs": _input_spec,
+    "notes": lambda value: "; ".join(value) or "-",
     "arch_kwargs": lambda value: json.dumps(value) if value else "-",
     "trusted": lambda value: (
         "yes (loading executed code from the file)" if value else "no (nothing from the file was run)"
@@ -28,10 +31,14 @@ def _inspected(name: str, value: Any) -> str:
     return shown(value) if shown is not None else "-" if value is None else str(value)
 
 
-def render_model_text(model: ModelSection) -> str:
-    """One 'name: value' line per field of a loaded model's description."""
-    return "".join(f"{name + ':':<13} {_inspected(name, value)}\n" for name, value in model.__dict__.items())
+def render_model_text(model: ModelSection, graph: Mapping[str, Any] | None = None) -> str:
+    """One 'name: value' line per field of a loaded model's description, then per fact of its `graph`
+    (what an ONNX file says: outputs, opset, operators, producer, notes), escaped for a terminal."""
+    fields = {**model.__dict__, **(graph or {})}
+    return "".join(
+        f"{name + ':':<13} {escape.terminal(_inspected(name, value))}\n" for name, value in fields.items()
+    )
 
 
-def render_model_json(model: ModelSection) -> str:
-    return json.dumps(model.__dict__, indent=2, default=list) + "\n"
+def render_model_json(model: ModelSection, graph: Mapping[str, Any] | None = None) -> str:
+    return json.dumps({**model.__dict__, **(graph or {})}, indent=2, default=list) + "\n"

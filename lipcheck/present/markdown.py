@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from lipcheck.options.choices import Operator
+from lipcheck.present import escape
 from lipcheck.present.facts import (
     TERM_COLUMNS,
     assumptions_text,
@@ -28,11 +29,7 @@ from lipcheck.report.compare import Comparison
 MERMAID_BINS = 12  # bars of the Markdown report's chart
 
 
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|")
-
-
-def _markdown_gate(verdicts: Sequence[RuleVerdict]) -> list[str]:
+def markdown_gate(verdicts: Sequence[RuleVerdict]) -> list[str]:
     if not verdicts:
         return []
     failed = sum(1 for v in verdicts if not v.passed)
@@ -45,8 +42,8 @@ def _markdown_gate(verdicts: Sequence[RuleVerdict]) -> list[str]:
     ]
     for v in verdicts:
         lines.append(
-            f"| `{v.name}` | {'passed' if v.passed else '**FAILED**'} | {number_text(v.value)} "
-            f"| {number_text(v.threshold)} | {_cell(v.message)} |"
+            f"| {escape.markdown_code(v.name)} | {'passed' if v.passed else '**FAILED**'} "
+            f"| {number_text(v.value)} | {number_text(v.threshold)} | {escape.markdown(v.message)} |"
         )
     return [*lines, ""]
 
@@ -58,24 +55,29 @@ def render_markdown(report: Report) -> str:
     lines = [
         "### lipcheck audit",
         "",
-        f"Model `{model.path}` ({model.format}, sha256 `{model.sha256[:12]}`) on `{source}` "
-        f"({data.count} samples); {operator_note(settings)}{settings.method}, tol {settings.tol:g}, "
-        f"{settings.dtype}"
-        f"{search_note(report)}.",
+        f"Model {escape.markdown_code(model.path)} ({escape.markdown(model.format)}, sha256 "
+        f"{escape.markdown_code(model.sha256[:12])}) on {escape.markdown_code(source)} "
+        f"({data.count} samples); "
+        + escape.markdown(
+            f"{operator_note(settings)}{settings.method}, tol {settings.tol:g}, {settings.dtype}"
+            f"{search_note(report)}."
+        ),
         "",
-        *_markdown_gate(report.gate.rules),
+        *markdown_gate(report.gate.rules),
         "| summary | value |",
         "| --- | ---: |",
     ]
-    lines += [f"| {name} | {value} |" for name, value in summary_rows(report)]
+    lines += [
+        f"| {escape.markdown(name)} | {escape.markdown(value)} |" for name, value in summary_rows(report)
+    ]
     lines += ["", *mermaid_histogram(report)]
     search_heads, search_rule = (
         (" search sigma | distance |", " ---: | ---: |") if searched(report) else ("", "")
     )
     lines += [
         "",
-        f"| worst sample | {_cell(sigma_heading(settings))} | sigma_upper ({settings.confidence:g}) "
-        f"| iterations | converged | residual |{search_heads}",
+        f"| worst sample | {escape.markdown(sigma_heading(settings))} "
+        f"| sigma_upper ({settings.confidence:g}) | iterations | converged | residual |{search_heads}",
         f"| ---: | ---: | ---: | ---: | --- | ---: |{search_rule}",
     ]
     for row in worst_samples(report, 5):
@@ -115,25 +117,28 @@ def render_bound_markdown(report: ModelBoundReport) -> str:
     lines = [
         "### lipcheck bound",
         "",
-        f"Model `{model.path}` ({model.format}, sha256 `{model.sha256[:12]}`) on inputs of shape "
-        f"{shape_text(bound.input_shape)}: certified upper bound **{number_text(bound.upper_bound)}** "
-        f"on the l2 Lipschitz constant{_of_operator(bound)} ({bound_method(bound)}).",
+        f"Model {escape.markdown_code(model.path)} ({escape.markdown(model.format)}, sha256 "
+        f"{escape.markdown_code(model.sha256[:12])}) on inputs of shape {shape_text(bound.input_shape)}: "
+        f"certified upper bound **{number_text(bound.upper_bound)}** on the l2 Lipschitz constant"
+        f"{escape.markdown(_of_operator(bound))} ({escape.markdown(bound_method(bound))}).",
         "",
         "| layer | kind | bound | method |",
         "| --- | --- | ---: | --- |",
     ]
     lines += [
-        f"| `{layer.name}` | {layer.kind} | {number_text(layer.bound)} | {layer.method} |"
+        f"| {escape.markdown_code(layer.name)} | {escape.markdown(layer.kind)} | {number_text(layer.bound)} "
+        f"| {escape.markdown(layer.method)} |"
         for layer in bound.layers
     ]
     if bound.terms:
         lines += ["", "| " + " | ".join(TERM_COLUMNS) + " |", "| --- | --- | ---: | ---: | --- |"]
         lines += [
-            f"| `{t.name}` | {t.kind} | {number_text(t.norm)} | {number_text(t.contribution)} | {t.method} |"
+            f"| {escape.markdown_code(t.name)} | {escape.markdown(t.kind)} | {number_text(t.norm)} "
+            f"| {number_text(t.contribution)} | {escape.markdown(t.method)} |"
             for t in bound.terms
         ]
     if bound.assumptions:
-        lines += ["", f"Assumed with `--assume` (not verified): {assumptions_text(report)}."]
+        lines += ["", f"Assumed with `--assume` (not verified): {escape.markdown(assumptions_text(report))}."]
     return "\n".join(lines) + "\n"
 
 
@@ -141,12 +146,12 @@ def render_comparison_markdown(comparison: Comparison) -> str:
     """The comparison in GitHub Markdown, for a step summary or a pull-request comment."""
     figures, samples = change_rows(comparison)
     lines = ["### lipcheck compare", ""]
-    lines += [f"- {name}: {_cell(value)}" for name, value in comparison_lines(comparison)]
-    lines += ["", *_markdown_gate(comparison.gate.rules)]
+    lines += [f"- {name}: {escape.markdown(value)}" for name, value in comparison_lines(comparison)]
+    lines += ["", *markdown_gate(comparison.gate.rules)]
     for first, rows in (("figure", figures), ("sample that rose most", samples)):
         if rows:
             lines += [f"| {first} | base | new | change | change % |", "| --- | ---: | ---: | ---: | ---: |"]
-            lines += ["| " + " | ".join(row) + " |" for row in rows] + [""]
+            lines += ["| " + " | ".join(escape.markdown(cell) for cell in row) + " |" for row in rows] + [""]
     if not samples:
         lines.append("No sample rose.")
     return "\n".join(lines).rstrip("\n") + "\n"

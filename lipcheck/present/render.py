@@ -3,8 +3,10 @@ pull-request comments, JUnit XML for CI systems, a self-contained HTML page with
 of report (an audit's `Report`, `lipcheck bound`'s `ModelBoundReport`, a `Comparison` of two reports).
 
 This module is the table from format to renderer, and the one place that imports every renderer
-(`tables`, `markdown`, `ci`, `html`); none of them imports it, nor each other: what several forms show
-is computed once in `facts`. It also offers the renderers the command line calls directly.
+(`tables`, `markdown`, `ci`, `html`, and the series' `series` and `series_html`); none of them imports
+it: what several forms show is computed once in `facts`, the HTML pages' frame and pieces are in `page`,
+and the series' forms reuse the public pieces of the table and the Markdown (the gate's lines, cells).
+It also offers the renderers the command line calls directly.
 """
 
 from __future__ import annotations

@@ -14,9 +14,9 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
+from lipcheck.present import escape
 from lipcheck.present.facts import data_line, number_text, operator_note
-from lipcheck.present.markdown import _cell as markdown_cell
-from lipcheck.present.markdown import _markdown_gate as markdown_gate
+from lipcheck.present.markdown import markdown_gate
 from lipcheck.present.tables import BLOCKS, gate_rows, pairs_table
 from lipcheck.report.series import SeriesReport
 
@@ -91,7 +91,7 @@ def render_series_table(series: SeriesReport, console: Console) -> None:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
     grid.add_column()
-    grid.add_row("data", Text(data_line(series.data, with_digest=True)))
+    grid.add_row("data", Text(escape.terminal(data_line(series.data, with_digest=True))))
     grid.add_row(
         "settings",
         Text(f"{operator_note(settings)}{settings.method}, tol {settings.tol:g}, {settings.dtype}, "
@@ -103,7 +103,7 @@ def render_series_table(series: SeriesReport, console: Console) -> None:
         table.add_column(head, justify="left" if number in (1, len(heads) - 1) else "right",
                          overflow="fold" if number == 1 else "ellipsis")  # fmt: skip
     for cells in series_rows(series):
-        table.add_row(*(Text(cell) for cell in cells))
+        table.add_row(*(Text(escape.terminal(cell)) for cell in cells))
     summary = pairs_table("Series", _overview(series) + gate_rows(series.gate.rules))
     console.print(Group(grid, Text(""), table, Text(_trend_line(series), no_wrap=True), Text(""), summary))
 
@@ -114,7 +114,7 @@ def render_series_markdown(series: SeriesReport) -> str:
         "### lipcheck series",
         "",
         f"{len(series.checkpoints)} checkpoints on "
-        + markdown_cell(data_line(series.data, with_digest=False)),
+        + escape.markdown(data_line(series.data, with_digest=False)),
         "",
     ]
     lines += markdown_gate(series.gate.rules)
@@ -124,7 +124,8 @@ def render_series_markdown(series: SeriesReport) -> str:
         "| " + " | ".join("---" if n in (1, len(heads) - 1) else "---:" for n in range(len(heads))) + " |"
     )
     for cells in series_rows(series):
-        lines.append("| " + " | ".join(markdown_cell(cell) for cell in cells) + " |")
-    lines += ["", f"`{_trend_line(series)}`", ""]
-    lines += [f"- {name}: {markdown_cell(value)}" for name, value in _overview(series)]
+        path, others = escape.markdown_code(cells[1]), [escape.markdown(cell) for cell in cells]
+        lines.append("| " + " | ".join([others[0], path, *others[2:]]) + " |")  # the path as code
+    lines += ["", escape.markdown_code(_trend_line(series)), ""]
+    lines += [f"- {name}: {escape.markdown(value)}" for name, value in _overview(series)]
     return "\n".join(lines) + "\n"

@@ -12,7 +12,15 @@ import numpy as np
 
 from lipcheck.present import charts
 from lipcheck.present.facts import data_line, number_text, operator_note
-from lipcheck.present.html import _chart, _numbers, _page, _section, _table, _text, _verdict
+from lipcheck.present.page import (
+    escaped,
+    folded,
+    html_chart,
+    html_page,
+    html_section,
+    html_table,
+    verdict_banner,
+)
 from lipcheck.present.series import series_heads, series_rows
 from lipcheck.report.series import SeriesReport
 
@@ -32,19 +40,19 @@ def _trend_section(series: SeriesReport) -> str:
         + f"; the worst checkpoint, step {worst.step} (max {worst.summary.max:.4g}), ringed"
     )
     svg = charts.trend(steps, lines, bounds if np.isfinite(bounds).any() else None, series.worst, description)
-    return _section("trend", "Sigma over the run", _chart("trend", svg, description))
+    return html_section("trend", "Sigma over the run", html_chart("trend", svg, description))
 
 
 def _checkpoints_section(series: SeriesReport) -> str:
     heads = series_heads(series)
     numeric = [True, False] + [True] * (len(heads) - 4) + [True, False]
-    table = _table(heads, series_rows(series), numeric, caption="One row per checkpoint, in step order")
+    table = html_table(heads, series_rows(series), numeric, caption="One row per checkpoint, in step order")
     worst = series.worst + 1  # the rows of tbody count from 1
     highlight = (
         f"<style>#checkpoints tbody tr:nth-child({worst}) {{ background: #fbece3; font-weight: 600; }}"
         "</style>\n"
     )
-    return _section("checkpoints", "Checkpoints", highlight, _numbers(table, len(series.checkpoints), 30))
+    return html_section("checkpoints", "Checkpoints", highlight, folded(table, len(series.checkpoints), 30))
 
 
 def _worst_samples_section(series: SeriesReport) -> str:
@@ -61,9 +69,9 @@ def _worst_samples_section(series: SeriesReport) -> str:
         rows.append(cells)
     numeric = [True, True, True, True, False, True] + ([True, True] if searched else [])
     caption = f"Worst {len(rows)} of {worst.summary.count} samples of step {worst.step} ({worst.path})"
-    report = f"<p>Its own report: <code>{_text(worst.report)}</code></p>\n" if worst.report else ""
-    return _section(
-        "worst", f"Worst checkpoint: step {worst.step}", report, _table(heads, rows, numeric, caption)
+    report = f"<p>Its own report: <code>{escaped(worst.report)}</code></p>\n" if worst.report else ""
+    return html_section(
+        "worst", f"Worst checkpoint: step {worst.step}", report, html_table(heads, rows, numeric, caption)
     )
 
 
@@ -80,12 +88,14 @@ def render_series_html(series: SeriesReport) -> str:
     ]  # fmt: skip
     notes = sorted({note for c in series.checkpoints for note in c.notes})
     body = [
-        _verdict(
+        verdict_banner(
             series.gate.rules, "Give --fail-above, --max-increase-over-best PCT or another rule to gate."
         ),
-        "".join(f'<p class="note">{_text(note)}</p>\n' for note in notes),
+        "".join(f'<p class="note">{escaped(note)}</p>\n' for note in notes),
         _trend_section(series),
         _checkpoints_section(series),
         _worst_samples_section(series),
     ]
-    return _page("lipcheck series", "lipcheck series: a training run", header, body, series.lipcheck_version)
+    return html_page(
+        "lipcheck series", "lipcheck series: a training run", header, body, series.lipcheck_version
+    )

@@ -12,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from lipcheck.options.choices import Operator
+from lipcheck.present import escape
 from lipcheck.present.facts import (
     TERM_COLUMNS,
     WORST,
@@ -37,6 +38,7 @@ from lipcheck.report.compare import Comparison
 
 TEXT_BINS = 32  # characters of the table's one-line histogram
 BLOCKS = "▁▂▃▄▅▆▇█"
+ASCII_BLOCKS = ".,:-=+*#"
 RESIDUAL_DIGITS = 3  # the residual is a diagnostic: its order of magnitude is what a reader needs
 
 
@@ -45,14 +47,16 @@ def _header(report: Report) -> Table:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
     grid.add_column()
-    grid.add_row("model", model_line(model))
-    grid.add_row("data", data_line(data, with_digest=True))
+    grid.add_row("model", escape.terminal(model_line(model)))
+    grid.add_row("data", escape.terminal(data_line(data, with_digest=True)))
     grid.add_row(
         "settings",
-        f"{operator_note(settings)}{settings.method}, tol {settings.tol:g}, max-iter {settings.max_iter}, "
-        f"{settings.dtype} on {report.environment.device}, batch {settings.batch_size}, seed {settings.seed}"
-        + _scale_note(report)
-        + search_note(report),
+        escape.terminal(
+            f"{operator_note(settings)}{settings.method}, tol {settings.tol:g}, "
+            f"max-iter {settings.max_iter}, {settings.dtype} on {report.environment.device}, "
+            f"batch {settings.batch_size}, "
+            f"seed {settings.seed}" + _scale_note(report) + search_note(report)
+        ),
     )
     return grid
 
@@ -111,17 +115,17 @@ def pairs_table(title: str, rows: Sequence[tuple[str, str]]) -> Table:
     table.add_column(justify="right")
     for name, value in rows:
         style = "bold red" if value.startswith("FAILED") else None
-        table.add_row(name, Text(value, style=style) if style else value)
+        table.add_row(escape.terminal(name), Text(escape.terminal(value), style=style or ""))
     return table
 
 
-def text_histogram(report: Report, bins: int = TEXT_BINS) -> str:
+def text_histogram(report: Report, bins: int = TEXT_BINS, blocks: str = BLOCKS) -> str:
     """One line: the smallest sigma, a block character per bin (height by count; a blank for an empty
     bin, so that one outlier stands apart from the rest), the largest sigma."""
     edges, counts = sigma_histogram(report, bins)
     top = int(counts.max()) if len(counts) else 0
     bars = "".join(
-        " " if count == 0 else BLOCKS[max(0, ceil(len(BLOCKS) * int(count) / top) - 1)] for count in counts
+        " " if count == 0 else blocks[max(0, ceil(len(blocks) * int(count) / top) - 1)] for count in counts
     )
     low, high = number_text(float(edges[0]), 4), number_text(float(edges[-1]), 4)
     return f"sigma {low} {bars} {high}  (histogram, max bin {top})"
@@ -131,7 +135,8 @@ def render_table(report: Report, console: Console) -> None:
     """Print the header, the worst samples, the summary and a one-line histogram to `console`."""
     summary = pairs_table("Summary", summary_rows(report) + gate_rows(report.gate.rules))
     search = [_search_table(report), Text("")] if searched(report) else []
-    histogram = Text(text_histogram(report), no_wrap=True, overflow="ellipsis")
+    blocks = ASCII_BLOCKS if console.options.ascii_only else BLOCKS  # a terminal that cannot show them
+    histogram = Text(text_histogram(report, blocks=blocks), no_wrap=True, overflow="ellipsis")
     console.print(
         Group(_header(report), Text(""), _worst_table(report), Text(""), *search, summary, histogram)
     )
@@ -139,7 +144,7 @@ def render_table(report: Report, console: Console) -> None:
 
 def plain_text(render: Callable[[Console], None], width: int = 100) -> str:
     buffer = io.StringIO()
-    render(Console(file=buffer, width=width, color_system=None, force_terminal=False))
+    render(escape.console(file=buffer, width=width, color_system=None, force_terminal=False))
     return buffer.getvalue()
 
 
@@ -148,17 +153,23 @@ def table_text(report: Report, width: int = 100) -> str:
     return plain_text(lambda console: render_table(report, console), width)
 
 
+def _terminal_cells(*cells: str) -> list[str]:
+    """Cells of a table row that may hold names (of layers, of operations, paths), escaped."""
+    return [escape.terminal(cell) for cell in cells]
+
+
 def _bound_header(report: ModelBoundReport) -> Table:
     model, bound = report.model, report.bound
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
     grid.add_column()
-    grid.add_row("model", model_line(model))
+    grid.add_row("model", escape.terminal(model_line(model)))
     grid.add_row("input shape", f"{shape_text(bound.input_shape)} (one sample, without the batch)")
     if bound.operator != Operator.model.value:
-        grid.add_row("operator", bound_operator(bound))
+        grid.add_row("operator", escape.terminal(bound_operator(bound)))
     if bound.assumptions:
-        grid.add_row("assumed", f"{assumptions_text(report)} (supplied with --assume, not verified)")
+        assumed = f"{assumptions_text(report)} (supplied with --assume, not verified)"
+        grid.add_row("assumed", escape.terminal(assumed))
     return grid
 
 
@@ -169,7 +180,7 @@ def render_bound_table(report: ModelBoundReport, console: Console) -> None:
     for name in ("layer", "kind", "bound", "method"):
         layers.add_column(name, justify="right" if name == "bound" else "left")
     for layer in bound.layers:
-        layers.add_row(layer.name, layer.kind, number_text(layer.bound), layer.method)
+        layers.add_row(*_terminal_cells(layer.name, layer.kind, number_text(layer.bound), layer.method))
     parts: list[Any] = [_bound_header(report), Text(""), layers, Text("")]
     if bound.terms:
         terms = Table(title=f"Terms of the loop transformation ({len(bound.terms)})", title_justify="left")
@@ -177,14 +188,16 @@ def render_bound_table(report: ModelBoundReport, console: Console) -> None:
             terms.add_column(name, justify="right" if name in ("block norm", "adds") else "left")
         for term in bound.terms:
             terms.add_row(
-                term.name, term.kind, number_text(term.norm), number_text(term.contribution), term.method
+                *_terminal_cells(
+                    term.name, term.kind, number_text(term.norm), number_text(term.contribution), term.method
+                )
             )
         parts += [terms, Text("")]
     total = Table(show_header=False)
     total.add_column(style="bold")
     total.add_column(justify="right")
     total.add_row("upper bound (certified)", Text(number_text(bound.upper_bound), style="bold"))
-    total.add_row("method", bound_method(bound))
+    total.add_row("method", escape.terminal(bound_method(bound)))
     total.add_row(
         "time", f"{report.timing.bound_seconds:.3g} s bound, {report.timing.load_seconds:.3g} s loading"
     )
@@ -197,7 +210,7 @@ def render_comparison_table(comparison: Comparison, console: Console) -> None:
     header.add_column(style="bold")
     header.add_column()
     for name, value in comparison_lines(comparison):
-        header.add_row(name, value)
+        header.add_row(*_terminal_cells(name, value))
     figures, samples = change_rows(comparison)
     parts: list[RenderableType] = [header, Text("")]
     for title, first, rows in (
@@ -208,7 +221,7 @@ def render_comparison_table(comparison: Comparison, console: Console) -> None:
         for name in (first, "base", "new", "change", "change %"):
             table.add_column(name, justify="left" if name == "figure" else "right")
         for row in rows:
-            table.add_row(*row)
+            table.add_row(*_terminal_cells(*row))
         parts += [table, Text("")]
     if comparison.gate.rules:
         parts.append(pairs_table("Gate", gate_rows(comparison.gate.rules)))

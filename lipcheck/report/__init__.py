@@ -3,8 +3,8 @@
 The modules, each one idea: `sections` (the model, data, settings, timing, summary and gate of a
 report), `samples` (one sample's result), `audit_report` (`Report`), `bound` (certified bounds and
 `ModelBoundReport`), `summary` (statistics of sigma, the worst samples), `read` (reading and checking
-a saved report), `columns` (compact per-sample columns), `gate`, `compare` and `json_schema`. The
-JSON Schemas ship in `lipcheck/report/schemas/`.
+a saved report), `rows` (the check of every row read back), `columns` (compact per-sample columns),
+`gate`, `compare` and `json_schema`. The JSON Schemas ship in `lipcheck/report/schemas/`.
 
 This package re-exports the report model's names, so that `from lipcheck.report import Report` reads
 as it always has. It imports only the modules below it; none of them imports it back.

@@ -42,7 +42,7 @@ ROW = np.dtype(
 )
 
 # The fields of a `SampleResult`, in its order.
-_FIELDS: tuple[str, ...] = (
+SAMPLE_FIELDS: tuple[str, ...] = (
     "index", "sigma", "iterations", "converged", "residual", "sigma_upper", "search_sigma", "search_distance"
 )  # fmt: skip
 PRODUCT_CODES: tuple[str, ...] = ("double-backward", "forward")
@@ -117,7 +117,7 @@ def derivatives_of(columns: SampleColumns, batch_size: int, tolerance: float) ->
 
 def table_to_rows(table: np.ndarray) -> list[SampleResult]:
     """The rows of a `ROW` table, as `SampleResult`s."""
-    columns = zip(*(table[name].tolist() for name in _FIELDS), strict=True)
+    columns = zip(*(table[name].tolist() for name in SAMPLE_FIELDS), strict=True)
     return [
         SampleResult(
             index, sigma, iterations, bool(converged), _none(residual), _none(upper), _none(search),

@@ -132,7 +132,9 @@ class Comparison:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict, `schema_version` first (the report's: a comparison holds its verdicts)."""
         body = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "samples"}
-        return {"schema_version": SCHEMA_VERSION, **json.loads(json.dumps(body, default=_plain))}
+        # allow_nan=False: a figure that is not finite is a defect to raise, never `Infinity` in a file
+        text = json.dumps(body, default=_plain, allow_nan=False)
+        return {"schema_version": SCHEMA_VERSION, **json.loads(text)}
 
 
 def compare_reports(
@@ -147,7 +149,8 @@ def compare_reports(
 ) -> Comparison:
     """Match the samples of `base` and `new` by index and measure every change; `rules` judge `new`.
 
-    InputError when the reports have no sample index in common.
+    InputError when the reports have no sample index in common. Reports read from files were checked
+    by `read_report`, rows and all (`rows.check_report_samples`).
     """
     before = {s.index: s.sigma for s in base.samples}
     changes = [_sample(s.index, before[s.index], s.sigma) for s in new.samples if s.index in before]

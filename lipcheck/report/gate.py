@@ -21,6 +21,11 @@ from lipcheck.report.sections import Gate, RuleVerdict
 
 LISTED = 10  # failing sample indices named in a message; the verdict's `failing_samples` has them all
 
+# How far (relative) the largest measured sigma may exceed a certified upper bound before the two
+# contradict each other: a Krylov estimate never exceeds the exact norm, so only rounding (float32
+# products against a float64 bound) can put it above, by far less than this.
+CONTRADICTION_SLACK = 1e-3
+
 
 class Rule(Protocol):
     """A named check of an audit report."""
@@ -265,14 +270,56 @@ def rules_for(
 
 
 def judge(rules: Sequence[Rule], report: Report) -> Gate:
-    """The gate of a report: every rule's verdict, passed when all pass, None when there is no rule."""
+    """The gate of a report: every rule's verdict, passed when all pass, None when there is no rule.
+
+    A report whose certified bound lies below a sigma it measured (`bound_contradiction`) gets a
+    failing verdict besides, rules or not: one of its figures is wrong, so no gate can pass on it.
+    """
     verdicts = tuple(rule.judge(report) for rule in rules)
+    contradiction = bound_contradiction(report)
+    if contradiction is not None:
+        verdicts += (contradiction,)
     return Gate(passed=all(v.passed for v in verdicts) if verdicts else None, rules=verdicts)
 
 
+def bound_contradiction(report: Report) -> RuleVerdict | None:
+    """The failing verdict `bound_contradiction` when the report's certified upper bound is below its
+    largest measured sigma (beyond `CONTRADICTION_SLACK`); None when there is no bound or it holds.
+
+    A sigma is measured at a real input, so a bound below it is not a bound: an `--assume`d constant
+    too small, or a defect. It is an error of the report, never a pass.
+    """
+    if report.bound is None:
+        return None
+    bound, found = report.bound.upper_bound, report.summary.max
+    if found <= bound * (1 + CONTRADICTION_SLACK):
+        return None
+    assumed = report.bound.assumptions
+    cause = (
+        f"check the --assume constants ({', '.join(f'{k}={v:g}' for k, v in assumed.items())})"
+        if assumed
+        else "this is a defect of lipcheck's bound, please report it"
+    )
+    return RuleVerdict(
+        name="bound_contradiction",
+        threshold=bound,
+        value=found,
+        passed=False,
+        message=(
+            f"contradiction: sample {report.summary.argmax} has sigma {found:.6g}, above the certified upper "
+            f"bound {bound:.6g}, so the bound is wrong and no gate passes: {cause}"
+        ),
+        failing_samples=(report.summary.argmax,),
+    )
+
+
 def percent_change(base: float, new: float) -> float | None:
-    """100 (new - base) / base; None when base is 0 (no relative change exists)."""
-    return 100 * (new - base) / base if base else None
+    """100 (new - base) / base; None when base is 0 (no relative change exists) or the ratio overflows
+    float64 (a base of 1e-300 and a new 1e300): JSON has no Infinity, and the absolute change says it."""
+    if not base:
+        return None
+    change = 100 * (new - base) / base
+    return change if math.isfinite(change) else None
 
 
 def listed(indices: Sequence[int], most: int = LISTED) -> str:

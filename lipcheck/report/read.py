@@ -1,5 +1,6 @@
 """Reading a saved report, checked before anything trusts it: JSON, nesting, schema version, the
-shipped JSON Schema (`lipcheck/report/schemas/`), and a summary its own samples give again.
+shipped JSON Schema (`lipcheck/report/schemas/`), rows an audit can write, and a summary its own
+samples give again.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from lipcheck.errors import InputError
 from lipcheck.report.audit_report import Report
 from lipcheck.report.json_schema import first_problem
 from lipcheck.report.records import SCHEMA_VERSION
+from lipcheck.report.rows import check_report_samples
 from lipcheck.report.sections import Summary
 from lipcheck.report.summary import summarise
 
@@ -30,8 +32,10 @@ def read_report(path: str | Path, what: str = "report") -> Report:
 
     InputError naming `what`, the path and the first problem when the file is missing, is not JSON
     (NaN and Infinity are not), nests deeper than `MAX_NESTING`, was written with a newer schema, does
-    not validate against the shipped schema, or holds a summary (or bracket) that its samples do not
-    give: a report edited by hand cannot tell the gate what it wants to hear.
+    not validate against the shipped schema, holds samples no audit writes (`rows.check_report_samples`:
+    a repeated index, one outside its data, fewer samples than its data section says), or a summary
+    (or bracket) that its samples do not give: a report edited by hand cannot tell the gate what it
+    wants to hear.
     """
     source = Path(path)
     where = f"{what} '{source}'"
@@ -63,6 +67,7 @@ def read_report(path: str | Path, what: str = "report") -> Report:
     if problem is not None:
         raise InputError(f"{where} is not a valid lipcheck report ({problem}): {fix}")
     report = Report.from_dict(data)
+    check_report_samples(report.samples, where, count=report.data.count, total=report.data.total)
     problem = inconsistency(report, data)
     if problem is not None:
         raise InputError(

@@ -14,7 +14,7 @@ from typing import Any
 
 from lipcheck.errors import InputError
 from lipcheck.options.choices import Device, Dtype, Method, Operator, Product, Reduction, choose
-from lipcheck.options.limits import check_seed
+from lipcheck.options.limits import check_seed, check_steps
 
 
 @dataclass(frozen=True)
@@ -90,6 +90,7 @@ class Settings:
             raise InputError(f"--confidence must be in (0, 1), such as 0.99, got {self.confidence:g}")
         if self.max_iter < 1:
             raise InputError(f"--max-iter must be at least 1, got {self.max_iter}")
+        check_steps(self.max_iter, "--max-iter")
         check_seed(self.seed)
         if self.batch_size < 1:
             raise InputError(f"--batch-size must be at least 1, got {self.batch_size}")
@@ -107,6 +108,8 @@ class Settings:
             )
         if steps is not None and steps < 0:
             raise InputError(f"--search-steps must be at least 0, got {steps}")
+        if steps is not None:
+            check_steps(steps, "--search-steps")
         if radius is not None and not (radius >= 0 and math.isfinite(radius)):
             raise InputError(f"--search-radius must be a finite number >= 0, got {radius:g}")
 
