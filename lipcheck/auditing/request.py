@@ -163,7 +163,7 @@ class AuditRequest:
 
     def inputs(self) -> dict[str, Path | None]:
         """What this audit reads, by what it is ("the model (MODEL)"): no output may overwrite them."""
-        from lipcheck.io.models import arch_file  # the audit loads the model next: torch is due anyway
+        from lipcheck.io.architectures import arch_file  # the audit loads the model next: torch is due anyway
 
         model, data = self.model, self.data
         return {

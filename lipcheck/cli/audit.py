@@ -184,12 +184,11 @@ def audit(
     worker_timeout: WorkerTimeoutOption = WORKER_TIMEOUT_SECONDS,
     debug: DebugOption = False,
 ) -> None:
-    """Audit MODEL on a data set: the spectral norm of its Jacobian at every sample (or of the Jacobian
-    of 2f - Id or Id - f, with --operator).
+    """Audit MODEL (or the module an --arch factory returns) on a data set: the spectral norm of its
+    Jacobian at every sample (or of the Jacobian of 2f - Id or Id - f, with --operator).
 
     Prints the worst samples and a summary (table), or the full report (json, markdown, junit, html).
-    The gate flags (--fail-above, --fail-above-sample, --require-converged, --baseline with
-    --max-increase) are rules recorded in the report; any failed rule exits 1. Several MODELs: a series.
+    Gate flags (--fail-above, ...) are rules in the report; a failed one exits 1. Several MODELs: a series.
     """
     request, series = _requests(dict(locals()))
     if series is not None:

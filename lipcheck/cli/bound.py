@@ -134,7 +134,7 @@ def bound(
     loop transformation (--bound-method liplt, the default) or as products along a path and sums at
     residual connections (--bound-method product). Prints every layer factor, the terms, and the total.
     """
-    from lipcheck.io.models import arch_file
+    from lipcheck.io.architectures import arch_file
     from lipcheck.io.outputs import prepare_outputs
     from lipcheck.present.render import BOUND_REPORT
 
