@@ -8,8 +8,9 @@ A model the audit refuses is listed with the first line of the refusal.
 
     python benchmarks/zoo.py [--size 64] [--samples 2] [--threads 2] [--families mobilenetv3_small_100,...]
 
-The families are timm's when timm imports; the small modules of tests/derivative_zoo.py (the patterns
-of MobileNetV3, ViT and LeViT that the tests reproduce) are measured either way. Prints markdown tables
+The families are timm's when timm imports; the architectures of tests/zoo.py and the small modules of
+tests/derivative_zoo.py (the patterns of MobileNetV3, ViT and LeViT that the tests reproduce) are
+measured either way. Prints markdown tables
 (those of docs/benchmarks.md).
 """
 
