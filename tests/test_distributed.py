@@ -161,7 +161,9 @@ def test_a_rank_that_hangs_fails_the_others_after_the_worker_timeout(
         ranks[1].wait(EXIT_SECONDS)
     assert code == ExitStatus.AUDIT_FAILED, said
     assert "rank 0 of 2 lost the other ranks" in said and "--worker-timeout 3 s" in said
-    assert 2 <= waited < 30  # it waited for the timeout (its clock may start a batch before the stop), once
+    # it waited for the timeout (its clock may start a batch before the stop), once, not the default 30 min;
+    # the upper end is generous so that a busy machine cannot fail it
+    assert 2 <= waited < 300
 
 
 def test_workers_say_which_rank_was_killed(files: dict[str, Path], tmp_path: Path) -> None:

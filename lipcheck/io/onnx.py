@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import sys
+import types
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lipcheck.errors import InputError, describe, first_line
+from lipcheck.errors import InputError, UnsupportedOperationError, describe, first_line
 
 EXTRA_HINT = (
     "install the ONNX extra: pip install 'lipcheck[onnx]' (onnx and onnx2torch; onnxruntime to cross-check)"
@@ -141,16 +143,55 @@ def _varint(data: bytes, position: int) -> tuple[int | None, int]:
 
 def _import(name: str, path: Path) -> Any:
     try:
+        if name == "onnx2torch" and "onnx2torch" not in sys.modules and not _torchvision_works():
+            with _torchvision_stand_in():
+                return importlib.import_module(name)
         return importlib.import_module(name)
     except ImportError as error:
         raise InputError(f"model file '{path}' is an ONNX file, which needs {name}: {EXTRA_HINT}") from error
-    except (
-        Exception
-    ) as error:  # a broken install (a torchvision built for another torch) is not the file's fault
+    except Exception as error:  # a broken install is not the file's fault
         raise InputError(
             f"model file '{path}' is an ONNX file, and {name} cannot be imported here ({describe(error)}): "
-            f"repair the installation ({EXTRA_HINT}; torchvision must match torch)"
+            f"repair the installation ({EXTRA_HINT})"
         ) from error
+
+
+def _torchvision_works() -> bool:
+    """Whether torchvision imports: missing, or built for another torch (a CUDA wheel beside a CPU
+    torch), it does not, and leaves nothing half-imported behind."""
+    try:
+        importlib.import_module("torchvision")
+    except Exception:  # ImportError, or OSError/RuntimeError from a build for another torch
+        for module in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+            del sys.modules[module]
+        return False
+    return True
+
+
+def _needs_torchvision(*args: Any, **kwargs: Any) -> Any:
+    raise UnsupportedOperationError(
+        "this ONNX graph uses NonMaxSuppression or RoiAlign, which onnx2torch runs with torchvision; both "
+        "are detection post-processing without a gradient in the input, so they are not audited"
+    )
+
+
+@contextlib.contextmanager
+def _torchvision_stand_in() -> Iterator[None]:
+    """onnx2torch imports torchvision at import time, for its NonMaxSuppression and RoiAlign converters
+    only. Where torchvision is missing or broken, those two get a stand-in that refuses them while
+    onnx2torch is imported; the stand-in is removed from `sys.modules` right after, so no other code
+    of the process ever sees it."""
+    stand_in = types.ModuleType("torchvision")
+    ops = types.ModuleType("torchvision.ops")
+    ops.nms = ops.roi_align = ops.box_convert = ops.batched_nms = _needs_torchvision  # type: ignore[attr-defined]
+    stand_in.ops = ops  # type: ignore[attr-defined]
+    sys.modules["torchvision"], sys.modules["torchvision.ops"] = stand_in, ops
+    try:
+        yield
+    finally:
+        for module in ("torchvision", "torchvision.ops"):
+            if sys.modules.get(module) in (stand_in, ops):
+                del sys.modules[module]
 
 
 def load_onnx(path: Path) -> OnnxGraph:

@@ -41,6 +41,7 @@ from lipcheck.present.page import (
     html_pairs,
     html_section,
     html_table,
+    samples_table,
     verdict_banner,
 )
 from lipcheck.report import BoundReport, ModelBoundReport, Report, worst_samples
@@ -241,25 +242,13 @@ def _terms_section(bound: BoundReport | None) -> str:
 
 def _worst_section(report: Report) -> str:
     shown = worst_samples(report, WORST)
-    searched = report.settings.search_steps is not None
-    heads = [
-        "sample",
-        sigma_heading(report.settings),
-        f"sigma_upper ({report.settings.confidence:g})",
-        "iterations",
-        "converged",
-        "residual",
-    ]
-    heads += ["search sigma", "distance"] if searched else []
-    rows = []
-    for row in shown:
-        cells = [str(row.index), number_text(row.sigma), number_text(row.sigma_upper), str(row.iterations),
-                 "yes" if row.converged else "no", number_text(row.residual, 3)]  # fmt: skip
-        if searched:
-            cells += [number_text(row.search_sigma), number_text(row.search_distance)]
-        rows.append(cells)
-    numeric = [True, True, True, True, False, True] + ([True, True] if searched else [])
-    table = html_table(heads, rows, numeric, caption=f"Worst {len(shown)} of {report.summary.count} samples")
+    table = samples_table(
+        shown,
+        sigma_heading=sigma_heading(report.settings),
+        confidence=report.settings.confidence,
+        searched=report.settings.search_steps is not None,
+        caption=f"Worst {len(shown)} of {report.summary.count} samples",
+    )
     return html_section("worst", "Worst samples", table)
 
 

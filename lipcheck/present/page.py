@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 
 from lipcheck.present import escape
 from lipcheck.present.facts import number_text
-from lipcheck.report import RuleVerdict
+from lipcheck.report import RuleVerdict, SampleResult
 
 STYLE = """
 :root { color-scheme: light; }
@@ -141,3 +141,21 @@ def verdict_banner(rules: Sequence[RuleVerdict], none: str) -> str:
     heads += '<th scope="col" class="number">threshold</th><th scope="col">details</th>'
     table = f"<table><thead><tr>{heads}</tr></thead><tbody>\n" + "\n".join(lines) + "\n</tbody></table>\n"
     return f'<section id="verdict" class="banner {state}">\n<p>{escaped(said)}</p>\n{table}</section>\n'
+
+
+def samples_table(
+    rows: Sequence[SampleResult], *, sigma_heading: str, confidence: float, searched: bool, caption: str
+) -> str:
+    """A table of per-sample rows (the worst samples of a report or of a series' worst checkpoint), with
+    the search's columns when there was a search."""
+    heads = ["sample", sigma_heading, f"sigma_upper ({confidence:g})", "iterations", "converged", "residual"]
+    heads += ["search sigma", "distance"] if searched else []
+    cells = []
+    for row in rows:
+        line = [str(row.index), number_text(row.sigma), number_text(row.sigma_upper), str(row.iterations),
+                "yes" if row.converged else "no", number_text(row.residual, 3)]  # fmt: skip
+        if searched:
+            line += [number_text(row.search_sigma), number_text(row.search_distance)]
+        cells.append(line)
+    numeric = [True, True, True, True, False, True] + ([True, True] if searched else [])
+    return html_table(heads, cells, numeric, caption=caption)

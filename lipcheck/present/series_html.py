@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from lipcheck.present import charts
-from lipcheck.present.facts import data_line, number_text, operator_note
+from lipcheck.present.facts import data_line, operator_note
 from lipcheck.present.page import (
     escaped,
     folded,
@@ -19,6 +19,7 @@ from lipcheck.present.page import (
     html_page,
     html_section,
     html_table,
+    samples_table,
     verdict_banner,
 )
 from lipcheck.present.series import series_heads, series_rows
@@ -57,22 +58,16 @@ def _checkpoints_section(series: SeriesReport) -> str:
 
 def _worst_samples_section(series: SeriesReport) -> str:
     worst = series.checkpoints[series.worst]
-    searched = any(row.search_sigma is not None for row in series.worst_samples)
-    heads = ["sample", "sigma", f"sigma_upper ({series.settings.confidence:g})", "iterations", "converged",
-             "residual"] + (["search sigma", "distance"] if searched else [])  # fmt: skip
-    rows = []
-    for row in series.worst_samples:
-        cells = [str(row.index), number_text(row.sigma), number_text(row.sigma_upper), str(row.iterations),
-                 "yes" if row.converged else "no", number_text(row.residual, 3)]  # fmt: skip
-        if searched:
-            cells += [number_text(row.search_sigma), number_text(row.search_distance)]
-        rows.append(cells)
-    numeric = [True, True, True, True, False, True] + ([True, True] if searched else [])
-    caption = f"Worst {len(rows)} of {worst.summary.count} samples of step {worst.step} ({worst.path})"
-    report = f"<p>Its own report: <code>{escaped(worst.report)}</code></p>\n" if worst.report else ""
-    return html_section(
-        "worst", f"Worst checkpoint: step {worst.step}", report, html_table(heads, rows, numeric, caption)
+    table = samples_table(
+        series.worst_samples,
+        sigma_heading="sigma",
+        confidence=series.settings.confidence,
+        searched=any(row.search_sigma is not None for row in series.worst_samples),
+        caption=f"Worst {len(series.worst_samples)} of {worst.summary.count} samples of step {worst.step} "
+        f"({worst.path})",
     )
+    report = f"<p>Its own report: <code>{escaped(worst.report)}</code></p>\n" if worst.report else ""
+    return html_section("worst", f"Worst checkpoint: step {worst.step}", report, table)
 
 
 def render_series_html(series: SeriesReport) -> str:
