@@ -230,3 +230,21 @@ def test_an_audit_refuses_forward_mode_for_a_model_that_draws_random_numbers() -
     model, x = zoo.noisy_forward_only(double=True), inputs("noisy_forward_only")
     with pytest.raises(AuditFailedError, match="draws random numbers in its forward"):
         lipcheck.audit(model, x, dtype="float64")
+
+
+@pytest.mark.parametrize(
+    ("column", "value"), [("product", 7), ("decompositions", 200), ("adjoint_gap", -1.0)]
+)
+def test_rows_read_back_with_a_product_no_audit_writes_are_refused(column: str, value: float) -> None:
+    from lipcheck.errors import InputError
+    from lipcheck.report.columns import ROW
+    from lipcheck.report.rows import check_rows
+
+    table = np.zeros(2, dtype=ROW)
+    table["index"], table["sigma"], table["iterations"] = [0, 1], 1.0, 3
+    for name in ("residual", "sigma_upper", "search_sigma", "search_distance", "adjoint_gap"):
+        table[name] = np.nan
+    check_rows(table, "journal record 0", count=2)
+    table[column][1] = value
+    with pytest.raises(InputError, match=f"row 1 .sample 1. has {column}"):
+        check_rows(table, "journal record 0", count=2)
