@@ -57,6 +57,45 @@ class DisconnectedOutputError(AuditFailedError):
     so its Jacobian cannot be measured: a sigma of 0 would claim a constant model."""
 
 
+class InconsistentDerivativesError(AuditFailedError):
+    """The model's two derivatives are not products of one Jacobian: <J u, w> and <u, J^T w> differ by
+    a relative `gap` above `tolerance` at batch position `sample` (the adjoint test). No spectral norm
+    is defined from such products; `suggestion` names a product that agrees with finite differences."""
+
+    def __init__(
+        self,
+        gap: float,
+        tolerance: float,
+        sample: int,
+        dtype: str,
+        product: str,
+        suggestion: str | None = None,
+    ) -> None:
+        self.gap, self.tolerance, self.sample = gap, tolerance, sample
+        self.dtype, self.product, self.suggestion = dtype, product, suggestion
+        how = "forward-mode AD" if product == "forward" else "double backward"
+        fix = (
+            f"audit it with --product {suggestion} (product='{suggestion}'), whose products pass this test "
+            "and agree with finite differences"
+            if suggestion is not None
+            else "no other product of lipcheck passes this test and agrees with finite differences here: "
+            "check the backward (and jvp) of the model's custom autograd Functions, and report a wrong "
+            "derivative of a torch operation"
+        )
+        super().__init__(
+            f"the model's forward-mode and reverse-mode derivatives disagree: J u (by {how}) and J^T w "
+            f"(reverse mode) give <J u, w> and <u, J^T w> a relative {gap:.3g} apart at sample {sample} "
+            f"of the batch (the adjoint test allows {tolerance:.2g} in {dtype}), so they are not products "
+            f"of one Jacobian and no spectral norm is defined from them; {fix}"
+        )
+
+    def with_suggestion(self, suggestion: str) -> InconsistentDerivativesError:
+        """The same failure, with the product to try named in its message."""
+        return InconsistentDerivativesError(
+            self.gap, self.tolerance, self.sample, self.dtype, self.product, suggestion
+        )
+
+
 class UnsupportedOperationError(LipcheckError):
     """A model cannot be bounded: it holds an operation without a Lipschitz rule, or has no graph to walk."""
 

@@ -25,9 +25,11 @@ from cli_fixtures import make_report
 from lipcheck.options.choices import Format
 from lipcheck.present.render import BOUND_REPORT, COMPARISON, REPORT, Renderers
 from lipcheck.report import (
+    AdjointBatch,
     BoundReport,
     BoundTerm,
     BoundTiming,
+    Derivatives,
     Environment,
     LayerBound,
     ModelBoundReport,
@@ -75,7 +77,14 @@ BOUND = BoundReport(
 def audit_report() -> Any:
     """Four samples (two unconverged, one without a residual or sigma_upper), every kind of rule (one
     passes), a bound."""
-    report = replace(make_report([1.5, 2.75, 0.5, 3.0]), bound=BOUND)
+    derivatives = Derivatives(
+        "double-backward",
+        ("hardsigmoid",),
+        0,
+        0.0035,
+        (AdjointBatch(0, 1, 2e-7, True), AdjointBatch(2, 3, 1e-7, True)),
+    )
+    report = replace(make_report([1.5, 2.75, 0.5, 3.0]), bound=BOUND, derivatives=derivatives)
     upper = (1.515, None, 0.5005, 3.25)  # sigma_upper: None where the run could not bound it
     samples = tuple(replace(row, sigma_upper=value) for row, value in zip(report.samples, upper, strict=True))
     report = replace(report, samples=samples)

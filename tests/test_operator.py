@@ -266,7 +266,8 @@ def test_outputs_name_the_operator(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.stderr
     report, markdown, junit, table, page = (path.read_text() for path in outputs)
     assert json.loads(report)["settings"]["operator"] == "fne"
-    assert "operator fne (sigma = ||2J - I||)" in markdown and "sigma \\|\\|2J - I\\|\\|" in markdown
+    # Markdown escapes every pipe of a text (it renders as "||2J - I||"), in a paragraph as in a table
+    assert "operator fne (sigma = \\|\\|2J - I\\|\\|)" in markdown and "sigma \\|\\|2J - I\\|\\|" in markdown
     assert '<property name="operator" value="fne (sigma = ||2J - I||)" />' in junit
     assert "operator fne (sigma = ||2J - I||)" in table and "sigma ||2J - I||" in table
     assert "operator fne (sigma = ||2J - I||)" in page and "sigma ||2J - I||" in page

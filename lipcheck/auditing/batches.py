@@ -29,19 +29,17 @@ from lipcheck.errors import (
 )
 from lipcheck.io.datasets import Dataset
 from lipcheck.io.models import LoadedModel, check_model_args
-from lipcheck.options.choices import Device, Dtype
+from lipcheck.options.choices import Device, Dtype, Product
 from lipcheck.report import (
     SampleResult,
     Settings,
 )
-from lipcheck.report.columns import ROW, table_to_rows
+from lipcheck.report.columns import PRODUCT_CODES, ROW, decomposition_bits, table_to_rows
 
 RowSink = Callable[[Sequence[SampleResult]], None]
 Progress = Callable[[int], None]
 # A batch's data indices, the engine's result at its samples, and the samples x (B, ...).
 DirectionSink = Callable[[Sequence[int], SpectralNormResult, Tensor], None]
-
-
 
 
 # Where a traceback's frames are not the model's code: torch's and lipcheck's own modules.
@@ -273,6 +271,8 @@ def _measure_rows(
         if _out_of_memory(error):
             raise _OutOfMemory(where, describe(error)) from error
         raise AuditFailedError(f"{where}: the Jacobian products failed ({describe(error)})") from error
+    if result.product == Product.forward.value and randomness.drew:
+        raise _stochastic_forward(where, randomness.drew)
     if directions is not None:
         directions(list(part), result, x)
     table = np.empty(len(part), dtype=ROW)
@@ -290,7 +290,20 @@ def _measure_rows(
     else:
         table["search_sigma"] = found.sigma.double().cpu().numpy()
         table["search_distance"] = found.distance.double().cpu().numpy()
+    table["adjoint_gap"] = np.nan if result.adjoint_gap is None else result.adjoint_gap.double().cpu().numpy()
+    table["product"] = PRODUCT_CODES.index(result.product)
+    table["decompositions"] = decomposition_bits(result.decompositions)
     return table
+
+
+def _stochastic_forward(where: str, drew: set[str]) -> AuditFailedError:
+    """The refusal of the forward-mode product for a model that draws random numbers."""
+    return AuditFailedError(
+        f"{where}: the model draws random numbers in its forward ({', '.join(sorted(drew))}), and the "
+        "forward-mode product, which calls it again for every product, is not used on such a model: put "
+        "the model in eval mode (dropout) or remove the randomness, or use --product double-backward "
+        "(one call per batch) where torch can differentiate the model that way"
+    )
 
 
 def _guarded_call(
@@ -354,7 +367,7 @@ def _measure(
 ) -> tuple[SpectralNormResult, SearchResult | None]:
     """The engine's result at the samples x (B, ...), and the worst-case search's when one is asked."""
     if settings.search_steps is None:
-        return spectral_norm(call, x, **_engine_options(settings)), None
+        return spectral_norm(call, x, product=settings.product, **_engine_options(settings)), None
     radius = float(settings.search_radius or 0.0)
     found = worst_case_search(
         call, x, radius=radius, steps=settings.search_steps, **_engine_options(settings)

@@ -9,7 +9,9 @@ not depend on which batch it was in, so a shard or a resumed rest gives the rows
 `audit_rows` is the same loop over an index range, with a sink for `SampleResult`s. `run_audit` wraps
 the loop with provenance, summary and gate into a `Report`.
 
-The model is called exactly once per batch (the engine's single evaluation); this module only wraps
+The model is called once per batch (the engine's single evaluation; once more per product with the
+forward-mode product, which `--product auto` chooses at the first batch only where double backward
+cannot differentiate the model); this module only wraps
 that call to pass `--arg` keyword arguments, to pick `--output-key`, and to turn the model's failures
 into messages that name the samples and the shapes involved.
 """
@@ -42,12 +44,14 @@ from lipcheck.auditing.journal import Journal
 from lipcheck.auditing.provenance import audit_identity, data_section, environment, model_section
 from lipcheck.auditing.randomness import RandomnessWatch
 from lipcheck.engine import SpectralNormResult
+from lipcheck.engine.products import adjoint_tolerance
 from lipcheck.errors import (
     LipcheckError,
     LipcheckWarning,
 )
 from lipcheck.io.datasets import Dataset
 from lipcheck.io.models import LoadedModel
+from lipcheck.options.choices import Product
 from lipcheck.options.version import __version__
 from lipcheck.report import (
     BoundReport,
@@ -59,7 +63,7 @@ from lipcheck.report import (
     largest_sigma,
     summarise,
 )
-from lipcheck.report.columns import ColumnStore, SampleColumns
+from lipcheck.report.columns import PRODUCT_CODES, ColumnStore, SampleColumns, derivatives_of
 from lipcheck.report.gate import Rule, judge
 
 
@@ -75,7 +79,8 @@ def audit_columns(
     randomness: RandomnessWatch | None = None,
 ) -> tuple[SampleColumns, int | None]:
     """Every sample's row, as compact columns, and the batch size that fit when a batch ran out of
-    memory (None when all fit).
+    memory (None when all fit). With `--product auto`, the product of this rank's first batch (audited
+    or read back) is used by name for the rest.
 
     Batch k is samples [k B, (k+1) B) of the batch size B. With a `world` of several ranks, this rank
     audits batches rank, rank + size, ... and the rows of all ranks are gathered (see
@@ -90,6 +95,7 @@ def audit_columns(
     fitting = Fitting(size)
     randomness = randomness or RandomnessWatch(settings.seed)
     store = ColumnStore()
+    pinned = settings
     for round_ in range(-(-batches // world.size)):
         k = round_ * world.size + world.rank
         done, failure = 0, None
@@ -99,10 +105,11 @@ def audit_columns(
                 if journal is not None and k in journal.done:
                     table = journal.read(k)
                 else:
-                    table = audit_batch(model, data, settings, batch, fitting, directions, randomness)
+                    table = audit_batch(model, data, pinned, batch, fitting, directions, randomness)
                     if journal is not None:
                         journal.append(k, table)
                 store.append(table)
+                pinned = _pin_product(pinned, table)
                 done = len(batch)
             except LipcheckError as error:
                 if not world.sharded:
@@ -125,6 +132,13 @@ def audit_columns(
     merged.append(table[np.argsort(table["index"], kind="stable")])  # in index order
     sizes = [size for _, size in shards if size is not None]
     return merged.finish(), min(sizes) if sizes else None
+
+
+def _pin_product(settings: Settings, table: np.ndarray) -> Settings:
+    """The settings of the next batches: `auto` replaced by the product the rows of `table` used."""
+    if settings.product != Product.auto.value or not len(table) or table["product"][0] >= len(PRODUCT_CODES):
+        return settings
+    return replace(settings, product=PRODUCT_CODES[int(table["product"][0])])
 
 
 def _open_journal(folder: Path, identity: dict[str, Any], world: World) -> Journal:
@@ -222,6 +236,9 @@ def run_audit(
         bound=bound,
         notes=(*model.notes, *warned),  # the loading's (an ONNX conversion), then the run's
         directions=kept.result() if kept is not None else None,
+        derivatives=derivatives_of(
+            rows, settings.batch_size, adjoint_tolerance(torch_dtype(settings.dtype), device)
+        ),
     )
     for note in warned:
         warnings.warn(note, LipcheckWarning, stacklevel=2)

@@ -23,8 +23,8 @@ from lipcheck.report.gate import RuleOptions
 
 @dataclass(frozen=True)
 class ModelSource:
-    """The model: a file path (with `arch`, `arch_kwargs` and `trust_pickle` as for `load_model`), or
-    a module or callable already in memory."""
+    """The model: a file path (with `arch`, `arch_kwargs` and `trust_pickle` as for `load_model`), a
+    module or callable already in memory, or None with `arch`: the module that factory returns."""
 
     model: Any
     arch: str | None = None
@@ -35,7 +35,21 @@ class ModelSource:
     def is_path(self) -> bool:
         return isinstance(self.model, (str, Path))
 
+    @property
+    def is_factory(self) -> bool:
+        """An --arch factory alone, without a weights file."""
+        return self.model is None and self.arch is not None
+
     def validate(self) -> None:
+        if self.is_factory:
+            if self.trust_pickle:
+                raise InputError("--trust-pickle goes with a pickled model file: drop it with --arch alone")
+            return
+        if self.model is None:
+            raise InputError(
+                "no model given: give a model file (MODEL), or --arch package.module:factory to audit the "
+                "module that factory returns"
+            )
         if not self.is_path and not callable(self.model):
             raise InputError(
                 f"model must be a path, an nn.Module or a callable, got {type(self.model).__name__}"
@@ -149,7 +163,7 @@ class AuditRequest:
 
     def inputs(self) -> dict[str, Path | None]:
         """What this audit reads, by what it is ("the model (MODEL)"): no output may overwrite them."""
-        from lipcheck.io.models import arch_file  # the audit loads the model next: torch is due anyway
+        from lipcheck.io.architectures import arch_file  # the audit loads the model next: torch is due anyway
 
         model, data = self.model, self.data
         return {

@@ -60,8 +60,9 @@ def check_converged(report: Report) -> None:
 
 
 def load_source(source: ModelSource) -> LoadedModel:
-    """The model of a request: a file loaded with `load_model`, or a module in memory described."""
-    if source.is_path:
+    """The model of a request: a file loaded with `load_model`, the module an --arch factory returns,
+    or a module in memory described."""
+    if source.is_path or source.is_factory:
         return load_model(
             source.model, arch=source.arch, arch_kwargs=source.arch_kwargs, trust_pickle=source.trust_pickle
         )
@@ -135,7 +136,7 @@ _SETTING_FIELDS = frozenset(f.name for f in fields(Settings))
 
 
 def audit(
-    model: AuditRequest | str | Path | Callable[..., Any],
+    model: AuditRequest | str | Path | Callable[..., Any] | None,
     data: str | Path | Tensor | np.ndarray | Iterable[Any] | None = None,
     *,
     data_key: str | None = None,
@@ -154,16 +155,17 @@ def audit(
     """Audit `model` on `data` and return the `Report` that `lipcheck audit` writes; for test suites.
 
     `model` is a model file (as for `lipcheck audit`, with `arch`, `arch_kwargs`, `trust_pickle`), an
-    nn.Module (put in eval mode and moved to the device and dtype, in place) or a callable; or a
-    prepared `AuditRequest`, then the only argument. `data` is a data file or image folder (with
+    nn.Module (put in eval mode and moved to the device and dtype, in place) or a callable; None with
+    `arch` (the module that factory returns, as it returns it); or a prepared `AuditRequest`, then the
+    only argument. `data` is a data file or image folder (with
     `data_key`, `limit`, and `max_read_bytes` as `--max-read-bytes`), a tensor or array (N, ...), or an
     iterable of batches such as a DataLoader (a batch may be a tensor or a tuple (inputs, labels);
     `data_key` picks another entry). `bound`, `assume` and `bound_method` ("lipsdp", "liplt" or "product") are
     `--bound`, `--assume` and `--bound-method`.
     The other keyword arguments are `Settings` fields (operator, method, tol, confidence, max_iter,
     seed, batch_size, device, dtype, reduction, krylov_dim, output_key, model_kwargs, search_steps,
-    search_radius) and gate rules (fail_above, fail_above_sample, require_converged, fail_above_bound,
-    baseline, max_increase, allow_mismatch), judged into `report.gate`.
+    search_radius, product) and gate rules (fail_above, fail_above_sample, require_converged,
+    fail_above_bound, baseline, max_increase, allow_mismatch), judged into `report.gate`.
     `resume`, a folder, keeps the progress journal of `--resume`. Under torchrun, each process audits
     its shard and gets the whole report.
 

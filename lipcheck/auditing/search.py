@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -53,8 +53,9 @@ from lipcheck.engine import (
     differentiable_sigma,
     solve,
 )
+from lipcheck.engine.products import build_operator
 from lipcheck.errors import InputError
-from lipcheck.options.choices import Method, Operator
+from lipcheck.options.choices import Method, Operator, Product
 
 __all__ = ["SearchResult", "worst_case_search"]
 
@@ -136,22 +137,28 @@ def worst_case_search(
     smoothing = Smoothing()
     piecewise: list[bool] = []  # whether the model has piecewise-linear operations to smooth
 
+    def measure(z: Tensor, check: bool) -> tuple[JacobianOperator, SpectralNormResult]:
+        # Double backward (with the decompositions): the ascent needs the gradient of sigma.
+        jacobian, decompositions = build_operator(
+            f, z, args, kwargs, operator=operator, product=Product.double_backward
+        )
+        result = solve(jacobian, krylov_dim=krylov_dim, check_coupling=check, **settings)
+        return jacobian, replace(result, decompositions=decompositions)
+
     def evaluate(z: Tensor, check: bool) -> tuple[SpectralNormResult, SpectralNormResult, Tensor]:
         """The real model's result at z, and the surrogate's result and sigma gradient (the model's own
         where it has no piecewise-linear operation)."""
-        jacobian = JacobianOperator.from_function(f, z, args, kwargs, operator=operator)
-        result = solve(jacobian, krylov_dim=krylov_dim, check_coupling=check, **settings)
+        jacobian, result = measure(z, check)
         if not searching:
             return result, result, torch.zeros_like(z)
         if not piecewise or piecewise[0]:
             smoothing.replaced = False
             with smoothing:
-                smooth_jacobian = JacobianOperator.from_function(f, z, args, kwargs, operator=operator)
-            if not piecewise:
-                piecewise.append(smoothing.replaced)  # decided once, at the samples
-            if smoothing.replaced:
-                with smoothing:
-                    smooth = solve(smooth_jacobian, krylov_dim=krylov_dim, check_coupling=False, **settings)
+                smooth_jacobian, smooth = measure(z, False)
+                replaced = smoothing.replaced
+                if not piecewise:
+                    piecewise.append(replaced)  # decided once, at the samples
+                if replaced:
                     return result, smooth, _sigma_gradient(smooth_jacobian, smooth.vector)
         return result, result, _sigma_gradient(jacobian, result.vector)
 

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from lipcheck.cli.options import remember_quiet
-from lipcheck.options.choices import Device, Dtype, Method, Operator, Reduction
+from lipcheck.options.choices import Device, Dtype, Method, Operator, Product, Reduction
 
 ModelArgument = Annotated[
     list[Path] | None,
@@ -20,7 +20,8 @@ ModelArgument = Annotated[
         metavar="MODEL",
         help="Model file: .pt2 (torch.export), TorchScript, ONNX, .safetensors or a state dict with --arch, "
         "or a pickled module with --trust-pickle. Detected from the file's content. Several (a training "
-        "run's checkpoints, ckpt/*.pt) make a series audit.",
+        "run's checkpoints, ckpt/*.pt) make a series audit. Without it, --arch alone gives the module its "
+        "factory returns.",
         show_default=False,
     ),
 ]
@@ -84,6 +85,15 @@ OperatorOption = Annotated[
         help="Whose Jacobian to measure: the model f (J), fne: 2f - Id (2J - I; f is firmly nonexpansive "
         "at a sample iff its sigma <= 1), or residual: Id - f (I - J). fne and residual need an output "
         "of the input's shape; --bound and --search-steps then concern the same operator.",
+    ),
+]
+ProductOption = Annotated[
+    Product,
+    typer.Option(
+        "--product",
+        help="How J u is computed: double-backward (through the model's one call per batch), forward "
+        "(forward-mode AD, one more model call per product), or auto: double backward, else forward mode "
+        "where it cannot differentiate the model, chosen at the first batch.",
     ),
 ]
 MethodOption = Annotated[Method, typer.Option("--method", help="Solver: Lanczos or power iteration.")]

@@ -82,11 +82,12 @@ BoundOutputOption = Annotated[
     ),
 ]
 BoundModelArgument = Annotated[
-    Path,
+    Path | None,
     typer.Argument(
         metavar="MODEL",
         help="Model file, as for `lipcheck audit`: .pt2 (torch.export), .safetensors or a state dict "
-        "with --arch, or a pickled module with --trust-pickle. TorchScript cannot be bounded.",
+        "with --arch, or a pickled module with --trust-pickle; without it, --arch alone gives the module "
+        "its factory returns. TorchScript cannot be bounded.",
         show_default=False,
     ),
 ]
@@ -112,7 +113,7 @@ BoundFormatOption = Annotated[
 
 
 def bound(
-    model: BoundModelArgument,
+    model: BoundModelArgument = None,
     input_shape: InputShapeOption = None,
     arch: ArchOption = None,
     arch_kwargs: ArchKwargsOption = None,
@@ -135,7 +136,7 @@ def bound(
     (--bound-method liplt) or as products along a path and sums at residual connections (--bound-method
     product). Prints every layer factor, the terms, and the total.
     """
-    from lipcheck.io.models import arch_file
+    from lipcheck.io.architectures import arch_file
     from lipcheck.io.outputs import prepare_outputs
     from lipcheck.present.render import BOUND_REPORT
 
@@ -152,7 +153,7 @@ def bound(
 class _BoundRequest:
     """What `lipcheck bound` was asked for, parsed and validated before anything is loaded."""
 
-    model: Path
+    model: Path | None
     arch: str | None
     arch_kwargs: dict[str, Any]
     trust_pickle: bool

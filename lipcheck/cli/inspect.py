@@ -16,16 +16,26 @@ EPILOG = """\
 ```
 lipcheck inspect model.pt2
 lipcheck inspect weights.safetensors --arch nets.py:make_denoiser --json | jq .parameters
+lipcheck inspect --arch nets.py:make_denoiser --arch-kwargs '{"channels": 4}'
 ```
 """
 
 
 def inspect(
-    model: Annotated[Path, typer.Argument(help="Model file, as for `lipcheck audit`.", show_default=False)],
+    model: Annotated[
+        Path | None,
+        typer.Argument(
+            metavar="MODEL",
+            help="Model file, as for `lipcheck audit`; without it, --arch alone.",
+            show_default=False,
+        ),
+    ] = None,
     arch: Annotated[
         str | None,
         typer.Option(
-            "--arch", help="Architecture factory for weight-only files (runs that code).", show_default=False
+            "--arch",
+            help="Architecture factory for weight-only files, or alone to build the model (runs that code).",
+            show_default=False,
         ),
     ] = None,
     arch_kwargs: ArchKwargsOption = None,

@@ -39,6 +39,12 @@ class SpectralNormResult:
         sigma_upper: (B,) an upper bound on ||J_i||_2 that holds with probability at least
             `confidence` over the random start vector (docs/engine.md, "Error bars"); inf when the
             run could not bound it.
+        adjoint_gap: (B,) float64, the relative gap of the adjoint test <J u, w> = <u, J^T w> on each
+            sample (docs/engine.md, "The adjoint test"); None when no product ran.
+        product: how J u was computed: "double-backward" or "forward" (`choices.Product`).
+        decompositions: the operations the model was evaluated with by differentiable decompositions.
+        model_calls_per_product: calls of the model per product J^T J u (0 for double backward, 1 for
+            forward mode).
     """
 
     sigma: Tensor
@@ -47,3 +53,7 @@ class SpectralNormResult:
     residual: Tensor
     vector: Tensor
     sigma_upper: Tensor
+    adjoint_gap: Tensor | None = None
+    product: str = "double-backward"
+    decompositions: tuple[str, ...] = ()
+    model_calls_per_product: int = 0

@@ -13,15 +13,17 @@ from torch import Tensor
 from lipcheck.engine.lanczos import lanczos
 from lipcheck.engine.operator import JacobianOperator, check_batch_coupling, check_input, freed_graph
 from lipcheck.engine.power import power_method
+from lipcheck.engine.products import AdjointTest, ForwardModeOperator, measure_with_product
 from lipcheck.engine.result import (
     DEFAULT_CONFIDENCE,
     DEFAULT_KRYLOV_DIM,
+    DEFAULT_SEED,
     IterationCallback,
     SpectralNormResult,
 )
 from lipcheck.engine.vectors import start_vector
 from lipcheck.errors import InputError
-from lipcheck.options.choices import Method, Operator, choose
+from lipcheck.options.choices import Method, Operator, Product, choose
 
 
 def check_settings(
@@ -54,14 +56,19 @@ def solve(
     confidence: float = DEFAULT_CONFIDENCE,
     check_coupling: bool = True,
     callback: IterationCallback | None = None,
+    adjoint_test: AdjointTest | None = None,
 ) -> SpectralNormResult:
-    """Spectral norms of an existing `JacobianOperator`; see `spectral_norm` for the arguments."""
+    """Spectral norms of an existing `JacobianOperator`; see `spectral_norm` for the arguments.
+
+    The solver's first product runs the adjoint test (`adjoint_test`, or one made here), which raises
+    InconsistentDerivativesError before any figure when the operator's J u and J^T w disagree."""
     check_settings(method, max_iter, tol, krylov_dim, confidence)
     shape = operator.input_shape
     u0 = start_vector(shape, seed, operator.x.dtype, operator.x.device)
-
-    def gram(u: Tensor) -> Tensor:
-        return operator.gram(u.view(shape)).flatten(1).detach()
+    if adjoint_test is None:
+        product = Product.forward if isinstance(operator, ForwardModeOperator) else Product.double_backward
+        adjoint_test = AdjointTest(operator, product, DEFAULT_SEED if seed is None else seed)
+    gram = adjoint_test
 
     try:
         if check_coupling:
@@ -90,6 +97,9 @@ def solve(
         residual=residual.to(dtype),
         vector=vector.view(shape),
         sigma_upper=_rounded_up(upper, dtype),
+        adjoint_gap=adjoint_test.gaps,
+        product=adjoint_test.product.value,
+        model_calls_per_product=1 if adjoint_test.product is Product.forward else 0,
     )
 
 
@@ -115,13 +125,15 @@ def spectral_norm(
     check_coupling: bool = True,
     callback: IterationCallback | None = None,
     operator: Operator | str = Operator.model,
+    product: Product | str = Product.auto,
 ) -> SpectralNormResult:
     """Estimate sigma_i = ||df/dx (x_i)||_2 for every sample of the batch x.
 
     Args:
         f: a callable mapping a batch (B, ...) to a batch (B, ...) of any trailing shape: an
             nn.Module (put it in eval mode), a TorchScript module, a torch.export program's module,
-            or a plain function. It is called exactly once, as f(x, *args, **kwargs).
+            or a plain function. It is called once, as f(x, *args, **kwargs), with the product
+            "double-backward"; once more per product with "forward".
         x: (B, ...) floating tensor; the dtype and device of the computation.
         method: "lanczos" (thick-restart Lanczos, the default) or "power" (the power method of
             arXiv 2012.13247).
@@ -138,9 +150,15 @@ def spectral_norm(
         operator: whose Jacobian is measured: "model" (f's, J; the default), "fne" (that of 2f - Id,
             2J - I: f is firmly nonexpansive at x_i iff sigma_i <= 1) or "residual" (that of Id - f,
             I - J). The last two need an output of x's shape and cost no further call of f.
+        product: how J u is computed (docs/engine.md, "Products, and the adjoint test"):
+            "double-backward" (by differentiating J^T w, with hardsigmoid, hardswish and attention
+            evaluated by differentiable decompositions), "forward" (forward-mode AD, one call of f
+            per product), or "auto" (the default: double backward, else forward mode where torch
+            refuses a derivative or double backward fails the adjoint test).
 
     Returns:
-        SpectralNormResult with sigma, iterations, converged, residual (B,) and vector (B, ...).
+        SpectralNormResult with sigma, iterations, converged, residual (B,) and vector (B, ...),
+        the adjoint test's gaps and the product used.
 
     Raises:
         InputError: x is not a finite floating tensor with a batch dimension, or a setting is out
@@ -151,21 +169,26 @@ def spectral_norm(
         DisconnectedOutputError: (an AuditFailedError) f's output has no autograd path to x (a
             detach, torch.no_grad, an integer output). A connected output whose Jacobian is zero
             (round, floor, sign) gives sigma 0.
+        InconsistentDerivativesError: (an AuditFailedError) J u and J^T w are not products of one
+            Jacobian (the adjoint test), so no spectral norm is defined from them.
+        AuditFailedError: torch has no derivative an operation of f needs in any product, or, with
+            forward mode, f's output changed between calls at x.
     """
     check_input(x)
     check_settings(method, max_iter, tol, krylov_dim, confidence)
-    jacobian = JacobianOperator.from_function(f, x, args, kwargs, operator=operator)
-    return solve(
-        jacobian,
-        method=method,
-        max_iter=max_iter,
-        tol=tol,
-        seed=seed,
-        krylov_dim=krylov_dim,
-        confidence=confidence,
-        check_coupling=check_coupling,
-        callback=callback,
-    )
+    choose(Product, product, "product")
+
+    def solver(jacobian: JacobianOperator, adjoint_test: AdjointTest) -> SpectralNormResult:
+        return solve(
+            jacobian, method=method, max_iter=max_iter, tol=tol, seed=seed, krylov_dim=krylov_dim,
+            confidence=confidence, check_coupling=check_coupling, callback=callback,
+            adjoint_test=adjoint_test,
+        )  # fmt: skip
+
+    return measure_with_product(
+        f, x, args, kwargs, operator=operator, product=product,
+        seed=DEFAULT_SEED if seed is None else seed, solver=solver,
+    )  # fmt: skip
 
 
 def differentiable_sigma(operator: JacobianOperator, vector: Tensor) -> Tensor:

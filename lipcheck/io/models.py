@@ -12,20 +12,19 @@ never executes code from the file unless the user asked for it by name with `tru
 - ``pickle``: a whole pickled module, loaded only with ``trust_pickle=True``,
 - ``onnx``: an ONNX file, converted to a torch module with onnx2torch (`lipcheck.io.onnx`, the extra
   ``lipcheck[onnx]``).
+
+With no file, ``--arch`` alone audits the module its factory returns (``factory``, `load_factory`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib
-import importlib.util
 import inspect
 import json
 import pickle
 import re
-import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ import torch
 from torch import nn
 
 from lipcheck.errors import AuditFailedError, InputError, describe, first_line
+from lipcheck.io.architectures import load_arch
 from lipcheck.io.datasets import converts_to_float
 from lipcheck.io.file_formats import ZIP_MAGIC, is_safetensors, is_torch_save, read_head, zip_members
 from lipcheck.io.onnx import is_onnx, load_onnx
@@ -59,8 +59,9 @@ class LoadedModel:
         module: the callable, in eval mode where the format allows it (an exported program's module
             keeps the mode it was exported in).
         path: the model file as the user gave it.
-        format: one of `FORMATS`' names.
-        sha256: hex digest of the model file's bytes.
+        format: one of `FORMATS`' names, "factory" (an --arch factory alone) or "module" (in memory).
+        sha256: hex digest of the model file's bytes; without a file, of the module's parameters and
+            buffers (names and bytes).
         size_bytes: size of the model file.
         parameters: number of scalar parameters.
         trusted: whether loading executed code from the file (only a pickle with trust_pickle=True).
@@ -262,115 +263,6 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def arch_file(arch: str | None) -> Path | None:
-    """The Python file of ``--arch path/to/file.py:factory``; None for ``package.module:factory``."""
-    source = (arch or "").rpartition(":")[0]
-    return Path(source) if source.endswith(".py") or "/" in source or "\\" in source else None
-
-
-def load_arch(arch: str, arch_kwargs: Mapping[str, Any]) -> nn.Module:
-    """Build a module from ``path/to/file.py:factory`` or ``package.module:factory``.
-
-    This runs the file (or module): it is code the user chose. As ``python file.py`` would, a file's
-    folder is first on ``sys.path`` while it is imported and its factory runs, so a module beside it
-    (``import blocks``) imports; the path is as it was afterwards.
-    """
-    file = arch_file(arch)
-    with _first_on_import_path(file.resolve().parent if file is not None and file.is_file() else None):
-        return _build_arch(arch, arch_kwargs, file)
-
-
-@contextlib.contextmanager
-def _first_on_import_path(folder: Path | None) -> Iterator[None]:
-    if folder is None:
-        yield
-        return
-    entry = str(folder)
-    sys.path.insert(0, entry)
-    try:
-        yield
-    finally:
-        with contextlib.suppress(ValueError):
-            sys.path.remove(entry)
-
-
-def _build_arch(arch: str, arch_kwargs: Mapping[str, Any], file: Path | None) -> nn.Module:
-    source, _, name = arch.rpartition(":")
-    if not source or not name:
-        raise InputError(f"--arch {arch!r} must look like path/to/file.py:factory or package.module:factory")
-    try:
-        if file is not None:
-            if not file.is_file():
-                raise InputError(f"--arch file '{file}' does not exist: give the path of a Python file")
-            module = _import_file(file)
-        else:
-            module = importlib.import_module(source)
-    except InputError:
-        raise
-    except SystemExit as error:
-        raise _exited(arch, "at import", error) from error
-    except Exception as error:
-        raise InputError(
-            f"--arch {arch!r} cannot be imported ({describe(error)}): fix the file or the module path"
-        ) from error
-    factory = getattr(module, name, None)
-    if not callable(factory):
-        raise InputError(f"--arch {arch!r}: '{source}' has no callable named '{name}'")
-    try:
-        built = factory(**arch_kwargs)
-    except SystemExit as error:
-        raise _exited(arch, f"in '{name}'", error) from error
-    except Exception as error:
-        raise InputError(
-            f"--arch {arch!r} failed with --arch-kwargs {json.dumps(dict(arch_kwargs))} ({describe(error)})"
-        ) from error
-    if not isinstance(built, nn.Module):
-        raise InputError(f"--arch {arch!r} returned {type(built).__name__}, expected a torch.nn.Module")
-    return built
-
-
-def _exited(arch: str, when: str, error: SystemExit) -> AuditFailedError:
-    """The audit failure of an --arch file that tried to end the process (`sys.exit`, `exit()`)."""
-    return AuditFailedError(
-        f"--arch {arch!r} raised SystemExit({error.code!r}) {when}: model code cannot end lipcheck; "
-        "remove the exit (put a script's code under `if __name__ == '__main__':`)"
-    )
-
-
-def _import_file(file: Path) -> Any:
-    """Import an --arch file: as its package's module when it is in a package (so that its relative
-    imports work, as with ``python -m package.module``), else on its own."""
-    package = _package_of(file)
-    if package is not None:
-        root, dotted = package
-        with _first_on_import_path(root):
-            return importlib.import_module(dotted)
-    spec = importlib.util.spec_from_file_location(f"lipcheck_arch_{file.stem}", file)
-    if spec is None or spec.loader is None:
-        raise InputError(f"--arch file '{file}' cannot be imported as a Python module")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def _package_of(file: Path) -> tuple[Path, str] | None:
-    """(the folder above the top package, the module's dotted name) for a file in a package, i.e. whose
-    folder holds an __init__.py; None otherwise, or when a package of that name is already imported
-    from elsewhere (importing by name would find that one, not this file)."""
-    folder, parts = file.resolve().parent, [] if file.stem == "__init__" else [file.stem]
-    while (folder / "__init__.py").is_file() and folder.name.isidentifier():
-        parts.insert(0, folder.name)
-        folder = folder.parent
-    if not parts or parts == [file.stem]:
-        return None
-    loaded = sys.modules.get(parts[0])
-    here = (folder / parts[0]).resolve()
-    if loaded is not None and here not in {Path(p).resolve() for p in getattr(loaded, "__path__", [])}:
-        return None
-    return folder, ".".join(parts)
-
-
 def _state_dict(content: Any) -> dict[str, torch.Tensor] | None:
     """The tensors of a state dict, also when nested under "state_dict" as training checkpoints do."""
     if isinstance(content, Mapping):
@@ -442,6 +334,21 @@ def wrap_model(model: Callable[..., Any]) -> LoadedModel:
     An nn.Module is put in eval mode (in place); its sha256 covers the names and bytes of its
     parameters and buffers, so two reports of the same weights carry the same hash.
     """
+    name = getattr(model, "__name__", type(model).__name__)
+    return LoadedModel(
+        module=model,
+        path=f"<{name}>",
+        format="module",
+        sha256=_weights_sha256(model),
+        size_bytes=0,
+        parameters=_count_parameters(model),
+        trusted=False,
+    )
+
+
+def _weights_sha256(model: Any) -> str:
+    """The sha256 of an in-memory model's state: the names and bytes of its parameters and buffers
+    (of nothing for a plain callable). Puts an nn.Module in eval mode first (in place)."""
     digest = hashlib.sha256()
     if isinstance(model, nn.Module):
         with contextlib.suppress(NotImplementedError):  # an exported program's module refuses eval()
@@ -449,15 +356,29 @@ def wrap_model(model: Callable[..., Any]) -> LoadedModel:
         for name, tensor in model.state_dict().items():
             digest.update(name.encode())
             digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    name = getattr(model, "__name__", type(model).__name__)
+    return digest.hexdigest()
+
+
+def load_factory(arch: str, arch_kwargs: Mapping[str, Any] | None = None) -> LoadedModel:
+    """The module an architecture factory returns, as it returns it (its own weights: random, or
+    read by the factory from wherever it reads them), in eval mode.
+
+    Running the factory is running code the user chose, as with --arch beside a weights file. With no
+    file, the report records the factory and its arguments, and as `sha256` the hash of the module's
+    parameters and buffers (`format` "factory"), so two audits of the same weights carry the same hash.
+    """
+    kwargs = dict(arch_kwargs or {})
+    module = load_arch(arch, kwargs)
     return LoadedModel(
-        module=model,
-        path=f"<{name}>",
-        format="module",
-        sha256=digest.hexdigest(),
+        module=module,
+        path=arch,
+        format="factory",
+        sha256=_weights_sha256(module),
         size_bytes=0,
-        parameters=_count_parameters(model),
+        parameters=_count_parameters(module),
         trusted=False,
+        arch=arch,
+        arch_kwargs=kwargs,
     )
 
 
@@ -507,18 +428,28 @@ def _count_parameters(module: Any) -> int:
 
 
 def load_model(
-    path: str | Path,
+    path: str | Path | None,
     *,
     arch: str | None = None,
     arch_kwargs: Mapping[str, Any] | None = None,
     trust_pickle: bool = False,
 ) -> LoadedModel:
-    """Load the model at `path` (format detected from its content) and put it in eval mode.
+    """Load the model at `path` (format detected from its content) and put it in eval mode; with no
+    `path`, the module the factory `arch` returns (`load_factory`).
 
     Raises InputError naming the file or the flag to fix: missing or unreadable file, unknown or
     corrupt format, a pickle that needs code without `trust_pickle`, weights without `arch`, or
     weights that do not fit the architecture.
     """
+    if path is None:
+        if arch is None:
+            raise InputError(
+                "no model given: give a model file (MODEL), or --arch package.module:factory (or "
+                "path/to/file.py:factory) to audit the module that factory returns"
+            )
+        if trust_pickle:
+            raise InputError("--trust-pickle goes with a pickled model file: drop it with --arch alone")
+        return load_factory(arch, arch_kwargs)
     file = Path(path)
     if not file.exists():
         raise InputError(f"model file '{file}' does not exist: check the path")

@@ -45,6 +45,17 @@ class Operator(str, Enum):
     residual = "residual", "I - J", "Id - f"
 
 
+class Product(str, Enum):
+    """How the engine gets J u: by double backward through the model's one evaluation (the default,
+    the fastest), or by forward-mode AD, one model call per product; `auto` tries double backward at
+    the first batch and falls back to forward mode where the model has operations without a double
+    backward. J^T v is reverse mode in both."""
+
+    auto = "auto"
+    double_backward = "double-backward"
+    forward = "forward"
+
+
 class BoundMethod(str, Enum):
     """How the certified bound composes the layers' factors: LipSDP-Neuron multipliers checked in
     float64 (lipsdp; where they cannot be found or certified within its budget, the loop transformation

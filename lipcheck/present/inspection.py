@@ -24,6 +24,8 @@ _INSPECTED: dict[str, Callable[[Any], str]] = {
         "yes (loading executed code from the file)" if value else "no (nothing from the file was run)"
     ),
 }
+# A factory alone has no file: its code is the --arch the user named.
+_FACTORY_TRUST = "no file (the --arch factory ran: code you named)"
 
 
 def _inspected(name: str, value: Any) -> str:
@@ -35,9 +37,10 @@ def render_model_text(model: ModelSection, graph: Mapping[str, Any] | None = Non
     """One 'name: value' line per field of a loaded model's description, then per fact of its `graph`
     (what an ONNX file says: outputs, opset, operators, producer, notes), escaped for a terminal."""
     fields = {**model.__dict__, **(graph or {})}
-    return "".join(
-        f"{name + ':':<13} {escape.terminal(_inspected(name, value))}\n" for name, value in fields.items()
-    )
+    shown = {name: _inspected(name, value) for name, value in fields.items()}
+    if model.format == "factory":
+        shown["trusted"] = _FACTORY_TRUST
+    return "".join(f"{name + ':':<13} {escape.terminal(text)}\n" for name, text in shown.items())
 
 
 def render_model_json(model: ModelSection, graph: Mapping[str, Any] | None = None) -> str:

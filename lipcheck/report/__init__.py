@@ -33,7 +33,9 @@ from lipcheck.report.read import (
 from lipcheck.report.records import SCHEMA_VERSION
 from lipcheck.report.samples import SampleResult, largest_sigma
 from lipcheck.report.sections import (
+    AdjointBatch,
     DataSection,
+    Derivatives,
     Environment,
     Gate,
     ModelSection,
@@ -47,12 +49,14 @@ from lipcheck.report.summary import REDUCTIONS, summarise, worst_samples
 
 __all__ = [
     "MAX_NESTING",
+    "AdjointBatch",
     "REDUCTIONS",
     "SCHEMA_VERSION",
     "BoundReport",
     "BoundTerm",
     "BoundTiming",
     "DataSection",
+    "Derivatives",
     "Directions",
     "Environment",
     "Gate",

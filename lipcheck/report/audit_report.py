@@ -18,7 +18,9 @@ from lipcheck.report.bound import BoundReport, bound_details, bound_from_dict
 from lipcheck.report.records import SCHEMA_VERSION, build
 from lipcheck.report.samples import SampleResult, sample_dict, sample_json
 from lipcheck.report.sections import (
+    AdjointBatch,
     DataSection,
+    Derivatives,
     Environment,
     Gate,
     ModelSection,
@@ -83,6 +85,7 @@ class Report:
     schema_version: int = SCHEMA_VERSION
     bound: BoundReport | None = None
     notes: tuple[str, ...] = ()  # what a reader of the figures must know (a Jacobian zero everywhere)
+    derivatives: Derivatives | None = None  # the product used and the adjoint tests (None before them)
     # The worst samples' directions, when the audit was asked to keep them; never in the JSON.
     directions: Directions | None = field(default=None, compare=False, repr=False)
 
@@ -101,6 +104,8 @@ class Report:
         body["summary"] = asdict(self.summary)
         body["gate"] = {"passed": self.gate.passed, "rules": [asdict(rule) for rule in self.gate.rules]}
         body.update(self.bound_sections())
+        if self.derivatives is not None:
+            body["derivatives"] = json.loads(json.dumps(asdict(self.derivatives)))
         if self.notes:
             body["notes"] = list(self.notes)
         return body
@@ -160,8 +165,20 @@ class Report:
             schema_version=data["schema_version"],
             bound=bound_from_dict(data) if "upper_bound" in data else None,
             notes=tuple(data.get("notes", ())),
+            derivatives=_derivatives(data.get("derivatives")),
         )
 
     @classmethod
     def from_json(cls, text: str) -> Report:
         return cls.from_dict(json.loads(text))
+
+
+def _derivatives(data: Mapping[str, Any] | None) -> Derivatives | None:
+    if data is None:
+        return None
+    return build(
+        Derivatives,
+        data,
+        decompositions=tuple,
+        adjoint=lambda batches: tuple(build(AdjointBatch, batch) for batch in batches),
+    )

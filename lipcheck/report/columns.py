@@ -1,7 +1,7 @@
 """Per-sample results as compact columns, spilled to a file once they outgrow a small buffer.
 
 An audit of millions of samples must not hold a Python object per sample (about 240 bytes each). Rows
-are kept as one NumPy structured array (`ROW`, 57 bytes a sample). Past `SPILL_ROWS` rows they go to
+are kept as one NumPy structured array (`ROW`, 67 bytes a sample). Past `SPILL_ROWS` rows they go to
 an unlinked temporary file, read back in chunks with plain reads (never mapped, so the rows never count
 in the process's resident memory). `SampleColumns` is a read-only `Sequence[SampleResult]` over them:
 the report, the gate and the renderers use it as they used a tuple of rows, and the JSON report is
@@ -21,6 +21,7 @@ from typing import IO, Any, overload
 import numpy as np
 
 from lipcheck.report.samples import SampleResult
+from lipcheck.report.sections import AdjointBatch, Derivatives
 
 ROW = np.dtype(
     [
@@ -32,10 +33,21 @@ ROW = np.dtype(
         ("sigma_upper", "<f8"),
         ("search_sigma", "<f8"),
         ("search_distance", "<f8"),
+        # How the row's products were computed (`derivatives`): its batch's adjoint gap at the sample,
+        # the product (`PRODUCT_CODES`) and the decompositions used (bits of `DECOMPOSITION_BITS`).
+        ("adjoint_gap", "<f8"),
+        ("product", "u1"),
+        ("decompositions", "u1"),
     ]
 )
 
-_FIELDS: tuple[str, ...] = ROW.names or ()
+# The fields of a `SampleResult`, in its order.
+SAMPLE_FIELDS: tuple[str, ...] = (
+    "index", "sigma", "iterations", "converged", "residual", "sigma_upper", "search_sigma", "search_distance"
+)  # fmt: skip
+PRODUCT_CODES: tuple[str, ...] = ("double-backward", "forward")
+UNKNOWN_PRODUCT = 255  # rows made from `SampleResult`s, which do not say
+DECOMPOSITION_BITS: tuple[str, ...] = ("hardsigmoid", "hardswish", "scaled_dot_product_attention")
 
 # Rows kept in memory before the store moves them to a temporary file (3.7 MB).
 SPILL_ROWS = 1 << 16
@@ -56,12 +68,56 @@ def rows_to_table(rows: Iterable[SampleResult]) -> np.ndarray:
     table["sigma_upper"] = [nan if r.sigma_upper is None else r.sigma_upper for r in rows]
     table["search_sigma"] = [nan if r.search_sigma is None else r.search_sigma for r in rows]
     table["search_distance"] = [nan if r.search_distance is None else r.search_distance for r in rows]
+    table["adjoint_gap"] = nan
+    table["product"] = UNKNOWN_PRODUCT
+    table["decompositions"] = 0
     return table
+
+
+def decomposition_bits(names: Iterable[str]) -> int:
+    """The `decompositions` column's value for the operations `names`."""
+    return sum(1 << DECOMPOSITION_BITS.index(name) for name in set(names) if name in DECOMPOSITION_BITS)
+
+
+def derivatives_of(columns: SampleColumns, batch_size: int, tolerance: float) -> Derivatives | None:
+    """The report's `Derivatives` from the rows' own columns: the product of the first row that says,
+    the decompositions of all, and each batch's (batch k: indices [k B, (k+1) B)) largest adjoint gap.
+    Read from the rows, it is the same whether a batch was audited here, by another rank or read back
+    from a journal. None when no row says (rows made from `SampleResult`s)."""
+    product, bits, batches = UNKNOWN_PRODUCT, 0, {}
+    for table in columns.tables():
+        known = table[table["product"] != UNKNOWN_PRODUCT]
+        if not len(known):
+            continue
+        if product == UNKNOWN_PRODUCT:
+            product = int(known["product"][0])
+        bits |= int(np.bitwise_or.reduce(known["decompositions"]))
+        for k in np.unique(known["index"] // batch_size).tolist():
+            rows = known[known["index"] // batch_size == k]
+            gaps = rows["adjoint_gap"][~np.isnan(rows["adjoint_gap"])]
+            first, last = int(rows["index"].min()), int(rows["index"].max())
+            gap = float(gaps.max()) if len(gaps) else 0.0
+            if k in batches:
+                before = batches[k]
+                first, last, gap = min(first, before[0]), max(last, before[1]), max(gap, before[2])
+            batches[k] = (first, last, gap)
+    if product == UNKNOWN_PRODUCT:
+        return None
+    return Derivatives(
+        product=PRODUCT_CODES[product],
+        decompositions=tuple(name for bit, name in enumerate(DECOMPOSITION_BITS) if bits >> bit & 1),
+        model_calls_per_product=1 if PRODUCT_CODES[product] == "forward" else 0,
+        adjoint_tolerance=tolerance,
+        adjoint=tuple(
+            AdjointBatch(first, last, gap, gap <= tolerance)
+            for first, last, gap in (batches[k] for k in sorted(batches))
+        ),
+    )
 
 
 def table_to_rows(table: np.ndarray) -> list[SampleResult]:
     """The rows of a `ROW` table, as `SampleResult`s."""
-    columns = zip(*(table[name].tolist() for name in _FIELDS), strict=True)
+    columns = zip(*(table[name].tolist() for name in SAMPLE_FIELDS), strict=True)
     return [
         SampleResult(
             index, sigma, iterations, bool(converged), _none(residual), _none(upper), _none(search),

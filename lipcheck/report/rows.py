@@ -20,7 +20,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from lipcheck.errors import InputError
-from lipcheck.report.columns import ROW
+from lipcheck.report.columns import DECOMPOSITION_BITS, PRODUCT_CODES, ROW, SAMPLE_FIELDS, UNKNOWN_PRODUCT
 from lipcheck.report.samples import SampleResult
 
 _INT64 = 2**63 - 1
@@ -40,11 +40,12 @@ def sample_table(samples: Iterable[SampleResult], where: str) -> np.ndarray:
                     f"file was edited or damaged; {_FIX}"
                 )
     table = np.empty(len(rows), dtype=ROW)
-    for name in ROW.names or ():
+    for name in SAMPLE_FIELDS:
         values = [getattr(row, name) for row in rows]
         if name in _OPTIONAL:
             values = [math.nan if value is None else value for value in values]
         table[name] = values
+    table["adjoint_gap"], table["product"], table["decompositions"] = math.nan, UNKNOWN_PRODUCT, 0
     return table
 
 
@@ -107,9 +108,12 @@ def _first_bad_value(table: np.ndarray) -> str | None:
         ("iterations", table["iterations"] < 1),
         ("converged", table["converged"] > 1),
     ]
-    for name in _OPTIONAL:
+    for name in (*_OPTIONAL, "adjoint_gap"):
         column = table[name]
         checks.append((name, ~np.isnan(column) & ~(np.isfinite(column) & (column >= 0))))
+    products = table["product"]
+    checks.append(("product", (products >= len(PRODUCT_CODES)) & (products != UNKNOWN_PRODUCT)))
+    checks.append(("decompositions", table["decompositions"] >= 1 << len(DECOMPOSITION_BITS)))
     first: tuple[int, str] | None = None
     for name, bad in checks:
         found = np.flatnonzero(bad)

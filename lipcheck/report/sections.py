@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from lipcheck.errors import InputError
-from lipcheck.options.choices import Device, Dtype, Method, Operator, Reduction, choose
+from lipcheck.options.choices import Device, Dtype, Method, Operator, Product, Reduction, choose
 from lipcheck.options.limits import check_seed, check_steps
 
 
@@ -55,7 +55,8 @@ class Settings:
 
     `operator` says whose Jacobian every sigma is the norm of (`choices.Operator`): the model f's
     ("model", J), 2f - Id's ("fne", 2J - I) or Id - f's ("residual", I - J); reports written before
-    lipcheck recorded it measured f.
+    lipcheck recorded it measured f. `product` is how J u is asked for (`choices.Product`); the
+    product actually used is in the report's `Derivatives`.
     """
 
     operator: str = "model"
@@ -73,10 +74,12 @@ class Settings:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     search_steps: int | None = None
     search_radius: float | None = None
+    product: str = "auto"
 
     def validate(self) -> None:
         """InputError naming the flag of the first setting that is not a choice or is out of range."""
         choose(Operator, self.operator, "--operator")
+        choose(Product, self.product, "--product")
         choose(Method, self.method, "--method")
         choose(Dtype, self.dtype, "--dtype")
         choose(Device, self.device, "--device")
@@ -98,12 +101,52 @@ class Settings:
             )
         if radius is not None and steps is None:
             raise InputError("--search-radius needs --search-steps N, the number of ascent steps")
+        if steps is not None and self.product == Product.forward.value:
+            raise InputError(
+                "--search-steps needs the gradient of sigma, which the forward-mode product does not give: "
+                "use --product auto or double-backward with a worst-case search"
+            )
         if steps is not None and steps < 0:
             raise InputError(f"--search-steps must be at least 0, got {steps}")
         if steps is not None:
             check_steps(steps, "--search-steps")
         if radius is not None and not (radius >= 0 and math.isfinite(radius)):
             raise InputError(f"--search-radius must be a finite number >= 0, got {radius:g}")
+
+
+@dataclass(frozen=True)
+class AdjointBatch:
+    """The adjoint test of one batch (data indices `first`..`last`): the largest relative gap between
+    <J u, w> and <u, J^T w> over its samples, and whether it was within the tolerance."""
+
+    first: int
+    last: int
+    gap: float
+    passed: bool
+
+
+@dataclass(frozen=True)
+class Derivatives:
+    """How the audit's products were computed, and the adjoint test of each batch.
+
+    Attributes:
+        product: "double-backward" (J u by differentiating J^T w: the model is called once per batch)
+            or "forward" (J u by forward-mode AD: one more model call per product); J^T v is reverse
+            mode in both. Chosen at the first batch when `Settings.product` is "auto".
+        decompositions: the operations evaluated by differentiable decompositions (hardsigmoid,
+            hardswish, scaled_dot_product_attention under its math backend).
+        model_calls_per_product: 0 for double-backward, 1 for forward.
+        adjoint_tolerance: the largest relative gap a batch may show in the audit's dtype.
+        adjoint: per batch (indices [k B, (k+1) B) of the batch size B), the test's outcome: every
+            batch of a report passed it (a failing one stops the audit). Kept in each row, so a
+            resumed or sharded audit lists the same batches as an uninterrupted one.
+    """
+
+    product: str
+    decompositions: tuple[str, ...] = ()
+    model_calls_per_product: int = 0
+    adjoint_tolerance: float = 0.0
+    adjoint: tuple[AdjointBatch, ...] = ()
 
 
 def path_text(path: str | Path) -> str:
