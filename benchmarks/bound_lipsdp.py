@@ -43,13 +43,18 @@ def convnet() -> nn.Module:
     ).eval()  # fmt: skip
 
 
+def dncnn() -> nn.Module:
+    torch.manual_seed(4)  # the convolutions' initial weights; _seeded sets the BatchNorm statistics
+    return _seeded(DnCNN(depth=8, width=16), 4).eval()
+
+
 NETWORKS: dict[str, Callable[[], tuple[nn.Module, tuple[int, ...]]]] = {
     "mlp-2": lambda: (mlp([2, 32, 32, 1], 0), (2,)),
     "mlp-10": lambda: (mlp([10, 64, 64, 64, 10], 1), (10,)),
     "mlp-784": lambda: (mlp([784, 128, 128, 128, 128, 10], 2), (784,)),
     "convnet": lambda: (convnet(), (1, 16, 16)),
     "sample": lambda: (torch.export.load(ROOT / "sample_models" / "denoiser.pt2").module(), (1, 16, 16)),
-    "dncnn": lambda: (_seeded(DnCNN(depth=8, width=16), 4).eval(), (1, 32, 32)),
+    "dncnn": lambda: (dncnn(), (1, 32, 32)),
 }
 
 

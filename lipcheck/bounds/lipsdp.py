@@ -51,7 +51,7 @@ DENSE_MAX_SIDE = 2048
 SOLVER_STEPS = 600
 # The solver stops early when its best rho has not fallen by STALL_TOLERANCE (relative) in STALL_STEPS.
 STALL_TOLERANCE = 1e-4
-STALL_STEPS = 80
+STALL_STEPS = 200
 # The time budget, as work: steps times frequency blocks times the cube of the solver's side (each step
 # factors and diagonalises every block). Fewer steps are taken where the full count would exceed it, and
 # none (the loop transformation stands) where even MIN_STEPS would. About 10 s on one laptop core.
