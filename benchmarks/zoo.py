@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import torch.nn.attention
 from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -55,10 +56,28 @@ TIMM_FAMILIES = (
 LOCAL_FAMILIES = ("resnet18", "mobilenet", "vit", "mixer", "unet")
 
 
-def dense_sigma(model: nn.Module, sample: Tensor) -> float:
-    """||J(sample)||_2 from the dense Jacobian, in float64 (reverse mode, one output row at a time)."""
-    jacobian = torch.autograd.functional.jacobian(lambda z: model(z.unsqueeze(0)).squeeze(0), sample)
-    return float(torch.linalg.matrix_norm(jacobian.reshape(-1, sample.numel()), ord=2))
+def dense_sigma(model: nn.Module, sample: Tensor, chunk: int = 256) -> float:
+    """||J(sample)||_2 from the dense Jacobian, in float64, by forward mode: the columns J e_k from one
+    batched forward-mode product per `chunk` basis vectors (the sample repeated). Forward mode, because
+    a model's reverse mode can be wrong where its forward mode agrees with finite differences (timm's
+    LeViT with a batch of one); nothing here goes through lipcheck's products."""
+    # with autograd on (not no_grad), and attention on the math backend: torch's fused transformer
+    # layers and flash attention have no forward mode
+    with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
+        return _dense_sigma_by_columns(model, sample, chunk)
+
+
+def _dense_sigma_by_columns(model: nn.Module, sample: Tensor, chunk: int) -> float:
+    n = sample.numel()
+    columns = []
+    for start in range(0, n, chunk):
+        count = min(chunk, n - start)
+        basis = torch.zeros(count, n, dtype=sample.dtype)
+        basis[torch.arange(count), torch.arange(start, start + count)] = 1
+        repeated = sample.expand(count, *sample.shape).contiguous()
+        _, tangent = torch.func.jvp(model, (repeated,), (basis.reshape(count, *sample.shape),))
+        columns.append(tangent.detach().reshape(count, -1).T)
+    return float(torch.linalg.matrix_norm(torch.cat(columns, 1), ord=2))
 
 
 def measure(name: str, build: Callable[[], nn.Module], shape: tuple[int, ...], samples: int) -> str:
@@ -67,7 +86,8 @@ def measure(name: str, build: Callable[[], nn.Module], shape: tuple[int, ...], s
     x = torch.rand(samples, *shape, generator=generator)
     try:
         model = build().eval()
-        precise = lipcheck.audit(model.double(), x[:1].double(), dtype="float64", tol=1e-10, max_iter=300)
+        # the whole batch, as the float32 audit below sees it (a model may differentiate wrongly alone)
+        precise = lipcheck.audit(model.double(), x.double(), dtype="float64", tol=1e-10, max_iter=300)
         exact = dense_sigma(model, x[0].double())
         begin = time.perf_counter()  # after a first audit, so that start-up costs are not counted
         report = lipcheck.audit(model.float(), x, dtype="float32", batch_size=samples, tol=1e-4)

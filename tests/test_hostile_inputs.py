@@ -148,6 +148,8 @@ def test_declared_counts_and_shapes_past_their_limits_are_exit_2(tmp_path: Path)
     assert_one_line_error(result, "--input-shape 4x99999999999", "MAX_SAMPLE_VALUES")
     result = run("audit", model, "--random", "6", "--num-samples", str(2**40))
     assert_one_line_error(result, "--num-samples", "MAX_SAMPLES")
+    result = run("audit", model, "--random", "6", "--num-samples", "4", "--batch-size", str(2**63))
+    assert_one_line_error(result, "--batch-size", "MAX_SAMPLES")
     with pytest.raises(InputError, match="MAX_SAMPLE_VALUES"):
         lipcheck.upper_bound(nn.Linear(3, 3), (4, 99_999_999_999))
     with pytest.raises(InputError, match="MAX_WORKERS"):

@@ -14,7 +14,7 @@ from typing import Any
 
 from lipcheck.errors import InputError
 from lipcheck.options.choices import Device, Dtype, Method, Operator, Product, Reduction, choose
-from lipcheck.options.limits import check_seed, check_steps
+from lipcheck.options.limits import MAX_SAMPLES, check_at_most, check_seed, check_steps
 
 
 @dataclass(frozen=True)
@@ -94,6 +94,9 @@ class Settings:
         check_seed(self.seed)
         if self.batch_size < 1:
             raise InputError(f"--batch-size must be at least 1, got {self.batch_size}")
+        # a batch is never larger than an audit's samples, and numpy's indices stop at 2**63
+        batch = f"--batch-size {self.batch_size:,}"
+        check_at_most(self.batch_size, MAX_SAMPLES, "MAX_SAMPLES", batch, "give a smaller batch")
         steps, radius = self.search_steps, self.search_radius
         if steps is not None and radius is None:
             raise InputError(
