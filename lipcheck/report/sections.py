@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 from lipcheck.errors import InputError
 from lipcheck.options.choices import Device, Dtype, Method, Operator, Product, Reduction, choose
 from lipcheck.options.limits import MAX_SAMPLES, check_at_most, check_seed, check_steps
+from lipcheck.report.records import build
 
 
 @dataclass(frozen=True)
@@ -229,3 +231,10 @@ class Gate:
 
     passed: bool | None = None
     rules: tuple[RuleVerdict, ...] = ()
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Gate:
+        """The gate of a report read back (an audit's or a series')."""
+        return build(
+            cls, data, rules=lambda rules: tuple(build(RuleVerdict, r, failing_samples=tuple) for r in rules)
+        )

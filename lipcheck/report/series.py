@@ -115,11 +115,7 @@ class SeriesReport:
             worst=data["worst"],
             best=data["best"],
             worst_samples=tuple(build(SampleResult, row) for row in data["worst_samples"]),
-            gate=build(
-                Gate,
-                data["gate"],
-                rules=lambda rules: tuple(build(RuleVerdict, rule, failing_samples=tuple) for rule in rules),
-            ),
+            gate=Gate.from_dict(data["gate"]),
             lipcheck_version=data["lipcheck_version"],
             schema_version=data["schema_version"],
         )
