@@ -13,12 +13,11 @@ import numpy as np
 from torch import Tensor
 
 from lipcheck.auditing import distributed
-from lipcheck.auditing.batches import give_back_freed_memory
-from lipcheck.auditing.bound import bound_model, run_bound
+from lipcheck.auditing.bound import bound_model
 from lipcheck.auditing.loop import (
     run_audit,
 )
-from lipcheck.auditing.provenance import data_section, model_section
+from lipcheck.auditing.provenance import data_section
 from lipcheck.auditing.request import AuditRequest, DataSource, ModelSource
 from lipcheck.errors import (
     AuditFailedError,
@@ -33,18 +32,6 @@ from lipcheck.report import (
 )
 from lipcheck.report.compare import comparable
 from lipcheck.report.gate import RuleOptions, judge, rules_for
-
-# The command line's entry points into the audit, importable from this one module.
-__all__ = [
-    "audit",
-    "check_converged",
-    "give_back_freed_memory",
-    "load_source",
-    "model_section",
-    "open_source",
-    "run",
-    "run_bound",
-]
 
 
 def check_converged(report: Report) -> None:

@@ -274,7 +274,8 @@ def _is_main_rank() -> bool:
 def _run(request: AuditRequest, where: _Destinations, quiet: bool) -> Report:
     """`run` with a progress bar when a person watches; the figures of an audit whose samples all failed
     to converge are written all the same."""
-    from lipcheck.auditing.run import give_back_freed_memory, run
+    from lipcheck.auditing.batches import give_back_freed_memory
+    from lipcheck.auditing.run import run
 
     give_back_freed_memory()  # memory flat in the number of samples
     main_rank = _is_main_rank()

@@ -191,7 +191,7 @@ def _bound_request(flags: dict[str, Any]) -> _BoundRequest:
 
 def _run(request: _BoundRequest) -> ModelBoundReport:
     """Load the model (timed) and bound it."""
-    from lipcheck.auditing.run import run_bound
+    from lipcheck.auditing.bound import run_bound
     from lipcheck.io.models import load_model
 
     begin = time.perf_counter()

@@ -48,7 +48,7 @@ def inspect(
 ) -> None:
     """Load MODEL and print what was loaded (format, sha256, size, parameters, input spec; for ONNX, the
     outputs, opset, operator count and how it was converted); no audit."""
-    from lipcheck.auditing.run import model_section
+    from lipcheck.auditing.provenance import model_section
     from lipcheck.io.models import load_model
     from lipcheck.present.render import render_model_json, render_model_text
 
