@@ -43,6 +43,9 @@ def upper_bound(
             outside their budget, the loop transformation's bound stands and `method` says "liplt".
             "liplt": the loop-transformation composition (`loop_transformation.py`), never above
             "product", the product of the factors along every path; the report keeps the product's total.
+            Its blocks too large to read are bounded by Lanczos runs from seeded random starts, whose
+            bounds hold with probability at least 1 - 1e-9 each: the report's `failure_probability`
+            (their sum; 0 when none was used) says how probable it is that the bound fails.
 
     In-place operations (`relu_`, `add_`, ...) are bounded by the rule of their out-of-place form: a graph
     that mutates tensors is functionalised first (`run_decompositions({})`, which decomposes nothing), so
@@ -68,7 +71,7 @@ def upper_bound(
             f"assume names {', '.join(repr(name) for name in unused)}, which the model's graph does not "
             f"contain; its operations are: {present}"
         )
-    product, terms = bound, ()
+    product, terms, failure = bound, (), 0.0
     wanted, method = method, "product"
     if wanted != "product" and walker.output_nodes:
         try:
@@ -79,10 +82,12 @@ def upper_bound(
             pass
         else:
             bound, terms, method = min(product, composed.bound), composed.terms, "liplt"
+            # a bound that used Lanczos-bounded blocks holds with a probability over their start vectors
+            failure = composed.failure_probability if composed.bound < product else 0.0
     if wanted == "lipsdp" and walker.output_nodes:
         semidefinite = _lipsdp(walker)
         if semidefinite is not None and semidefinite < bound:
-            bound, method = semidefinite, "lipsdp"
+            bound, method, failure = semidefinite, "lipsdp", 0.0
     return BoundReport(
         upper_bound=bound,
         layers=tuple(walker.layers),
@@ -91,6 +96,7 @@ def upper_bound(
         method=method,
         product_bound=product,
         terms=terms,
+        failure_probability=failure,
     )
 
 

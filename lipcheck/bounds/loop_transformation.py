@@ -20,12 +20,15 @@ with P_s->v the c-network's linear map from s to v. Hence, with L_in(j) the boun
 
 a recursion over the sites in graph order: O(m^2) norms for m sites, each of a merged linear block
 (conv after conv, residual connections and linear combinations such as 2 f(x) - x folded in). This is
-LipLT's recursion, extended from chains to graphs with branches. Each norm is certified: an exact SVD of
-the block's matrix, read from the c-network by batched forward or reverse products, when its smaller
-side is small enough; otherwise the product of its operations' certified factors (the rules of
-`lipcheck.bounds.rules`, with |c| for an activation). Since |c| + r = max(|a|, |b|), the activation's
-factor in the product bound, the recursion with only product norms gives back the product bound: the
-gain comes from the exact merged norms. The result is min(loop transformation, product).
+LipLT's recursion, extended from chains to graphs with branches. Each norm is an upper bound: an exact
+SVD of the block's matrix, read from the c-network by batched forward or reverse products, when its
+smaller side is small enough; else, for a block of more than one operation and within a budget, the
+upper bound of a Lanczos run on the block (matrix-free, from a seeded random start), which holds with
+probability at least 1 - 1e-9 over the start (docs/bounds.md); always at most the product of its
+operations' certified factors (the rules of `lipcheck.bounds.rules`, with |c| for an activation).
+Since |c| + r = max(|a|, |b|), the activation's factor in the product bound, the recursion with only
+product norms gives back the product bound: the gain comes from the merged norms. The result is
+min(loop transformation, product).
 """
 
 from __future__ import annotations
@@ -50,8 +53,10 @@ from lipcheck.bounds.graph import (
     module_path,
     nodes_in,
 )
-from lipcheck.bounds.norms import matrix_spectral_norm
+from lipcheck.bounds.norms import matrix_spectral_norm, with_margin
 from lipcheck.bounds.rules.slopes import GELU_SLOPE, GELU_TANH_SLOPE, MISH_SLOPE, SILU_SLOPE
+from lipcheck.engine import spectral_norm
+from lipcheck.errors import LipcheckError
 from lipcheck.report import BoundTerm
 
 # A block's matrix is read (and its SVD taken) when its smaller side is at most this many entries and it
@@ -67,6 +72,29 @@ DENSE_MAX_WORK = 1 << 30
 DENSE_TOTAL_WORK = 1 << 34
 # Products computed per batched call of the c-network while reading a matrix (bounds memory).
 PRODUCT_CHUNK = 64
+# A block that is not read, and is more than one operation (whose own certified norm, exact or by the DFT
+# of its circular embedding, the product already is), gets the engine's Lanczos run on B^T B from a seeded
+# random start, in float64, and its upper bound sigma_upper (docs/engine.md, "Error bars"): it holds unless
+# the start vector's component along the block's top singular direction is tiny, which has probability at
+# most LANCZOS_FAILURE over the draw. 2^-30 (below 1e-9) keeps the union over the hundreds of blocks of a
+# deep network below 1e-6 and costs little: the bound's threshold on that component enters through a
+# root of degree the number of products, so a 1000 times smaller probability costs a few products more.
+LANCZOS_FAILURE = 2.0**-30
+LANCZOS_FAILURE_TEXT = "1e-9"  # how the description states it: LANCZOS_FAILURE is below this
+# The run stops when the Ritz value is within LANCZOS_TOL and the bound (at a 10 times smaller failure
+# probability) within 10 LANCZOS_TOL of it; or after LANCZOS_MAX_ITER products, its bound still valid.
+LANCZOS_TOL = 1e-4
+LANCZOS_MAX_ITER = 300
+# A larger basis than the engine's default: the top of a deep convolutional block's spectrum is crowded,
+# and a restart to two Ritz vectors loses much of what 12 products found.
+LANCZOS_KRYLOV_DIM = 40
+# The budget, in multiply-adds counted as for DENSE_TOTAL_WORK: a product with B^T B costs about
+# LANCZOS_PASSES passes of the block (the block evaluates each operation at the tangent and at zero, and
+# its reverse and double-reverse passes follow); a run that cannot afford LANCZOS_MIN_ITER products is
+# not started, and the block gets the product of its factors.
+LANCZOS_PASSES = 4
+LANCZOS_MIN_ITER = 20
+LANCZOS_TOTAL_WORK = 1 << 37
 # The least slope of Mish, x tanh(softplus x): -0.1125261224 at x = -2.25638 (a float64 grid of step 1e-5
 # on [-10, 10], as for its largest slope; beyond it the slope is within e^-10 of 0 or 1), rounded down.
 MISH_LEAST_SLOPE = -0.112526123
@@ -162,8 +190,12 @@ class NonlinearSite:
 
 @dataclass(frozen=True)
 class LoopTransformationBound:
+    """The bound, its terms, and the probability that it fails: 0 when every block norm it used is
+    deterministic, else at most the sum of LANCZOS_FAILURE over its Lanczos-bounded blocks."""
+
     bound: float
     terms: tuple[BoundTerm, ...]
+    failure_probability: float = 0.0
 
 
 def loop_transformation_bound(walker: GraphBound, outputs: list[Node]) -> LoopTransformationBound:
@@ -187,6 +219,7 @@ class _LoopTransformation:
         self.norms: dict[tuple[Node, tuple[Node, ...]], tuple[float, str]] = {}
         self.injections: dict[Node, float] = {}
         self.work_spent = 0  # multiply-adds of the blocks read so far
+        self.lanczos_spent = 0  # multiply-adds (as counted for LANCZOS_TOTAL_WORK) of the Lanczos runs
         self.value_bounds: dict[Node, float] = {}
 
     def _classify(self) -> None:
@@ -231,7 +264,9 @@ class _LoopTransformation:
                 name, kind = module_path(source) or source.name, f"{site.kind} deviation"
             bound += contribution
             terms.append(BoundTerm(name, source.name, kind, norm, contribution, method))
-        return LoopTransformationBound(bound, tuple(terms))
+        # every block norm the recursion used is in self.norms, those of the value bounds included
+        probabilistic = sum(1 for _, method in self.norms.values() if method.startswith(LANCZOS_METHOD))
+        return LoopTransformationBound(bound, tuple(terms), probabilistic * LANCZOS_FAILURE)
 
     def _injection(self, site: NonlinearSite) -> float:
         """A bound on ||e_j|| / ||dx||: r L_in for an activation, the rule on the inputs' bounds otherwise."""
@@ -268,9 +303,11 @@ class _LoopTransformation:
             product = math.hypot(*(_scalar(gains.get(target, 0.0)) for target in targets))
             found = (product, "product of its factors")
             if product > 0:
-                dense = self._dense_norm(source, targets)
-                if dense is not None and dense[0] <= product:
-                    found = dense
+                exact = self._dense_norm(source, targets)
+                if exact is None and not self._single_operation(source, targets):
+                    exact = self._lanczos_norm(source, targets)
+                if exact is not None and exact[0] <= product:
+                    found = exact
             self.norms[key] = found
         return self.norms[key]
 
@@ -356,6 +393,58 @@ class _LoopTransformation:
         norm, how = matrix_spectral_norm(torch.cat(rows))
         return norm, f"{how} of the merged block ({n_out} x {n_in})"
 
+    def _lanczos_norm(self, source: Node, targets: tuple[Node, ...]) -> tuple[float, str] | None:
+        """An upper bound on the block's norm without reading it: the engine's Lanczos run on the block
+        (a linear map, so its Jacobian anywhere), with its sigma_upper at failure probability
+        LANCZOS_FAILURE; None past the budget or where the run fails."""
+        n_in = _numel(source)
+        n_out = sum(_numel(t) for t in targets)
+        per_product = LANCZOS_PASSES * max(1, self._pass_work(source, targets))
+        # one product more: the engine's adjoint test
+        max_iter = min(LANCZOS_MAX_ITER, (LANCZOS_TOTAL_WORK - self.lanczos_spent) // per_product - 1)
+        if max_iter < LANCZOS_MIN_ITER:
+            return None
+        shape = _shape(source)
+        block = self._block(source, targets)
+        try:
+            result = spectral_norm(
+                lambda x: block(x.reshape(shape)).unsqueeze(0),
+                torch.zeros(1, n_in, dtype=torch.float64),
+                max_iter=int(max_iter), tol=LANCZOS_TOL, confidence=1 - LANCZOS_FAILURE,
+                krylov_dim=LANCZOS_KRYLOV_DIM, check_coupling=False,
+            )  # fmt: skip
+        except (RuntimeError, NotImplementedError, TypeError, ValueError, IndexError, LipcheckError):
+            return None  # an operation the engine cannot differentiate twice: the product stands
+        products = int(result.iterations[0])
+        self.lanczos_spent += (products + 1) * per_product  # and the adjoint test's product
+        upper = float(result.sigma_upper[0])
+        if not math.isfinite(upper):
+            return None
+        return with_margin(upper), (
+            f"{LANCZOS_METHOD} at probability 1 - {LANCZOS_FAILURE_TEXT} over its seeded start "
+            f"({products} products, estimate {float(result.sigma[0]):.6g}) of the merged block "
+            f"({n_out} x {n_in})"
+        )
+
+    def _single_operation(self, source: Node, targets: tuple[Node, ...]) -> bool:
+        """Whether the block is one operation between scalings by centre slopes, without a join: its
+        factor, the operation's own certified norm (exact, or by the DFT of a convolution's circular
+        embedding), is the block's product bound and is kept."""
+        last = max(self.order[t] for t in targets)
+        reached, operations = {source}, 0
+        for node in self.variable:
+            if not self.order[source] < self.order[node] <= last:
+                continue
+            inputs = [item for item in nodes_in((node.args, node.kwargs)) if item in reached]
+            if not inputs:
+                continue
+            if len(inputs) > 1:
+                return False
+            reached.add(node)
+            if node not in self.sites and node.target is not operator.getitem:
+                operations += 1
+        return operations <= 1
+
     def _pass_work(self, source: Node, targets: tuple[Node, ...]) -> int:
         """Multiply-adds of one pass of the block: each value's entries times its weight's fan-in."""
         last = max(self.order[t] for t in targets)
@@ -438,6 +527,9 @@ class _LoopTransformation:
                 value = value.detach().to(torch.float64)
             self.constants64[item] = value
         return self.constants64[item]
+
+
+LANCZOS_METHOD = "Lanczos upper bound"
 
 
 def _scalar(gain: Any) -> float:

@@ -147,6 +147,11 @@ BOUND_METHODS = {
 def bound_method(bound: BoundReport) -> str:
     """ "loop transformation (liplt); the product gives 21.6": which composition made the bound."""
     name = BOUND_METHODS.get(bound.method, bound.method)
+    if bound.failure_probability > 0:
+        name += (
+            f", probabilistic: it fails with probability at most {bound.failure_probability:.2g} over the "
+            "seeded start vectors of the Lanczos runs that bounded its large blocks"
+        )
     if bound.method != "product" and bound.product_bound is not None:
         return f"{name}; the product of the factors gives {number_text(bound.product_bound)}"
     return name

@@ -78,6 +78,10 @@ class BoundReport:
             most).
         operator: whose Lipschitz constant is bounded: "model" (f), "fne" (2f - Id) or "residual"
             (Id - f), each exported as one graph.
+        failure_probability: 0 when every norm the bound used is deterministic; with "liplt" whose large
+            blocks were bounded by Lanczos runs from seeded random start vectors, at most the
+            probability, over those vectors, that `upper_bound` is below the constant (the sum of
+            each run's, a union bound).
     """
 
     upper_bound: float
@@ -88,6 +92,7 @@ class BoundReport:
     product_bound: float | None = None
     terms: tuple[BoundTerm, ...] = ()
     operator: str = "model"
+    failure_probability: float = 0.0
 
 
 def bound_details(bound: BoundReport) -> dict[str, Any]:
@@ -101,6 +106,7 @@ def bound_details(bound: BoundReport) -> dict[str, Any]:
         "product_bound": bound.product_bound,
         "terms": [asdict(term) for term in bound.terms],
         "operator": bound.operator,
+        "failure_probability": bound.failure_probability,
     }
 
 
@@ -116,6 +122,7 @@ def bound_from_dict(data: Mapping[str, Any]) -> BoundReport:
         product_bound=details.get("product_bound", data["upper_bound"] if "method" not in details else None),
         terms=tuple(build(BoundTerm, term) for term in details.get("terms", ())),
         operator=details.get("operator", "model"),  # reports before --operator bounded the model
+        failure_probability=details.get("failure_probability", 0.0),  # before Lanczos-bounded blocks
     )
 
 
