@@ -76,9 +76,10 @@ PRODUCT_CHUNK = 64
 # of its circular embedding, the product already is), gets the engine's Lanczos run on B^T B from a seeded
 # random start, in float64, and its upper bound sigma_upper (docs/engine.md, "Error bars"): it holds unless
 # the start vector's component along the block's top singular direction is tiny, which has probability at
-# most LANCZOS_FAILURE over the draw. 2^-30 (below 1e-9) keeps the union over the hundreds of blocks of a
-# deep network below 1e-6 and costs little: the bound's threshold on that component enters through a
-# root of degree the number of products, so a 1000 times smaller probability costs a few products more.
+# most LANCZOS_FAILURE over the draw. 2^-30 (below 1e-9) keeps the union over a thousand blocks below
+# 1e-6; the threshold on that component enters the bound through a root of degree the number of
+# products, so each factor of 10 costs a few products (on DnCNN's blocks, docs/bounds.md: 58 and 69
+# products at 1e-2, 98 and 136 at 2^-30, 137 and 174 at 1e-15).
 LANCZOS_FAILURE = 2.0**-30
 LANCZOS_FAILURE_TEXT = "1e-9"  # how the description states it: LANCZOS_FAILURE is below this
 # The run stops when the Ritz value is within LANCZOS_TOL and the bound (at a 10 times smaller failure
