@@ -10,6 +10,15 @@ import torch
 from zoo import ZOO
 
 import lipcheck
+from lipcheck.bounds import loop_transformation
+
+
+@pytest.fixture(autouse=True)
+def smaller_lanczos_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the default budget of the loop transformation's Lanczos runs takes about a minute a model here
+    # (benchmarks/bound_zoo.py measures it); 1/8 of it still bounds the first blocks by Lanczos
+    budget = loop_transformation.LANCZOS_TOTAL_WORK >> 3
+    monkeypatch.setattr(loop_transformation, "LANCZOS_TOTAL_WORK", budget)
 
 
 @pytest.fixture(autouse=True)
