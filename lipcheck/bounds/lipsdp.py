@@ -19,9 +19,13 @@ then ||dy||^2 <= rho ||dx||^2 + sum_i lambda_i (w_i^2 - r_i^2 z_i^2) <= rho ||dx
 
 Solving. For fixed lambda the least rho is the largest eigenvalue of the Schur complement
 S = Q_xx + Q_xw (diag(lambda) - Q_ww)^-1 Q_wx of Q = M + diag(rho I, lambda), defined when
-diag(lambda) - Q_ww is positive definite; rho*(lambda) is convex. It is minimised over log lambda by Adam
-with a fixed number of steps from a feasible start (per-site multipliers from a block-norm recursion),
-steps that leave the feasible set being rejected.
+diag(lambda) - Q_ww is positive definite; rho*(lambda) is convex. `lipsdp_solver.py` evaluates it, with its
+gradient, in the activations' outputs instead of their deviations (the same rho*, with blocks that follow
+the graph), and minimises it over log lambda from a feasible start (per-site multipliers from a block-norm
+recursion, scaled together and then site by site) by sequential quadratic programming on the pieces
+(frequencies, eigenvalues) near the maximum; where that stops short of the steps allowed (at the edge of
+the feasible set, where its model fails), Adam from the start takes the steps left, and the better of the
+two is kept.
 
 Certificate. The solver's rounding, its stopping and any bug in it are irrelevant: the final multipliers
 are checked afresh in float64. rho is set a little above the computed rho*, the matrix -M (every frequency
@@ -41,7 +45,7 @@ from torch import Tensor
 from torch.fx import Node
 
 from lipcheck.bounds.graph import GraphBound
-from lipcheck.bounds.lipsdp_solver import SlopeForm
+from lipcheck.bounds.lipsdp_solver import SlopeForm, minimise
 from lipcheck.bounds.loop_transformation import NonlinearSite, _LoopTransformation
 from lipcheck.bounds.norms import with_margin
 
@@ -53,12 +57,16 @@ SOLVER_STEPS = 600
 # The solver stops early when its best rho has not fallen by STALL_TOLERANCE (relative) in STALL_STEPS.
 STALL_TOLERANCE = 1e-4
 STALL_STEPS = 200
-# The time budget, as work: steps times frequency blocks times the cube of the solver's side (each step
-# factors and diagonalises every block). Fewer steps are taken where the full count would exceed it, and
-# none (the loop transformation stands) where even MIN_STEPS would. About 10 s on one laptop core.
-WORK_BUDGET = 1 << 37
+# The time budget, as work: each evaluation of rho* (a solver step, or one of the start's) costs the
+# multiply-adds of the slope form's factorisation and gradient (`SlopeForm.flops`, complex ones counted as
+# four) plus STEP_OVERHEAD for the per-step work of small blocks and of the solver itself, calibrated on
+# one laptop core (about 1.2e9 of them a second with the solver's batched small blocks). Fewer steps are
+# taken where the full count would exceed the budget, and none (the loop transformation stands) where
+# even MIN_STEPS would. About 20 s of solving on one core at most.
+WORK_BUDGET = int(2**34.5)
+STEP_OVERHEAD = 5e6
 MIN_STEPS = 100
-LEARNING_RATE = 0.1
+LEARNING_RATE = 0.03
 # ... held for the first 70% of the steps, then decaying geometrically to this fraction of it.
 FINAL_RATE_FRACTION = 0.1
 # The certificate: least eigenvalue of -M at least this times the scale of M's entries.
@@ -145,7 +153,7 @@ def lipsdp_bound(problem: Transformation, steps: int | None = None) -> LipSDPBou
     form = SlopeForm(problem)
     budget = None
     if steps is None:
-        budget = int(WORK_BUDGET // max(form.flops, 1.0))
+        budget = int(WORK_BUDGET // (form.flops + STEP_OVERHEAD))
         if budget < MIN_STEPS:
             return None
     start, evaluations = _feasible_start(form, problem)
@@ -154,22 +162,17 @@ def lipsdp_bound(problem: Transformation, steps: int | None = None) -> LipSDPBou
     if budget is not None:
         # the start's evaluations of rho* count against the same budget as the solver's steps
         steps = max(min(SOLVER_STEPS, budget - evaluations), 0)
-    multipliers = _minimise(form, start, steps or 0)
+    multipliers, used = minimise(form, start, steps or 0)
+    if used < (steps or 0):
+        # it stopped short (at the edge of the feasible set, where its model fails): Adam from the start
+        # with the steps left, and the better of the two
+        other = _minimise(form, start, (steps or 0) - used)
+        if form.evaluate(other, with_vectors=False).rho < form.evaluate(multipliers, with_vectors=False).rho:
+            multipliers = other
     rho = certify(problem.rows, problem, multipliers)
     if rho is None:
         return None
     return LipSDPBound(with_margin(math.sqrt(rho)), f"LipSDP-Neuron, {problem.how}, certified in float64")
-
-
-def _reduced(problem: Transformation) -> Tensor:
-    """The rows with dx replaced by its projection on the span the rows read (an isometry of the part
-    of dx that matters; the rest only lowers ||dy||^2 - rho ||dx||^2): fewer columns for the solver."""
-    rows = problem.rows
-    x_part, w_part = rows[..., : problem.n_x], rows[..., problem.n_x :]
-    if problem.n_x <= rows.shape[-2]:
-        return rows
-    _, r = torch.linalg.qr(x_part.mH)  # x_part^H = Q R, so x_part = R^H Q^H
-    return torch.cat([r.mH, w_part], dim=-1)
 
 
 def _pieces(rows: Tensor, problem: Transformation, multipliers: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -246,11 +249,12 @@ def _block_norm(block: Tensor) -> float:
 
 def _minimise(form: SlopeForm, start: Tensor, steps: int) -> Tensor:
     """Adam on log lambda for log rho*(lambda), the gradient read from the maximisers (Danskin); a step to
-    an infeasible point is undone and the rate halved."""
+    an infeasible point is taken back halfway to the last feasible one."""
     log_lambda = start.log().clone().requires_grad_(True)
     optimiser = torch.optim.Adam([log_lambda], lr=LEARNING_RATE)
     decay = FINAL_RATE_FRACTION ** (1 / max(steps - int(0.7 * steps), 1))
     best, best_rho = start.clone(), form.evaluate(start, with_vectors=False).rho
+    last = best
     progress_rho, progress_step = best_rho, 0
     for step in range(steps):
         if best_rho < progress_rho * (1 - STALL_TOLERANCE):
@@ -261,10 +265,9 @@ def _minimise(form: SlopeForm, start: Tensor, steps: int) -> Tensor:
         found = form.evaluate(multipliers)
         if not math.isfinite(found.rho):
             with torch.no_grad():
-                log_lambda.copy_(best.log())
-            for group in optimiser.param_groups:
-                group["lr"] /= 2
+                log_lambda.copy_((log_lambda + last.log()) / 2)
             continue
+        last = multipliers
         if found.rho < best_rho:
             best, best_rho = multipliers.clone(), found.rho
         # d log rho / d log lambda = lambda (d rho / d lambda) / rho

@@ -22,6 +22,14 @@ the first layer's width for an MLP), whose largest eigenvalue is rho* at that fr
 The gradient (Danskin). rho* = max over v, u of xi^H N(lambda) xi with xi = (v, u), ||v|| = 1, attained at
 v the top eigenvector of S and u = K^-1 N_phix v, so d rho* / d lambda_i = p_i |z_i|^2 + 2 c_i Re(z_i^* u_i)
 - |u_i|^2 with z = A0 v + B0 u, at the frequency of the largest rho*: no automatic differentiation.
+
+The minimiser. rho* is the largest of many pieces (every frequency's eigenvalues), several of them equal
+at the optimum, where a gradient method zigzags. `minimise` takes the pieces within a window of rho*, each
+with its gradient, and steps by the quadratic program min over d of max_p (mu_p + g_p . d) + d^T H d / 2
+(solved in its dual over the simplex by an active-set method), H the BFGS estimate of the curvature of the
+pieces' Lagrangian, then searches back along the step until rho* itself falls. The pieces leave out the
+feasible set's edge (diag(lambda) - Q_ww singular at a frequency where the input barely reaches), so it
+can stop there; the caller then gives the steps left to Adam.
 """
 
 from __future__ import annotations
@@ -39,13 +47,16 @@ if TYPE_CHECKING:
 # A block of the slope form below this times the largest entry is rounding of an exact zero.
 NEGLIGIBLE = 1e-10
 
-# The solver's stages: (share of the steps, temperature as a fraction of rho*), and when a stage ends
-# early (relative decrease of its objective in one step); L-BFGS keeps MEMORY pairs.
-STAGES = ((0.3, 1e-2), (0.3, 1e-3), (0.4, 1e-4))
-STAGE_TOLERANCE = 0.0
-MEMORY = 10
-import os
-DEBUG = bool(os.environ.get('SDP_DEBUG'))
+# The solver: at most MAX_PIECES pieces in a step's model, no step longer than TRUST in any log lambda,
+# LINE_SEARCH trials a step, and convergence when the model predicts less than CONVERGED (relative).
+MAX_PIECES = 64
+TRUST = 1.0
+LINE_SEARCH = 6
+CONVERGED = 1e-7
+# The solver gives up after this many line searches in a row found no decrease (at the feasible set's
+# edge, typically).
+FAILURES = 8
+
 
 Pair = tuple[int, int]
 
@@ -79,7 +90,7 @@ class SlopeForm:
         self.centre = centre
         self.power = radius**2 - centre**2
         dtype = rows.dtype
-        a, b = rows[:, :n_w, :n_x], rows[:, :n_w, n_x:]
+        b = rows[:, :n_w, n_x:]
         c, d = rows[:, n_w:, :n_x], rows[:, n_w:, n_x:]
         cut = torch.eye(n_w, dtype=dtype) + b * centre.to(dtype)
         direct = torch.linalg.solve_triangular(cut, rows[:, :n_w], upper=False, unitriangular=True)
@@ -99,7 +110,9 @@ class SlopeForm:
             for j in range(i)
             if (block := kept(b0[:, self.slices[i], self.slices[j]])) is not None
         }
-        self.d = {j: block for j in range(self.count) if (block := kept(d0[:, :, self.slices[j]])) is not None}
+        self.d = {
+            j: block for j in range(self.count) if (block := kept(d0[:, :, self.slices[j]])) is not None
+        }
         c_kept = kept(c0)
         # the input's part projected on the span the blocks read (an isometry of what matters)
         x_rows = [block for block in a_blocks.values() if block is not None]
@@ -189,7 +202,9 @@ class SlopeForm:
                 if (k, j) in factor and half[j] is not None:
                     term = factor[(k, j)] @ half[j]
                     total = -term if total is None else total - term
-            half.append(None if total is None else torch.linalg.solve_triangular(factor[(k, k)], total, upper=False))
+            half.append(
+                None if total is None else torch.linalg.solve_triangular(factor[(k, k)], total, upper=False)
+            )
         schur = self._xx(lam)
         for item in half:
             if item is not None:
@@ -202,13 +217,19 @@ class SlopeForm:
 
     def gradient(self, found: Evaluation, weights: Tensor) -> Tensor:
         """sum over frequencies f and eigenvalues i of weights_fi d mu_fi / d lambda, mu_fi the eigenvalues of
-        S_f (Danskin, at the eigenvector v_fi and u_fi = K_f^-1 N_phix v_fi; the derivative is a quadratic
-        form in v_fi, so the weights scale the vectors by their square roots); weights (F, n_x) >= 0, and
-        frequencies and eigenvalues of weight 0 are skipped."""
-        assert found.vectors is not None and found.factor is not None and found.half is not None
+        S_f; weights (F, n_x) >= 0, and frequencies and eigenvalues of weight 0 are skipped. The derivative
+        is a quadratic form in the eigenvector, so the weights scale the vectors by their square roots."""
+        assert found.vectors is not None
         chosen = torch.nonzero(weights.sum(-1) > 0).flatten()
         columns = int((weights[chosen] > 0).sum(-1).max())
         v = (found.vectors[chosen] * weights[chosen].sqrt().unsqueeze(-2).to(self.dtype))[..., -columns:]
+        return self.derivatives(found, chosen, v).sum(0)
+
+    def derivatives(self, found: Evaluation, chosen: Tensor, v: Tensor) -> Tensor:
+        """(P, n_w): for each p, the sum over the columns v of V_p (P, n_x, columns) of d (v^H S v) / d lambda
+        at the frequency chosen_p (Danskin: at v and u = K^-1 N_phix v, p |z|^2 + 2 c Re(z^* u) - |u|^2 with
+        z = A0 v + B0 u); the top eigenvector gives the derivative of the largest eigenvalue."""
+        assert found.factor is not None and found.half is not None
         factor = {pair: block[chosen] for pair, block in found.factor.items()}
         half = [None if item is None else item[chosen] for item in found.half]
         # u = L^-H (Y v), by block back substitution
@@ -223,7 +244,7 @@ class SlopeForm:
                 u[k] = torch.linalg.solve_triangular(factor[(k, k)].mH, total, upper=True)
         out = []
         for i in range(self.count):
-            z = torch.zeros(len(chosen), self._size(i), columns, dtype=self.dtype)
+            z = torch.zeros(len(chosen), self._size(i), v.shape[-1], dtype=self.dtype)
             if i in self.a:
                 z = z + self.a[i][chosen] @ v
             for j in range(i):
@@ -231,13 +252,13 @@ class SlopeForm:
                     z = z + self.b[(i, j)][chosen] @ u[j]
             w = u[i] if u[i] is not None else torch.zeros_like(z)
             part = self.slices[i]
-            squares = (z.abs() ** 2).sum((0, 2))
-            crossed = (z.conj() * w).real.sum((0, 2))
-            out.append(self.power[part] * squares + 2 * self.centre[part] * crossed - (w.abs() ** 2).sum((0, 2)))
-        return torch.cat(out)
+            squares = (z.abs() ** 2).sum(-1)
+            crossed = (z.conj() * w).real.sum(-1)
+            out.append(self.power[part] * squares + 2 * self.centre[part] * crossed - (w.abs() ** 2).sum(-1))
+        return torch.cat(out, dim=-1)
 
     def _k_blocks(self, lam: Tensor) -> dict[Pair, Tensor]:
-        """The lower blocks of K = diag(lambda) - D0^H D0 - B0^H diag(lambda p) B0 - sym(diag(lambda c) B0)."""
+        """K's lower blocks = diag(lambda) - D0^H D0 - B0^H diag(lambda p) B0 - sym(diag(lambda c) B0)."""
         blocks: dict[Pair, Tensor] = {}
         for pair, block in self.ww.items():
             blocks[pair] = -block
@@ -290,85 +311,144 @@ def _fill(pattern: set[Pair], count: int) -> set[Pair]:
     return filled
 
 
-def minimise(form: SlopeForm, start: Tensor, steps: int) -> Tensor:
-    """L-BFGS on log lambda for a smoothed rho*: tau log sum exp(mu / tau) over every frequency's
-    eigenvalues mu of the Schur complement, tau a fraction of rho* lowered in stages. Each evaluation
-    counts as a step; the best multipliers by the true rho* are returned."""
+def minimise(form: SlopeForm, start: Tensor, steps: int) -> tuple[Tensor, int]:
+    """Sequential quadratic programming for the max of the pieces mu_p (every frequency's eigenvalues of
+    the Schur complement near rho*) over x = log lambda: the step minimises max_p (mu_p + g_p . d) +
+    d^T H d / 2, H the BFGS estimate of the Hessian of the pieces' Lagrangian, with a backtracking line
+    search on rho* itself. Each evaluation of rho* counts as a step; returns the best multipliers and the
+    steps taken."""
     x = start.log().clone()
-    best, best_rho = start.clone(), math.inf
     used = 0
+    best, best_rho = start.clone(), math.inf
 
-    def objective(point: Tensor, temperature: float) -> tuple[float, Tensor | None, float]:
-        nonlocal best, best_rho, used
+    def pieces(point: Tensor, window: float) -> tuple[float, Tensor, Tensor, Tensor, Evaluation] | None:
+        nonlocal used, best, best_rho
         used += 1
         multipliers = point.exp()
         found = form.evaluate(multipliers)
         if not math.isfinite(found.rho):
-            return math.inf, None, math.inf
+            return None
         if found.rho < best_rho:
             best, best_rho = multipliers.clone(), found.rho
-        assert found.values is not None
-        scaled = (found.values - found.rho) / temperature
-        weights = torch.softmax(scaled.flatten(), 0).reshape(scaled.shape)
-        weights = torch.where(weights > 1e-8, weights, 0.0)
-        value = found.rho + temperature * float(torch.logsumexp(scaled.flatten(), 0))
-        return value, multipliers * form.gradient(found, weights / weights.sum()), found.rho
+        return select(found, multipliers, window)
 
-    for stage, (share, fraction) in enumerate(STAGES):
-        if used >= steps:
+    def select(
+        found: Evaluation, multipliers: Tensor, window: float
+    ) -> tuple[float, Tensor, Tensor, Tensor, Evaluation]:
+        """The pieces within window (relative) of rho*, at most MAX_PIECES: values, log lambda gradients."""
+        assert found.values is not None and found.vectors is not None
+        flat = found.values.flatten()
+        count = int((flat >= found.rho * (1 - window)).sum().clamp(1, MAX_PIECES))
+        values, index = flat.topk(count)
+        columns = found.values.shape[-1]
+        frequency, column = index // columns, index % columns
+        vectors = found.vectors[frequency, :, column].unsqueeze(-1)
+        grads = form.derivatives(found, frequency, vectors) * multipliers
+        return found.rho, values, grads, torch.stack([frequency, column]), found
+
+    window = 1e-2
+    state = pieces(x, window)
+    if state is None:
+        return best, used
+    inverse: Tensor | None = None
+    failures = 0
+    while used < steps:
+        rho, values, grads, which, found = state
+        if inverse is None:
+            inverse = torch.eye(x.numel(), dtype=torch.float64) * (
+                0.1 / float(grads.abs().max().clamp_min(1e-300))
+            )
+        weights = _simplex_qp(values - rho, grads @ inverse @ grads.T)
+        direction = -(inverse @ (grads.T @ weights))
+        largest = float(direction.abs().max())
+        if largest > TRUST:
+            direction = direction * (TRUST / largest)
+        predicted = rho - float((values + grads @ direction).max())
+        if predicted <= CONVERGED * rho:
             break
-        limit = steps if stage == len(STAGES) - 1 else min(steps, used + int(share * steps))
-        temperature = fraction * best_rho if math.isfinite(best_rho) else fraction * form.evaluate(start, False).rho
-        value, grad, _ = objective(x, temperature)
-        if grad is None:
-            x = best.log().clone()
-            value, grad, _ = objective(x, temperature)
-            if grad is None:
+        length, accepted = 1.0, None
+        for _ in range(LINE_SEARCH):
+            if used >= steps:
                 break
-        history: list[tuple[Tensor, Tensor, float]] = []
-        while used < limit:
-            direction = -_two_loop(grad, history)
-            length = 1.0 if history else min(1.0, 0.1 / float(direction.abs().max()))
-            slope = float(grad @ direction)
-            if slope >= 0:
-                history, direction, slope = [], -grad, -float(grad @ grad)
-                length = min(1.0, 0.1 / float(direction.abs().max()))
-            accepted = False
-            while used < limit:
-                trial = x + length * direction
-                trial_value, trial_grad, _ = objective(trial, temperature)
-                if trial_grad is not None and trial_value <= value + 1e-4 * length * slope:
-                    accepted = True
-                    break
-                length /= 4
-            if not accepted:
-                if DEBUG: print("  line search failed", used, math.sqrt(best_rho))
+            trial = pieces(x + length * direction, window)
+            if trial is not None and trial[0] <= rho - 0.1 * length * predicted:
+                accepted = trial
                 break
-            assert trial_grad is not None
-            s, y = trial - x, trial_grad - grad
-            if float(s @ y) > 1e-12 * float(y @ y):
-                history = [*history[-(MEMORY - 1) :], (s, y, 1 / float(s @ y))]
-            decrease = value - trial_value
-            x, value, grad = trial, trial_value, trial_grad
-            if decrease <= STAGE_TOLERANCE * abs(value):
-                if DEBUG: print("  small decrease", used, math.sqrt(best_rho))
+            length /= 4
+        if accepted is None:
+            failures += 1
+            if failures > FAILURES:
                 break
-        if DEBUG: print("stage", stage, used, math.sqrt(best_rho))
-    return best
+            inverse, window = None, max(min(window * 4, 0.1), window)
+            continue
+        failures = 0
+        step = length * direction
+        # the Lagrangian's gradient at the new point, over the same pieces with the same weights
+        new_found = accepted[4]
+        assert new_found.vectors is not None
+        vectors = new_found.vectors[which[0], :, which[1]].unsqueeze(-1)
+        new_grads = form.derivatives(new_found, which[0], vectors) * (x + step).exp()
+        change = (new_grads - grads).T @ weights
+        curvature = float(step @ change)
+        if curvature > 1e-12 * float(change @ change):
+            # the BFGS update of the inverse, (I - s y^T / s.y) H (I - y s^T / s.y) + s s^T / s.y, in O(n^2)
+            scale = 1 / curvature
+            product = inverse @ change
+            inverse = (
+                inverse
+                - scale * (torch.outer(step, product) + torch.outer(product, step))
+                + (scale * scale * float(change @ product) + scale) * torch.outer(step, step)
+            )
+        window = min(max(4 * predicted / rho, 1e-5), 0.1)
+        x = x + step
+        state = select(new_found, x.exp(), window)
+    return best, used
 
 
-def _two_loop(grad: Tensor, history: list[tuple[Tensor, Tensor, float]]) -> Tensor:
-    """The L-BFGS product H grad from the stored pairs (s, y, 1 / s.y)."""
-    q = grad.clone()
-    alphas = []
-    for s, y, rho in reversed(history):
-        alpha = rho * float(s @ q)
-        alphas.append(alpha)
-        q = q - alpha * y
-    if history:
-        s, y, _ = history[-1]
-        q = q * (float(s @ y) / float(y @ y))
-    for (s, y, rho), alpha in zip(history, reversed(alphas), strict=True):
-        beta = rho * float(y @ q)
-        q = q + (alpha - beta) * s
-    return q
+def _simplex_qp(values: Tensor, quadratic: Tensor) -> Tensor:
+    """argmax over the simplex of a . values - a^T quadratic a / 2, by a primal active-set method (the
+    equality-constrained optimum on the support, least squares where the quadratic is singular)."""
+    count = values.numel()
+    weights = torch.zeros(count, dtype=torch.float64)
+    weights[int(values.argmax())] = 1
+    support = weights > 0
+    for _ in range(4 * count + 4):
+        index = torch.nonzero(support).flatten()
+        size = len(index)
+        kkt = torch.zeros(size + 1, size + 1, dtype=torch.float64)
+        kkt[:size, :size] = quadratic[index][:, index]
+        kkt[:size, size] = 1
+        kkt[size, :size] = 1
+        rhs = torch.cat([values[index], torch.ones(1, dtype=torch.float64)])
+        solution = torch.linalg.lstsq(kkt, rhs.unsqueeze(-1), driver="gelsd").solution.squeeze(-1)
+        target, nu = solution[:size], float(solution[size])
+        if bool((target >= 0).all()):
+            weights = torch.zeros(count, dtype=torch.float64)
+            weights[index] = target
+            # the bounds' multipliers off the support, (Q a - v)_j + nu, must be >= 0
+            slack = quadratic @ weights - values + nu
+            slack[index] = 0
+            j = int(slack.argmin())
+            if float(slack[j]) >= -1e-12 * (float(values.abs().max()) + 1e-300):
+                return weights
+            support[j] = True
+        else:
+            current = weights[index]
+            moving = target < 0
+            ratios = current[moving] / (current[moving] - target[moving])
+            t = float(ratios.min())
+            weights[index] = current + t * (target - current)
+            support = weights > 1e-15
+            weights = torch.where(support, weights, 0.0)
+            weights = weights / weights.sum()
+    return weights
+
+
+def _project(point: Tensor) -> Tensor:
+    """The Euclidean projection on the simplex."""
+    ordered, _ = torch.sort(point, descending=True)
+    cumulative = ordered.cumsum(0) - 1
+    index = torch.arange(1, point.numel() + 1, dtype=torch.float64)
+    kept = int((ordered - cumulative / index > 0).sum())
+    shift = cumulative[kept - 1] / kept
+    return (point - shift).clamp_min(0)
