@@ -660,11 +660,17 @@ def main() -> None:
     parser.add_argument(
         "--only", action="append", choices=WORKLOADS, help="measure only this workload (repeatable)"
     )
+    parser.add_argument(
+        "--deepinv-limit",
+        type=int,
+        help="the largest max_iter tried for deepinv (default 512 with --quick, else 4096); a crowded "
+        "trained denoiser can need more than 512",
+    )
     arguments = parser.parse_args()
     torch.set_num_threads(arguments.threads)
     repeats, number = (3, 3) if arguments.quick else (9, 10)
     power_limit = 400 if arguments.quick else 2000
-    deepinv_limit = 512 if arguments.quick else 4096
+    deepinv_limit = arguments.deepinv_limit or (512 if arguments.quick else 4096)
 
     started = time.perf_counter()
     versions = (
