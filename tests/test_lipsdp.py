@@ -13,7 +13,7 @@ from test_loop_transformation import Residual, jacobian_norms
 from torch import nn
 
 import lipcheck
-from lipcheck.bounds import compose, frequency, graph, lipsdp
+from lipcheck.bounds import compose, frequency, graph, lipsdp, lipsdp_solver
 
 ACTIVATIONS = {"relu": nn.ReLU, "leaky_relu": lambda: nn.LeakyReLU(0.1), "silu": nn.SiLU}
 
@@ -196,3 +196,45 @@ def test_matches_an_interior_point_lipsdp_on_a_tiny_mlp() -> None:
 
 def test_default_method_is_lipsdp() -> None:
     assert compose.METHODS[0] == "lipsdp"
+
+
+@pytest.mark.parametrize("kind", ["mlp", "conv", "minus"])
+def test_slope_form_gives_rho_and_its_gradient_of_the_merged_form(kind: str) -> None:
+    """The solver's slope form (lipsdp_solver.py) evaluates the same rho*(lambda) as the merged blocks, and
+    its gradient (Danskin) is the automatic derivative of the merged form's, or inf where both are."""
+    torch.manual_seed(11)
+    model, shape = random_net(kind, "silu", 3)
+    walker = walked(model.double().eval(), shape)
+    outputs = walker.output_nodes
+    if kind == "mlp":
+        problem = lipsdp.dense_transformation(walker, outputs)
+    else:
+        problem = frequency.circulant_transformation(walker, outputs)
+    assert problem is not None
+    form = lipsdp_solver.SlopeForm(problem)
+    start, _ = lipsdp._feasible_start(form, problem)
+    assert start is not None
+    generator = torch.Generator().manual_seed(0)
+    finite = 0
+    for scale in (1.0, 1.5, 0.3):
+        multipliers = (
+            start
+            * scale
+            * torch.exp(0.3 * torch.randn(problem.n_w, generator=generator, dtype=torch.float64))
+        )
+        multipliers.requires_grad_(True)
+        merged = lipsdp.rho_of(problem.rows, problem, multipliers)
+        found = form.evaluate(multipliers.detach())
+        if not math.isfinite(found.rho):
+            assert not torch.isfinite(merged)
+            continue
+        finite += 1
+        merged.backward()
+        assert found.rho == pytest.approx(float(merged.detach()), rel=1e-9)
+        assert found.values is not None
+        top = (found.values == found.values[:, -1].max()).to(torch.float64)
+        gradient = form.gradient(found, top / top.sum())
+        torch.testing.assert_close(
+            gradient, multipliers.grad, rtol=1e-7, atol=1e-9 * float(gradient.abs().max())
+        )
+    assert finite >= 1

@@ -344,7 +344,7 @@ def test_the_fne_section_of_docs_deepinv_runs_as_printed(tmp_path: Path) -> None
     for figure in (
         "2.71314 (sample 9)",
         "(histogram, max bin 5)",
-        "[2.71314, 19.6188], ratio 7.231",
+        "[2.71314, 19.6075], ratio 7.227",
         "operator fne (sigma = ||2J - I||)",
     ):
         assert figure in done.stdout and figure in printed, figure

@@ -132,10 +132,16 @@ class _Symbols:
                 for w, site in zip(widths, self.sites.values(), strict=True)
             ]
         )
+        centre = torch.cat(
+            [
+                torch.full((w,), self._centre(site), dtype=torch.float64)
+                for w, site in zip(widths, self.sites.values(), strict=True)
+            ]
+        )
         index = torch.cat([torch.full((w,), i, dtype=torch.int64) for i, w in enumerate(widths)])
         grid_name = "x".join(str(m) for m in grid)
         how = f"per-channel multipliers, the {grid_name} periodic grid ({count} frequency blocks)"
-        return Transformation(torch.cat(rows, dim=1), radius, index, self.channels, how)
+        return Transformation(torch.cat(rows, dim=1), radius, centre, index, self.channels, how)
 
     def _grid(self, nodes: list[Node]) -> list[int]:
         """M per axis: N + the largest padding (the embedding of every zero-padded convolution)."""

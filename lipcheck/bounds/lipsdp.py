@@ -19,9 +19,13 @@ then ||dy||^2 <= rho ||dx||^2 + sum_i lambda_i (w_i^2 - r_i^2 z_i^2) <= rho ||dx
 
 Solving. For fixed lambda the least rho is the largest eigenvalue of the Schur complement
 S = Q_xx + Q_xw (diag(lambda) - Q_ww)^-1 Q_wx of Q = M + diag(rho I, lambda), defined when
-diag(lambda) - Q_ww is positive definite; rho*(lambda) is convex. It is minimised over log lambda by Adam
-with a fixed number of steps from a feasible start (per-site multipliers from a block-norm recursion),
-steps that leave the feasible set being rejected.
+diag(lambda) - Q_ww is positive definite; rho*(lambda) is convex. `lipsdp_solver.py` evaluates it, with its
+gradient, in the activations' outputs instead of their deviations (the same rho*, with blocks that follow
+the graph), and minimises it over log lambda from a feasible start (per-site multipliers from a block-norm
+recursion, scaled together and then site by site) by sequential quadratic programming on the pieces
+(frequencies, eigenvalues) near the maximum; where that stops short of the steps allowed (at the edge of
+the feasible set, where its model fails), Adam from the start takes the steps left, and the better of the
+two is kept.
 
 Certificate. The solver's rounding, its stopping and any bug in it are irrelevant: the final multipliers
 are checked afresh in float64. rho is set a little above the computed rho*, the matrix -M (every frequency
@@ -41,6 +45,7 @@ from torch import Tensor
 from torch.fx import Node
 
 from lipcheck.bounds.graph import GraphBound
+from lipcheck.bounds.lipsdp_solver import SlopeForm, minimise
 from lipcheck.bounds.loop_transformation import NonlinearSite, _LoopTransformation
 from lipcheck.bounds.norms import with_margin
 
@@ -52,12 +57,16 @@ SOLVER_STEPS = 600
 # The solver stops early when its best rho has not fallen by STALL_TOLERANCE (relative) in STALL_STEPS.
 STALL_TOLERANCE = 1e-4
 STALL_STEPS = 200
-# The time budget, as work: steps times frequency blocks times the cube of the solver's side (each step
-# factors and diagonalises every block). Fewer steps are taken where the full count would exceed it, and
-# none (the loop transformation stands) where even MIN_STEPS would. About 10 s on one laptop core.
-WORK_BUDGET = 1 << 37
+# The time budget, as work: each evaluation of rho* (a solver step, or one of the start's) costs the
+# multiply-adds of the slope form's factorisation and gradient (`SlopeForm.flops`, complex ones counted as
+# four) plus STEP_OVERHEAD for the per-step work of small blocks and of the solver itself, calibrated on
+# one laptop core (about 1.2e9 of them a second with the solver's batched small blocks). Fewer steps are
+# taken where the full count would exceed the budget, and none (the loop transformation stands) where
+# even MIN_STEPS would. About 20 s of solving on one core at most.
+WORK_BUDGET = int(2**34.5)
+STEP_OVERHEAD = 5e6
 MIN_STEPS = 100
-LEARNING_RATE = 0.1
+LEARNING_RATE = 0.03
 # ... held for the first 70% of the steps, then decaying geometrically to this fraction of it.
 FINAL_RATE_FRACTION = 0.1
 # The certificate: least eigenvalue of -M at least this times the scale of M's entries.
@@ -73,6 +82,7 @@ class Transformation:
     rows: (F, n_z + n_y, n_x + n_w), [[A, B], [C, D]] for each of F frequency blocks (F = 1, real, for
         the dense form; complex channel symbols for the circulant form of `frequency.py`).
     radius: (n_w,) float64, r of the activation at each entry of w (and of its input z: n_z = n_w).
+    centre: (n_w,) float64, c of the activation at each entry (the c-network's slope there).
     sites: (n_w,) int64, the index of the activation each entry belongs to, in graph order.
     n_x: the columns of dx.
     how: what the multipliers are, for the report ("per neuron", "per channel, 34x34 circulant").
@@ -80,6 +90,7 @@ class Transformation:
 
     rows: Tensor
     radius: Tensor
+    centre: Tensor
     sites: Tensor
     n_x: int
     how: str
@@ -129,42 +140,39 @@ def dense_transformation(walker: GraphBound, outputs: list[Node]) -> Transformat
     radius = torch.cat(
         [torch.full((n,), site.radius, dtype=torch.float64) for n, site in zip(sizes, sites, strict=True)]
     )
+    centre = torch.cat(
+        [torch.full((n,), site.centre, dtype=torch.float64) for n, site in zip(sizes, sites, strict=True)]
+    )
     index = torch.cat([torch.full((n,), i, dtype=torch.int64) for i, n in enumerate(sizes)])
-    return Transformation(rows, radius, index, n_x, "per-neuron multipliers")
+    return Transformation(rows, radius, centre, index, n_x, "per-neuron multipliers")
 
 
 def lipsdp_bound(problem: Transformation, steps: int | None = None) -> LipSDPBound | None:
     """The certified bound sqrt(rho) of the transformation, or None when no multipliers were certified
     (or the problem is past the work budget)."""
-    solver_rows = _reduced(problem)
+    form = SlopeForm(problem)
     budget = None
     if steps is None:
-        per_step = solver_rows.shape[0] * solver_rows.shape[-1] ** 3
-        budget = WORK_BUDGET // max(per_step, 1)
+        budget = int(WORK_BUDGET // (form.flops + STEP_OVERHEAD))
         if budget < MIN_STEPS:
             return None
-    start, evaluations = _feasible_start(solver_rows, problem)
+    start, evaluations = _feasible_start(form, problem)
     if start is None:
         return None
     if budget is not None:
         # the start's evaluations of rho* count against the same budget as the solver's steps
         steps = max(min(SOLVER_STEPS, budget - evaluations), 0)
-    multipliers = _minimise(solver_rows, problem, start, steps or 0)
+    multipliers, used = minimise(form, start, steps or 0)
+    if used < (steps or 0):
+        # it stopped short (at the edge of the feasible set, where its model fails): Adam from the start
+        # with the steps left, and the better of the two
+        other = _minimise(form, start, (steps or 0) - used)
+        if form.evaluate(other, with_vectors=False).rho < form.evaluate(multipliers, with_vectors=False).rho:
+            multipliers = other
     rho = certify(problem.rows, problem, multipliers)
     if rho is None:
         return None
     return LipSDPBound(with_margin(math.sqrt(rho)), f"LipSDP-Neuron, {problem.how}, certified in float64")
-
-
-def _reduced(problem: Transformation) -> Tensor:
-    """The rows with dx replaced by its projection on the span the rows read (an isometry of the part
-    of dx that matters; the rest only lowers ||dy||^2 - rho ||dx||^2): fewer columns for the solver."""
-    rows = problem.rows
-    x_part, w_part = rows[..., : problem.n_x], rows[..., problem.n_x :]
-    if problem.n_x <= rows.shape[-2]:
-        return rows
-    _, r = torch.linalg.qr(x_part.mH)  # x_part^H = Q R, so x_part = R^H Q^H
-    return torch.cat([r.mH, w_part], dim=-1)
 
 
 def _pieces(rows: Tensor, problem: Transformation, multipliers: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -193,12 +201,12 @@ def rho_of(rows: Tensor, problem: Transformation, multipliers: Tensor) -> Tensor
     return torch.linalg.eigvalsh(schur)[..., -1].max()
 
 
-def _feasible_start(rows: Tensor, problem: Transformation) -> tuple[Tensor | None, int]:
+def _feasible_start(form: SlopeForm, problem: Transformation) -> tuple[Tensor | None, int]:
     """Per-site multipliers mu_j = 2 m (||D_j||^2 + sum over later sites k of r_k^2 mu_k ||B_kj||^2), m the
     number of sites, make diag(lambda) - Q_ww positive definite (||sum_j F_j v_j||^2 <= m sum_j
     ||F_j||^2 ||v_j||^2); then the best common scale of them on a geometric grid, and each site's scale
     on its own. Returns the start and the number of evaluations of rho* it took."""
-    n_x, n_w, sites = rows.shape[-1] - problem.n_w, problem.n_w, problem.sites
+    rows, n_x, n_w, sites = problem.rows, problem.n_x, problem.n_w, problem.sites
     count = int(sites.max()) + 1
     z_rows, y_rows = rows[..., :n_w, n_x:], rows[..., n_w:, n_x:]
     mu = [0.0] * count
@@ -213,7 +221,7 @@ def _feasible_start(rows: Tensor, problem: Transformation) -> tuple[Tensor | Non
     best, best_rho, evaluations = None, math.inf, 0
     for exponent in range(0, 40):
         candidate = base * 2.0 ** (exponent / 2)
-        rho = float(rho_of(rows, problem, candidate))
+        rho = form.evaluate(candidate, with_vectors=False).rho
         evaluations += 1
         if rho < best_rho:
             best, best_rho = candidate, rho
@@ -226,7 +234,7 @@ def _feasible_start(rows: Tensor, problem: Transformation) -> tuple[Tensor | Non
         for j in range(count):
             for factor in (0.25, 0.5, 2.0, 4.0):
                 candidate = torch.where(sites == j, best * factor, best)
-                rho = float(rho_of(rows, problem, candidate))
+                rho = form.evaluate(candidate, with_vectors=False).rho
                 evaluations += 1
                 if rho < best_rho:
                     best, best_rho = candidate, rho
@@ -239,29 +247,34 @@ def _block_norm(block: Tensor) -> float:
     return float(torch.linalg.matrix_norm(block, ord=2).max())
 
 
-def _minimise(rows: Tensor, problem: Transformation, start: Tensor, steps: int) -> Tensor:
-    """Adam on log lambda for rho*(lambda); a step to an infeasible point is undone and the rate halved."""
+def _minimise(form: SlopeForm, start: Tensor, steps: int) -> Tensor:
+    """Adam on log lambda for log rho*(lambda), the gradient read from the maximisers (Danskin); a step to
+    an infeasible point is taken back halfway to the last feasible one."""
     log_lambda = start.log().clone().requires_grad_(True)
     optimiser = torch.optim.Adam([log_lambda], lr=LEARNING_RATE)
     decay = FINAL_RATE_FRACTION ** (1 / max(steps - int(0.7 * steps), 1))
-    best, best_rho = start.clone(), float(rho_of(rows, problem, start))
+    best, best_rho = start.clone(), form.evaluate(start, with_vectors=False).rho
+    last = best
     progress_rho, progress_step = best_rho, 0
     for step in range(steps):
         if best_rho < progress_rho * (1 - STALL_TOLERANCE):
             progress_rho, progress_step = best_rho, step
         elif step - progress_step > STALL_STEPS:
             break  # no progress worth a step for a while: converged, to the solver's accuracy
-        optimiser.zero_grad()
-        rho = rho_of(rows, problem, log_lambda.exp())
-        if not torch.isfinite(rho):
+        multipliers = log_lambda.detach().exp()
+        found = form.evaluate(multipliers)
+        if not math.isfinite(found.rho):
             with torch.no_grad():
-                log_lambda.copy_(best.log())
-            for group in optimiser.param_groups:
-                group["lr"] /= 2
+                log_lambda.copy_((log_lambda + last.log()) / 2)
             continue
-        if float(rho.detach()) < best_rho:
-            best, best_rho = log_lambda.detach().exp().clone(), float(rho.detach())
-        torch.log(rho).backward()
+        last = multipliers
+        if found.rho < best_rho:
+            best, best_rho = multipliers.clone(), found.rho
+        # d log rho / d log lambda = lambda (d rho / d lambda) / rho
+        assert found.values is not None
+        weights = (found.values == found.values[:, -1].max()).to(torch.float64)
+        weights = weights / weights.sum()
+        log_lambda.grad = multipliers * form.gradient(found, weights) / found.rho
         optimiser.step()
         if step >= int(0.7 * steps):
             for group in optimiser.param_groups:

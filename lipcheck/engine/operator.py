@@ -207,8 +207,6 @@ def check_batch_coupling(operator: JacobianOperator, seed: int | None = None) ->
         )
 
 
-
-
 def check_input(x: Any) -> None:
     """InputError unless x is a finite floating tensor (B, ...) with at least one sample."""
     if not isinstance(x, Tensor):
@@ -222,7 +220,6 @@ def check_input(x: Any) -> None:
     if not bool(torch.isfinite(x).all()):
         bad = (~torch.isfinite(x)).flatten(1).any(1).nonzero()[0, 0].item()
         raise InputError(f"x contains NaN or Inf (first at sample {bad}); the input must be finite")
-
 
 
 _FREED_GRAPH = (

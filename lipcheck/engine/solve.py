@@ -44,7 +44,6 @@ def check_settings(
         raise InputError(f"confidence must be a probability in (0, 1), such as 0.99, got {confidence!r}")
 
 
-
 def solve(
     operator: JacobianOperator,
     *,

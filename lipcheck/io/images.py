@@ -116,5 +116,3 @@ def _pixels(image: Any, file: Path) -> tuple[np.ndarray, str]:
         )
     grey = image.mode in ("1", "L", "LA", "I", "I;16", "F")
     return np.asarray(image.convert("L" if grey else "RGB"), dtype=np.float32) / 255.0, "uint8"
-
-

@@ -205,8 +205,13 @@ def change_rows(comparison: Comparison) -> tuple[list[list[str]], list[list[str]
         for f in comparison.figures
     ]  # fmt: skip
     samples = [
-        [str(s.index), number_text(s.base), number_text(s.new), f"{s.change:+.6g}",
-         percent_text(s.change_percent)]
+        [
+            str(s.index),
+            number_text(s.base),
+            number_text(s.new),
+            f"{s.change:+.6g}",
+            percent_text(s.change_percent),
+        ]
         for s in comparison.top
     ]
     return figures, samples

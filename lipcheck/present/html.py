@@ -138,8 +138,12 @@ def _sorted_section(report: Report) -> str:
     svg = charts.sorted_sigmas(ranks, sigma, upper, _marks(report), description)
     listed = np.unique(np.linspace(0, count - 1, min(count, SORTED_ROWS)).round().astype(int))
     rows = [
-        (str(p + 1), str(ordered[p].index), number_text(ordered[p].sigma),
-         number_text(ordered[p].sigma_upper))
+        (
+            str(p + 1),
+            str(ordered[p].index),
+            number_text(ordered[p].sigma),
+            number_text(ordered[p].sigma_upper),
+        )
         for p in listed
     ]
     note = (

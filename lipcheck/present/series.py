@@ -94,8 +94,10 @@ def render_series_table(series: SeriesReport, console: Console) -> None:
     grid.add_row("data", Text(escape.terminal(data_line(series.data, with_digest=True))))
     grid.add_row(
         "settings",
-        Text(f"{operator_note(settings)}{settings.method}, tol {settings.tol:g}, {settings.dtype}, "
-             f"seed {settings.seed}"),  # fmt: skip
+        Text(
+            f"{operator_note(settings)}{settings.method}, tol {settings.tol:g}, {settings.dtype}, "
+            f"seed {settings.seed}"
+        ),  # fmt: skip
     )
     table = Table(title=f"Checkpoints ({len(series.checkpoints)})", title_justify="left")
     heads = series_heads(series)
