@@ -172,7 +172,8 @@ def test_the_top_level_holds_only_the_facade_errors_and_subpackages() -> None:
     loose = sorted(
         entry.name
         for entry in PACKAGE.iterdir()
-        if entry.name not in TOP_LEVEL and not (entry.is_dir() and (entry / "__init__.py").exists())
+        if entry.name not in TOP_LEVEL
+        and not (entry.is_dir() and (entry / "__init__.py").exists())
         and entry.name != "__pycache__"
     )
     assert not loose, f"lipcheck/ should hold only {sorted(TOP_LEVEL)} and subpackages, not {loose}"
