@@ -12,7 +12,7 @@ from torch import nn
 
 import lipcheck
 from lipcheck.bounds import graph, loop_transformation
-from lipcheck.present.facts import bound_method
+from lipcheck.present.facts import bound_label, bound_method
 from lipcheck.report import bound_details, bound_from_dict
 
 # The run stops with its bound within 10 tol of the Ritz value at a 10 times larger failure probability;
@@ -92,6 +92,10 @@ def test_whole_bound_is_never_below_the_truth_nor_above_the_product(kind: str) -
     assert 0 < report.failure_probability <= 1e-6
     assert report.failure_probability % loop_transformation.LANCZOS_FAILURE == 0
     assert "probabilistic: it fails with probability at most" in bound_method(report)
+    assert (
+        bound_label(report)
+        == f"upper bound (certified except with probability {report.failure_probability:.2g})"
+    )
     read_back = bound_from_dict({"upper_bound": report.upper_bound, "bound": bound_details(report)})
     assert read_back.failure_probability == report.failure_probability
 
@@ -102,6 +106,7 @@ def test_read_blocks_keep_a_deterministic_bound() -> None:
     assert report.failure_probability == 0
     assert not any("Lanczos" in term.method for term in report.terms)
     assert "probabilistic" not in bound_method(report)
+    assert bound_label(report) == "upper bound (certified)"
 
 
 @pytest.mark.usefixtures("unread")

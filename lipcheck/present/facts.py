@@ -131,7 +131,7 @@ def bound_rows(report: Report) -> list[tuple[str, str]]:
     ratio = f", ratio {upper / lower:.4g}" if lower > 0 else ""
     assumed = " (with --assume)" if report.bound.assumptions else ""
     return [
-        ("upper bound (certified)", f"{number_text(upper)}{assumed}"),
+        (bound_label(report.bound), f"{number_text(upper)}{assumed}"),
         ("bound method", bound_method(report.bound)),
         ("bracket", f"[{number_text(lower)}, {number_text(upper)}]{ratio}"),
     ]
@@ -142,6 +142,13 @@ BOUND_METHODS = {
     "liplt": "loop transformation (liplt)",
     "product": "product of the layer factors",
 }
+
+
+def bound_label(bound: BoundReport) -> str:
+    """ "upper bound (certified)", or with the probability that a Lanczos-bounded block makes it fail."""
+    if bound.failure_probability > 0:
+        return f"upper bound (certified except with probability {bound.failure_probability:.2g})"
+    return "upper bound (certified)"
 
 
 def bound_method(bound: BoundReport) -> str:

@@ -19,6 +19,7 @@ from lipcheck.present.facts import (
     TERM_COLUMNS,
     WORST,
     assumptions_text,
+    bound_label,
     bound_method,
     bound_operator,
     change_rows,
@@ -427,7 +428,7 @@ def render_bound_html(report: ModelBoundReport) -> str:
         "Certified upper bound",
         html_pairs(
             [
-                ("upper bound (certified)", number_text(bound.upper_bound)),
+                (bound_label(bound), number_text(bound.upper_bound)),
                 ("method", bound_method(bound)),
                 ("time", f"{timing.bound_seconds:.3g} s bound, {timing.load_seconds:.3g} s loading"),
             ]

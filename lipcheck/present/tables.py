@@ -17,6 +17,7 @@ from lipcheck.present.facts import (
     TERM_COLUMNS,
     WORST,
     assumptions_text,
+    bound_label,
     bound_method,
     bound_operator,
     change_rows,
@@ -196,7 +197,7 @@ def render_bound_table(report: ModelBoundReport, console: Console) -> None:
     total = Table(show_header=False)
     total.add_column(style="bold")
     total.add_column(justify="right")
-    total.add_row("upper bound (certified)", Text(number_text(bound.upper_bound), style="bold"))
+    total.add_row(bound_label(bound), Text(number_text(bound.upper_bound), style="bold"))
     total.add_row("method", escape.terminal(bound_method(bound)))
     total.add_row(
         "time", f"{report.timing.bound_seconds:.3g} s bound, {report.timing.load_seconds:.3g} s loading"
