@@ -144,11 +144,16 @@ BOUND_METHODS = {
 }
 
 
+def certified_except(bound: BoundReport) -> str:
+    """ "" for a deterministic bound, else " except with probability p": what follows "certified"."""
+    if bound.failure_probability > 0:
+        return f" except with probability {bound.failure_probability:.2g}"
+    return ""
+
+
 def bound_label(bound: BoundReport) -> str:
     """ "upper bound (certified)", or with the probability that a Lanczos-bounded block makes it fail."""
-    if bound.failure_probability > 0:
-        return f"upper bound (certified except with probability {bound.failure_probability:.2g})"
-    return "upper bound (certified)"
+    return f"upper bound (certified{certified_except(bound)})"
 
 
 def bound_method(bound: BoundReport) -> str:

@@ -22,6 +22,7 @@ from lipcheck.present.facts import (
     bound_label,
     bound_method,
     bound_operator,
+    certified_except,
     change_rows,
     comparison_lines,
     data_line,
@@ -172,14 +173,15 @@ def _bracket_section(report: Report) -> str:
     found, certified = report.summary.max, report.bound.upper_bound
     threshold = next((r.threshold for r in report.gate.rules if r.name == "fail_above_bound"), None)
     ratio = f"{certified / found:.4g}" if found > 0 else "-"
+    label = f"certified upper bound{certified_except(report.bound)}"
     description = (
         f"The Lipschitz constant lies in the bracket from the largest sigma found, {found:.4g}, to the "
-        f"certified upper bound, {certified:.4g} (ratio {ratio})"
+        f"{label}, {certified:.4g} (ratio {ratio})"
     )
     svg = charts.bracket(found, certified, threshold, description)
     rows = [
         ("largest sigma found (lower bound)", number_text(found)),
-        ("certified upper bound", number_text(certified)),
+        (label, number_text(certified)),
         ("ratio", ratio),
     ]
     if threshold is not None:
