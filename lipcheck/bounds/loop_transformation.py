@@ -82,6 +82,7 @@ PRODUCT_CHUNK = 64
 # products at 1e-2, 98 and 136 at 2^-30, 137 and 174 at 1e-15).
 LANCZOS_FAILURE = 2.0**-30
 LANCZOS_FAILURE_TEXT = "1e-9"  # how the description states it: LANCZOS_FAILURE is below this
+LANCZOS_METHOD = "Lanczos upper bound"  # how a block's description begins
 # The run stops when the Ritz value is within LANCZOS_TOL and the bound (at a 10 times smaller failure
 # probability) within 10 LANCZOS_TOL of it; or after LANCZOS_MAX_ITER products, its bound still valid.
 LANCZOS_TOL = 1e-4
@@ -528,9 +529,6 @@ class _LoopTransformation:
                 value = value.detach().to(torch.float64)
             self.constants64[item] = value
         return self.constants64[item]
-
-
-LANCZOS_METHOD = "Lanczos upper bound"
 
 
 def _scalar(gain: Any) -> float:
